@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# fairjax developer entry point.
+#   ./dev.sh run  [launch flags]   set up .venv, run FADE on the embedded synthetic data
+#   ./dev.sh test [pytest args]    set up .venv, run the test suite
+# PYTHON picks the interpreter (3.11+); VENV the environment folder (.venv).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "[dev] creating $VENV with $($PYTHON --version)" >&2
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.fairjax-installed"
+  local want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[dev] installing fairjax and its dependencies into $VENV" >&2
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q -e '.[test]' >&2
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  run)
+    setup
+    exec "$VENV/bin/python" -m launch.fade \
+      --config=configs/fade.py:dataset=synthetic \
+      --workdir="${WORKDIR:-runs/quickstart}" "$@"
+    ;;
+  test)
+    setup
+    set +e
+    "$VENV/bin/python" -m pytest -q "$@"
+    rc=$?
+    # pytest exits 5 when no test was collected: that is a failure here.
+    exit $rc
+    ;;
+  *)
+    echo "usage: ./dev.sh run [flags] | ./dev.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

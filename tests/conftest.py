@@ -1,0 +1,38 @@
+"""Test set-up: 8 emulated CPU devices and the real-data gate.
+
+XLA_FLAGS must be set before JAX initialises its backends, so it is set here
+at import time, before any test module imports jax.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _data_dir() -> pathlib.Path | None:
+  d = os.environ.get("FAIRJAX_DATA_DIR")
+  return pathlib.Path(d) if d else None
+
+
+@pytest.fixture
+def data_dir(request) -> pathlib.Path:
+  """The real-data directory, or a skip (a failure under FAIRJAX_REQUIRE_DATA=1).
+
+  Usage: a test that needs ML-1M takes `data_dir` and reads
+  `data_dir / "ml-1m"`.
+  """
+  d = _data_dir()
+  required = os.environ.get("FAIRJAX_REQUIRE_DATA") == "1"
+  if d is None or not (d / "ml-1m").is_dir() or not (d / "ml-100k").is_dir():
+    reason = ("real MovieLens data not found: set FAIRJAX_DATA_DIR to a folder "
+              "holding ml-1m/ and ml-100k/ (got "
+              f"{os.environ.get('FAIRJAX_DATA_DIR')!r})")
+    if required:
+      pytest.fail("FAIRJAX_REQUIRE_DATA=1 but " + reason)
+    pytest.skip(reason)
+  return d
