@@ -1,0 +1,89 @@
+r"""FADE: dynamic user-side fairness (DESIGN §3).
+
+Launch (the ml1m-ts table, MF):
+  python -m launch.fade --config=configs/fade.py:dataset=ml1m-ts,model=mf \
+      --workdir=runs/fade_ml1m_mf
+Variants (comma-separated `key=value` after the colon):
+  dataset=synthetic|ml1m-ts|ml100k   model=mf|ncf   smoke (tiny, seconds)
+  lambda=0.5   tau=3   epochs=10 (per period)   pretrain_epochs=100
+Any field can also be overridden as a flag, e.g.
+  --config.methods=FINETUNE,FADE --config.fade.lam=1.0
+"""
+
+import ml_collections
+
+ALL_METHODS = "PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER"
+
+
+def _parse(arg: str) -> dict:
+  out = {}
+  for part in filter(None, (arg or "").split(",")):
+    key, _, value = part.partition("=")
+    out[key.strip()] = value.strip() if value else "1"
+  return out
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  """Returns the FADE config; `arg` holds the variant."""
+  v = _parse(arg)
+  c = ml_collections.ConfigDict()
+  c.dataset = v.get("dataset", "synthetic")
+  c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
+  c.seed = int(v.get("seed", 0))
+  c.methods = v.get("methods", ALL_METHODS).replace(";", ",")
+  c.positive_threshold = 3.0  # binarization: rating >= 3 is positive.
+
+  # Chronological protocol.
+  c.batch_size = 256
+  c.pretrain_frac = 0.6
+  c.num_blocks = 10
+  c.num_periods = 9  # fine-tune on D1..D9; D10 is test only.
+
+  # Model.
+  c.model = v.get("model", "mf")
+  c.dim = 64
+  c.init_std = 0.01
+
+  # Optimisation (Adam with coupled L2, as torch.optim.Adam(weight_decay)).
+  c.lr = 1e-3
+  c.l2 = 1e-4
+  c.num_negatives = 4
+  c.pretrain_epochs = int(v.get("pretrain_epochs", 100))
+  c.epochs = int(v.get("epochs", 10))  # per period.
+  c.retrain_epochs = int(v.get("retrain_epochs", c.pretrain_epochs))
+
+  # FADE / REC fairness term.
+  c.fade = ml_collections.ConfigDict()
+  default_lam = 0.5 if c.model == "mf" else 0.5
+  c.fade.lam = float(v.get("lambda", default_lam))
+  c.fade.tau = float(v.get("tau", 3.0))
+  c.fade.k = 1  # DH@1.
+  c.rec_lam = float(v.get("rec_lambda", c.fade.lam))
+
+  # ADVER.
+  c.adver = ml_collections.ConfigDict()
+  c.adver.gamma = float(v.get("gamma", 10.0))
+  c.adver.hidden = 64
+  c.adver.disc_steps = 10
+  c.adver.disc_lr = 1e-3
+
+  # Evaluation.
+  c.ks = (20,)
+  c.num_eval_negatives = 100
+  c.eval_full = True
+  c.user_attr = "gender"
+
+  # Synthetic data size (dataset=synthetic only).
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.num_users = 1000
+  c.synthetic.num_items = 800
+
+  if "smoke" in v or "runlocal" in v:
+    c.synthetic.num_users = 300
+    c.synthetic.num_items = 200
+    c.pretrain_epochs = int(v.get("pretrain_epochs", 3))
+    c.retrain_epochs = int(v.get("retrain_epochs", 3))
+    c.epochs = int(v.get("epochs", 2))
+    c.num_periods = int(v.get("periods", 3))
+    c.adver.disc_steps = 2
+  return c

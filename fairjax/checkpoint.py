@@ -1,0 +1,85 @@
+"""Checkpoints of pytrees in a workdir (orbax), with atomic JSON side files.
+
+`Checkpointer(directory)` wraps an orbax `CheckpointManager` that saves one
+pytree per integer step synchronously (orbax writes to a temporary folder and
+renames it when complete, so a killed run never leaves a checkpoint that looks
+finished). `restore_latest(target)` returns `(step, tree)` or `None`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores pytrees of arrays under `directory/<step>/`."""
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    self.directory.mkdir(parents=True, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False,
+        create=True, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any) -> None:
+    tree = jax.tree.map(np.asarray, tree)
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, target: Any) -> Any:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self._manager.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+    # Keep the target's structure (orbax may return lists for tuples).
+    leaves = jax.tree.leaves(restored)
+    return jax.tree.unflatten(jax.tree.structure(target), leaves)
+
+  def restore_latest(self, target: Any) -> tuple[int, Any] | None:
+    step = self.latest_step()
+    if step is None:
+      return None
+    return step, self.restore(step, target)
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+  """Writes JSON to `path` via a temporary file + rename (never half-written)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -1,0 +1,115 @@
+"""Per-snapshot evaluation of the dynamic protocol (FADE, DESIGN §3).
+
+After snapshot k (k = 0 pretrained, k = 1..9 after fine-tuning on D_k) the
+train history is D_0..D_k and the two test tasks are
+
+  Task-R: the interactions of D_{k+1}..D_{10};   Task-N: those of D_{k+1}.
+
+Each task is scored with two protocols:
+  sampled: a user's candidates are all their test positives plus 100 fixed
+    negatives (drawn once per workdir, see `fade.eval_negatives_for`);
+  full: all items, the user's history items excluded.
+Users with no test positive get NaN and drop out of every mean. For each
+metric the report holds the mean over users (`all`), the mean per user group,
+and PD = mean(group 0) - mean(group 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairjax import metrics as metrics_lib
+from fairjax import models as models_lib
+
+METRICS = ("recall", "precision", "f1", "ndcg", "hr")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """The positives of one (task, snapshot), in padded and dense form."""
+
+  pos_items: np.ndarray  # int32 [U, P] padded with 0
+  pos_mask: np.ndarray  # bool [U, P]
+  relevant: np.ndarray  # bool [U, I]
+  history: np.ndarray  # bool [U, I] train items (excluded in full ranking)
+
+
+def make_eval_set(users, items, history_users, history_items, num_users,
+                  num_items) -> EvalSet:
+  """Builds the padded positives of the test interactions (users, items)."""
+  relevant = np.zeros((num_users, num_items), bool)
+  relevant[users, items] = True
+  history = np.zeros((num_users, num_items), bool)
+  history[history_users, history_items] = True
+  relevant &= ~history  # an item already in the history is not a new target.
+  counts = relevant.sum(1)
+  width = int(2 ** np.ceil(np.log2(max(int(counts.max()), 1))))
+  pos_items = np.zeros((num_users, width), np.int32)
+  pos_mask = np.arange(width)[None, :] < counts[:, None]
+  u_idx, i_idx = np.nonzero(relevant)  # row-major: grouped by user.
+  pos_items[pos_mask] = i_idx.astype(np.int32)
+  return EvalSet(pos_items, pos_mask, relevant, history)
+
+
+class Evaluator:
+  """Scores a parameter snapshot on an EvalSet; jitted functions are cached."""
+
+  def __init__(self, model, eval_negatives: np.ndarray, ks=(20,),
+               chunk_size: int = 1024):
+    self.model = model
+    self.negatives = jnp.asarray(eval_negatives)
+    self.ks = tuple(int(k) for k in ks)
+    self.chunk_size = chunk_size
+    self._sampled = jax.jit(self._sampled_impl)
+    self._full_scores = jax.jit(self._full_scores_impl)
+
+  def _sampled_impl(self, params, pos_items, pos_mask):
+    users = jnp.arange(pos_items.shape[0])
+    pos = models_lib.pair_scores(self.model, params, users, pos_items)
+    neg = models_lib.pair_scores(self.model, params, users, self.negatives)
+    return metrics_lib.sampled_rank_metrics(pos, neg, pos_mask, ks=self.ks)
+
+  def _full_scores_impl(self, params, users):
+    return models_lib.all_scores(self.model, params, users)
+
+  def sampled(self, params, es: EvalSet) -> dict[str, np.ndarray]:
+    out = self._sampled(params, jnp.asarray(es.pos_items),
+                        jnp.asarray(es.pos_mask))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+  def full(self, params, es: EvalSet) -> dict[str, np.ndarray]:
+    num_users = es.relevant.shape[0]
+    scores = self._full_scores(params, jnp.arange(num_users))
+    out = metrics_lib.rank_metrics(scores, jnp.asarray(es.relevant),
+                                   ks=self.ks, exclude=jnp.asarray(es.history))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def summarise(per_user: dict[str, np.ndarray], user_group: np.ndarray,
+              group_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+  """Per-user metric vectors -> {'all'|group name: {metric: mean}} and PD.
+
+  PD (key 'pd') = mean over group-0 users minus mean over group-1 users.
+  """
+  out: dict[str, dict[str, float]] = {"all": {}, "pd": {}}
+  for name in group_names:
+    out[name] = {}
+  for key, vals in per_user.items():
+    vals = np.asarray(vals, np.float64)
+    out["all"][key] = _nanmean(vals)
+    means = []
+    for g, name in enumerate(group_names):
+      m = _nanmean(vals[user_group == g])
+      out[name][key] = m
+      means.append(m)
+    out["pd"][key] = means[0] - means[1] if len(means) >= 2 else float("nan")
+  return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+  x = x[~np.isnan(x)]
+  return float(x.mean()) if x.size else float("nan")

@@ -1,0 +1,65 @@
+r"""Benchmarks: `python -m launch.bench --bench=NAME`.
+
+Each benchmark measures ours against a baseline in the same run, prints its
+progress to stderr and, as the last line of stdout, one JSON object of the
+measured figures. Names: ranking, fade, itfr, retrieval.
+
+The retrieval benchmark shards items over emulated CPU devices; their number
+(`--devices`, default 2 for retrieval) must be fixed before JAX starts, so it
+is read from argv here, before anything imports jax.
+"""
+
+import os
+import sys
+
+
+def _early_devices(argv):
+  bench = next((a.split("=", 1)[1] for a in argv if a.startswith("--bench=")),
+               None)
+  devices = next((a.split("=", 1)[1] for a in argv
+                  if a.startswith("--devices=")), None)
+  if devices is None and bench == "retrieval":
+    devices = "2"
+  if devices and "xla_force_host_platform_device_count" not in os.environ.get(
+      "XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count="
+                               f"{devices}").strip()
+
+
+_early_devices(sys.argv)
+
+import importlib  # noqa: E402
+import json  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+BENCHES = {
+    "ranking": "fairjax.bench.ranking",
+    "fade": "fairjax.bench.fade",
+    "itfr": "fairjax.bench.itfr",
+    "retrieval": "fairjax.bench.retrieval",
+}
+
+_BENCH = flags.DEFINE_enum("bench", None, sorted(BENCHES), "Benchmark to run.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Real data folder (default: $FAIRJAX_DATA_DIR).")
+_DEVICES = flags.DEFINE_integer(
+    "devices", None, "Emulated CPU devices (read before JAX starts).")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.mark_flag_as_required("bench")
+
+
+def main(argv):
+  del argv
+  module = importlib.import_module(BENCHES[_BENCH.value])
+  kwargs = {"seed": _SEED.value}
+  if "data_dir" in module.run.__code__.co_varnames:
+    kwargs["data_dir"] = _DATA_DIR.value or os.environ.get("FAIRJAX_DATA_DIR")
+  result = module.run(**kwargs)
+  print(json.dumps({"bench": _BENCH.value, **result}), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
