@@ -48,7 +48,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.lr = 1e-3
   c.l2 = 1e-4
   c.num_negatives = 4
-  c.pretrain_epochs = int(v.get("pretrain_epochs", 100))
+  # The synthetic default is small: 20 pretraining epochs suffice there.
+  default_pre = 20 if c.dataset == "synthetic" else 100
+  c.pretrain_epochs = int(v.get("pretrain_epochs", default_pre))
   c.epochs = int(v.get("epochs", 10))  # per period.
   c.retrain_epochs = int(v.get("retrain_epochs", c.pretrain_epochs))
 

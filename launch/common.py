@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import sys
 
+from absl import flags
+from absl import logging
+
 from fairjax.errors import ConfigError, DataError
 
 
@@ -13,6 +16,10 @@ def friendly_errors(main):
 
   @functools.wraps(main)
   def wrapped(argv):
+    # Library INFO logs (orbax) drown the progress lines; --verbosity=0 or
+    # higher brings them back.
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except (DataError, ConfigError, FileNotFoundError) as e:

@@ -148,7 +148,7 @@ def assemble(name: str, raw_user: np.ndarray, raw_item: np.ndarray,
     pos, found = _lookup(users.ids, uniq_u)
     if not found.all():
       r = int(np.argmax(~found[u]))
-      raise DataError(f"user id {_fmt(raw_user[r])} is not in "
+      raise DataError(f"{user_field} {_fmt(raw_user[r])} is not in "
                       f"{users.path.name}", str(path), line_of(r), user_field)
     attrs = {k: v[pos] for k, v in users.attrs.items()}
     attr_names = dict(users.attr_names)
@@ -158,7 +158,7 @@ def assemble(name: str, raw_user: np.ndarray, raw_item: np.ndarray,
     pos, found = _lookup(items.ids, uniq_i)
     if require_items and not found.all():
       r = int(np.argmax(~found[i]))
-      raise DataError(f"item id {_fmt(raw_item[r])} is not in "
+      raise DataError(f"{item_field} {_fmt(raw_item[r])} is not in "
                       f"{items.path.name}", str(path), line_of(r), item_field)
     if items.genres is not None and items.ids.size:
       genres = items.genres[pos] & found[:, None]

@@ -61,7 +61,8 @@ def _lines(path: pathlib.Path, text: str, sep: str, fields: tuple[str, ...],
     if not line:
       continue
     parts = line.split(sep)
-    if len(parts) != len(fields) if exact else len(parts) < len(fields):
+    bad = len(parts) != len(fields) if exact else len(parts) < len(fields)
+    if bad:
       want = f"{len(fields)}" if exact else f"at least {len(fields)}"
       raise DataError(f"expected {want} fields separated by {sep!r} "
                       f"({sep.join(fields)}), got {len(parts)}", str(path), n)

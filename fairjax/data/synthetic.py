@@ -1,51 +1,59 @@
 """Synthetic recommendation data: the embedded default dataset and catalogs.
 
-`generate` builds a seeded, pure-NumPy interaction log with the phenomena the
-fairness methods target, so every method has a meaningful demo without real
-data. The phenomena and the parameters that drive them:
+`generate` builds a seeded, pure-NumPy interaction log (about 0.3 s for the
+defaults: 1000 users, 800 items, 6 genres, 50k interactions) with the
+phenomena the fairness methods target, so every method has a meaningful
+demo without real data. Phenomena and the parameters that drive them:
 
 * Unequal user groups. `user_attrs['gender']`: code 0 (label 'M', the
-  majority) for a share `1 - minority_frac` of users, code 1 ('F', the
-  minority) for the rest. The labels only mirror MovieLens' coding.
-* Unequal activity. Each user's interaction count is log-normal
+  majority) for `1 - minority_frac` of the users, code 1 ('F', minority)
+  for the rest. The labels only mirror MovieLens' coding.
+* Unequal activity. A user's interaction count is log-normal
   (`activity_sigma`) with group means in the ratio 1 : `minority_activity`
-  (< 1: minority users interact less); counts are rescaled so the total is
-  `num_interactions` (default `num_users * interactions_per_user`), clipped
-  to [`min_interactions`, `max_item_frac * num_items`].
-* Skewed item groups. Genre g (0 = largest) gets a share of items
-  proportional to (g + 1)^-`genre_skew` of the items as its first genre; a
-  share `multi_genre_frac` of items gets a second, different genre.
-* Popularity bias. Item i gets log-popularity -`popularity_exponent` *
+  (< 1: minority users interact less); counts are rescaled to the total
+  `num_interactions` (default `num_users * interactions_per_user`) and
+  clipped to [`min_interactions`, `max_item_frac * num_items`].
+* Skewed item groups. Genre g (0 = largest) is the first genre of a share
+  of items proportional to (g + 1)^-`genre_skew`; a share
+  `multi_genre_frac` of items gets a second, different genre.
+* Popularity bias. Item i has log-popularity -`popularity_exponent` *
   log(rank_i) for a random rank (a power law); items whose first genre is a
-  minority-preferred genre lose a further `niche_penalty` (log-space). The
-  choice logit adds `popularity_weight` * log-popularity.
-* Group-dependent taste. Genre g has a random centroid c_g in R^dim; item
-  factors are v_i = mean of its genres' centroids + N(0, item_noise^2 / dim).
-  User u's taste is pi_u ~ Dirichlet(taste_concentration * w_a) over genres,
-  where w_0 favours the large genres (proportional to genre size) and w_1
-  puts weight `minority_taste` on the `minority_genres` smallest genres; the
-  user factor is `taste_scale` * (sum_g pi_ug c_g + N(0, user_noise^2 / dim)).
-  Minority users therefore want small, less popular genres, and a plain MF
-  recommender trained on the log serves the majority better (a positive
-  user-group gap PD = metric(a=0) - metric(a=1) on Recall/NDCG).
-* Preference drift. Each user also draws a second factor u_1 from the same
-  group distribution; at global time t in [0, 1] the factor is
-  (1 - drift t) u_0 + drift t u_1. The timeline is cut into `drift_steps`
-  phases, each using the factor at its midpoint. Group structure is kept,
-  so the gap persists over time while individual tastes move.
-* Timestamps. Each user is active in a window [s, e] of the year (s uniform
-  in [0, 1 - min_window], e uniform in [s + min_window, 1]); interaction
-  times are uniform in the window, in Unix seconds from `start_time` over
-  `duration_days`.
-* Choices. Within each phase, a user's items are drawn without replacement
-  (Gumbel top-k) with logits <u(t), v_i> + popularity term, never repeating
-  an item across phases.
-* Ratings 1..5. rating = clip(round(rating_mean + rating_scale * z + noise),
-  1, 5) with z the affinity <u(t), v_i> standardised over all drawn pairs and
-  noise N(0, rating_noise^2); with the defaults ~85-90% are >= 3.
+  niche genre (the `minority_genres` smallest) lose `niche_penalty` more.
+  The choice logit adds `popularity_weight` * log-popularity for majority
+  users and `minority_popularity_weight` for minority users (default 0:
+  minority users do not follow the mainstream).
+* Group-dependent taste. Genre centroids c_g are orthonormal directions
+  times `genre_separation`; item factors are the mean centroid of the
+  item's genres + N(0, item_noise^2 / dim). User u's genre mix is
+  pi_u ~ Dirichlet(taste_concentration * w_a): w_0 is proportional to genre
+  size over the non-niche genres, w_1 puts `minority_taste` on the niche
+  genres and the rest like w_0. The user factor is `taste_scale` *
+  (sum_g pi_ug c_g + N(0, s_a^2 / dim)) with s_0 = `user_noise`, s_1 =
+  `minority_user_noise`. Minority logits are also multiplied by
+  `minority_sharpness` (< 1: broader, less predictable choices). So the
+  minority wants small, unpopular genres with idiosyncratic tastes, and a
+  plain MF recommender serves the majority better: PD = metric(a=0) -
+  metric(a=1) > 0 on Recall/NDCG (seed 0, MF-BPR d=32, random 80/20 split:
+  Recall@20 about 0.38 vs 0.21), in every chronological period as well.
+  Niche genres are under-exposed item groups, and gender x genre cells
+  have unequal recall (intersectional unfairness).
+* Preference drift. Each user draws a second factor u_1 from the same group
+  distribution; at global time t in [0, 1] the factor is (1 - drift t) u_0
+  + drift t u_1, evaluated at the midpoint of each of `drift_steps` equal
+  phases of the timeline. Group structure is kept, so the gap persists
+  while individual tastes move.
+* Timestamps. User u is active in [s, e] (s ~ U(0, 1 - min_window), e ~
+  U(s + min_window, 1)); interaction times are uniform in that window,
+  mapped to Unix seconds from `start_time` over `duration_days` (default
+  the year 2020).
+* Choices. Within each phase a user's items are drawn without replacement
+  by Gumbel top-k on the logits, never repeating an item across phases.
+* Ratings 1..5: clip(round(rating_mean + rating_scale * z + N(0,
+  rating_noise^2)), 1, 5) with z the affinity <u(t), v_i> standardised over
+  all drawn pairs; with the defaults ~85% are >= 3.
 
 `generate_catalog` and `generate_queries` build large retrieval catalogs
-(10^6 items in about a second) with skewed group sizes and group-correlated
+(10^6 x 64 in about a second) with skewed group sizes and group-correlated
 embeddings for the FairSync scale experiments.
 """
 
@@ -80,6 +88,15 @@ def _skewed_sizes(total: int, num_groups: int, skew: float) -> np.ndarray:
   return sizes
 
 
+def _orthonormal_rows(rng: np.random.Generator, n: int, dim: int):
+  """n unit rows, orthonormal when n <= dim (random directions otherwise)."""
+  g = rng.standard_normal((max(n, dim), dim))
+  if n <= dim:
+    q, _ = np.linalg.qr(g.T)  # [dim, n] orthonormal columns
+    return q[:, :n].T
+  return g[:n] / np.linalg.norm(g[:n], axis=1, keepdims=True)
+
+
 def _item_genres(rng: np.random.Generator, num_items: int, num_genres: int,
                  genre_skew: float, multi_genre_frac: float):
   sizes = _skewed_sizes(num_items, num_genres, genre_skew)
@@ -111,15 +128,16 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
              minority_frac: float = 0.3, minority_activity: float = 0.6,
              activity_sigma: float = 0.6, min_interactions: int = 5,
              max_item_frac: float = 0.5, genre_skew: float = 1.0,
-             multi_genre_frac: float = 0.15, popularity_exponent: float = 0.8,
+             multi_genre_frac: float = 0.15, popularity_exponent: float = 1.0,
              popularity_weight: float = 1.0,
-             minority_popularity_weight: float = 0.3,
+             minority_popularity_weight: float = 0.0,
              niche_penalty: float = 0.5,
-             minority_genres: int = 2, minority_taste: float = 0.8,
+             minority_genres: int = 2, minority_taste: float = 0.5,
              taste_concentration: float = 2.0, taste_scale: float = 3.0,
              item_noise: float = 0.5, user_noise: float = 0.5,
              minority_user_noise: float = 1.0,
-             minority_sharpness: float = 1.0,
+             minority_sharpness: float = 0.8,
+             genre_separation: float = 2.0,
              drift: float = 0.5, drift_steps: int = 4,
              min_window: float = 0.25, start_time: int = _DEFAULT_START,
              duration_days: float = 365.0, rating_mean: float = 3.6,
@@ -172,7 +190,7 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
   niche = np.arange(num_genres) >= num_genres - minority_genres
   rank = rng.permutation(num_items) + 1
   log_pop = -popularity_exponent * np.log(rank) - niche_penalty * niche[first]
-  centroids = rng.standard_normal((num_genres, dim)) / np.sqrt(dim) * 2.0
+  centroids = _orthonormal_rows(rng, num_genres, dim) * genre_separation
   item_f = genres @ centroids / genres.sum(1, keepdims=True)
   item_f += item_noise * rng.standard_normal((num_items, dim)) / np.sqrt(dim)
 
@@ -255,3 +273,70 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
       item_genres=genres,
       genre_names=tuple(f"genre{g}" for g in range(num_genres)),
       item_first_genre=first)
+
+
+def generate_catalog(num_items: int, dim: int, num_groups: int, seed: int = 0,
+                     *, group_skew: float = 1.0, separation: float = 1.0,
+                     spread: float = 1.0, popularity_shift: float = 0.5,
+                     chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+  """A large item catalog with skewed groups and group-correlated embeddings.
+
+  Group g (0 = largest) holds a share of items proportional to
+  (g + 1)^-`group_skew` (largest-remainder rounding, each group >= 1 item);
+  items are in random order. Embedding of item i in group g:
+
+    v_i = separation * c_g + shift_g e_0 + spread * N(0, I_dim / dim),
+    shift_g = popularity_shift * (1 - g / max(num_groups - 1, 1)),
+
+  with c_g random unit directions (orthonormal when num_groups <= dim) and
+  e_0 the first coordinate axis, which `generate_queries` also leans
+  towards: an unconstrained top-K over-exposes the large groups.
+
+  Args:
+    num_items, dim, num_groups: catalog shape.
+    seed: randomness; equal seeds give equal catalogs.
+    group_skew, separation, spread, popularity_shift: see the formula.
+    chunk: rows per step when adding centroids (bounds temporary memory).
+
+  Returns:
+    (item_emb float32 [num_items, dim], item_group int32 [num_items]).
+  """
+  _check(num_items >= num_groups >= 1, "num_items",
+         "must be >= num_groups >= 1")
+  _check(dim >= 1, "dim", "must be >= 1")
+  rng = np.random.default_rng(seed)
+  sizes = _skewed_sizes(num_items, num_groups, group_skew)
+  group = rng.permutation(
+      np.repeat(np.arange(num_groups, dtype=np.int32), sizes))
+  cent = separation * _orthonormal_rows(rng, num_groups, dim)
+  cent[:, 0] += popularity_shift * (
+      1.0 - np.arange(num_groups) / max(num_groups - 1, 1))
+  cent = cent.astype(np.float32)
+  emb = np.empty((num_items, dim), dtype=np.float32)
+  rng.standard_normal(dtype=np.float32, out=emb)
+  emb *= np.float32(spread / np.sqrt(dim))
+  for start in range(0, num_items, chunk):
+    emb[start:start + chunk] += cent[group[start:start + chunk]]
+  return emb, group
+
+
+def generate_queries(num: int, dim: int, seed: int = 0, *,
+                     query_bias: float = 0.5) -> np.ndarray:
+  """Query (user) vectors for a `generate_catalog` catalog.
+
+  q = N(0, I_dim / dim) + query_bias * e_0, so queries favour the items with
+  a large first coordinate (the large groups of the catalog).
+
+  Args:
+    num, dim: output shape.
+    seed: randomness; equal seeds give equal queries.
+    query_bias: weight of the shared popularity axis e_0.
+
+  Returns:
+    float32 [num, dim].
+  """
+  rng = np.random.default_rng(seed)
+  q = rng.standard_normal((num, dim), dtype=np.float32)
+  q *= np.float32(1.0 / np.sqrt(dim))
+  q[:, 0] += np.float32(query_bias)
+  return q

@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fairjax import checkpoint as ckpt_lib
@@ -137,7 +138,9 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
     if method in _FINETUNE_KIND or method == "ADVER":
       ck = ckpt_lib.Checkpointer(mdir / "ckpt")
       last = ck.latest_step()
-      template = pretrained() if method != "ADVER" else None
+      # Epochs donate their input state: start each method from a copy.
+      template = (jax.tree.map(jnp.copy, pretrained()) if method != "ADVER"
+                  else None)
       if method == "ADVER":
         from fairjax.methods import adver
         runner = adver.AdverRunner(model, config, data)
@@ -154,20 +157,19 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
         rows_t = data.rows([t])
         seen = data.seen(t)
         if method == "ADVER":
-          (state, info), secs = F.timed(runner.run_period, state, rows_t, seen,
-                                        t, jax.random.fold_in(mrng, t))
+          state, info = runner.run_period(state, rows_t, seen, t,
+                                          jax.random.fold_in(mrng, t))
           params = runner.rec_params(state)
         else:
           kind = _FINETUNE_KIND[method]
-          (state, info), secs = F.timed(
-              trainer.run_epochs, state, data, rows_t, kind, _lam(config, kind),
-              config.epochs, (config.seed, m_id, t), jax.random.fold_in(mrng, t),
-              seen)
+          state, info = trainer.run_epochs(
+              state, data, rows_t, kind, _lam(config, kind), config.epochs,
+              (config.seed, m_id, t), jax.random.fold_in(mrng, t), seen)
           params = state.params
         rows = _eval_rows(evaluator, params, data, t, method, config.ks)
-        log.add(t, rows, secs, info)
+        log.add(t, rows, info["train_seconds"], info)
         ck.save(t, state)
-        _report(method, t, secs, info, rows, config)
+        _report(method, t, info, rows, config)
       ck.close()
     elif method in _RETRAIN_KIND:
       kind = _RETRAIN_KIND[method]
@@ -176,13 +178,13 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
           continue
         state = trainer.init_state(jax.random.fold_in(mrng, t))
         rows_t = data.rows(range(0, t + 1))
-        (state, info), secs = F.timed(
-            trainer.run_epochs, state, data, rows_t, kind, _lam(config, kind),
+        state, info = trainer.run_epochs(
+            state, data, rows_t, kind, _lam(config, kind),
             config.retrain_epochs, (config.seed, m_id, t),
             jax.random.fold_in(mrng, t), data.seen(t))
         rows = _eval_rows(evaluator, state.params, data, t, method, config.ks)
-        log.add(t, rows, secs, info)
-        _report(method, t, secs, info, rows, config)
+        log.add(t, rows, info["train_seconds"], info)
+        _report(method, t, info, rows, config)
     elif method == "PRE-TRAIN":
       params = pretrained().params
       for t in periods:
@@ -217,7 +219,7 @@ def _pretrain(trainer, data, config, rng, workdir) -> train.TrainState:
   return state
 
 
-def _report(method, t, secs, info, rows, config) -> None:
+def _report(method, t, info, rows, config) -> None:
   k = config.ks[0]
   get = {(r["task"], r["protocol"], r["group"], r["metric"]): r["value"]
          for r in rows}
@@ -225,7 +227,7 @@ def _report(method, t, secs, info, rows, config) -> None:
   pd = get.get(("task_r", "sampled", "pd", f"ndcg@{k}"), float("nan"))
   extra = " ".join(f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}"
                    for a, b in info.items())
-  _log(f"[{method}] period {t}/{config.num_periods} {secs:.2f}s {extra} | "
+  _log(f"[{method}] period {t}/{config.num_periods} {extra} | "
        f"task_r ndcg@{k} {nd:.4f} pd {pd:+.4f}")
 
 

@@ -1,7 +1,7 @@
 """Fairness metrics: group gaps, intersectional cells, exposure, disparity.
 
-All functions are JAX-native and jittable (`num_*` arguments are static
-Python ints) and return JAX arrays; `float(x)` gives a Python number.
+All functions are jitted (`num_*` arguments are static Python ints), usable
+inside other jitted code, and return JAX arrays; `float(x)` gives a Python number.
 
   * User-side parity (FADE, DESIGN §3): PD = mean_{u: a_u=0} m_u -
     mean_{u: a_u=1} m_u over per-user metric values m_u (NaN users ignored).
@@ -14,6 +14,8 @@ Python ints) and return JAX arrays; `float(x)` gives a Python number.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -23,6 +25,7 @@ __all__ = ["group_means", "group_gap", "cell_recall", "cv_metrics",
            "group_exposure", "esp", "der", "max_min_gap", "gini"]
 
 
+@functools.partial(jax.jit, static_argnames=("num_groups",))
 def group_means(values: Array, groups: Array, num_groups: int) -> Array:
   """Per-group mean of per-user values, ignoring NaN values.
 
@@ -45,6 +48,7 @@ def group_means(values: Array, groups: Array, num_groups: int) -> Array:
   return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), jnp.nan)
 
 
+@jax.jit
 def group_gap(values: Array, groups: Array) -> Array:
   """Performance disparity PD = mean over group 0 - mean over group 1.
 
@@ -63,6 +67,8 @@ def group_gap(values: Array, groups: Array) -> Array:
   return means[0] - means[1]
 
 
+@functools.partial(
+    jax.jit, static_argnames=("num_user_groups", "num_item_groups"))
 def cell_recall(topk_items: Array, test_items: Array, user_group: Array,
                 item_group: Array, num_user_groups: int,
                 num_item_groups: int) -> Array:
@@ -119,6 +125,7 @@ def _nan_cv(x: Array, axis=None) -> Array:
                    jnp.nan)
 
 
+@jax.jit
 def cv_metrics(cell_values: Array) -> dict[str, Array]:
   """Dispersion of per-cell values: CV, MIN, UCV, ICV (ITFR, DESIGN §4).
 
@@ -154,6 +161,7 @@ def cv_metrics(cell_values: Array) -> dict[str, Array]:
               icv=jnp.nanmean(_nan_cv(x, axis=1)))
 
 
+@functools.partial(jax.jit, static_argnames=("num_groups",))
 def group_exposure(item_ids: Array, item_group: Array,
                    num_groups: int) -> Array:
   """Exposure counts e_g = number of retrieved slots holding a group-g item.
@@ -179,6 +187,7 @@ def group_exposure(item_ids: Array, item_group: Array,
                              num_groups)
 
 
+@jax.jit
 def esp(exposure: Array, min_exposure: Array) -> Array:
   """Exposure satisfaction proportion ESP = (1/G) sum_g 1[e_g >= m_g].
 
@@ -194,6 +203,7 @@ def esp(exposure: Array, min_exposure: Array) -> Array:
   return jnp.mean((e >= m).astype(jnp.float32))
 
 
+@jax.jit
 def der(group_utilities: Array) -> Array:
   """Disparity of expected returns (Hsu et al. 2025, DESIGN §6).
 
@@ -216,6 +226,7 @@ def der(group_utilities: Array) -> Array:
   return jnp.where(total != 0, val, jnp.nan)
 
 
+@jax.jit
 def max_min_gap(group_utilities: Array) -> Array:
   """max_g Ubar_g - min_g Ubar_g (NaN groups ignored).
 
@@ -229,6 +240,7 @@ def max_min_gap(group_utilities: Array) -> Array:
   return jnp.nanmax(u) - jnp.nanmin(u)
 
 
+@jax.jit
 def gini(x: Array) -> Array:
   """Gini coefficient of a non-negative vector.
 

@@ -1,0 +1,222 @@
+"""Negative sampling: seen-item matrices, jitted training negatives, and the
+fixed per-user evaluation negatives of the sampled protocol (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairjax.errors import DataError
+
+
+def interaction_matrix(users: np.ndarray, items: np.ndarray, num_users: int,
+                       num_items: int) -> jax.Array:
+  """bool [U, I] with M[u, i] = True iff (u, i) occurs in the pairs.
+
+  Built on the host (ML-1M: 6040 x 3706 = 22 MB) and moved to the device.
+  """
+  users = np.asarray(users)
+  items = np.asarray(items)
+  if users.shape != items.shape:
+    raise DataError(f"users {users.shape} and items {items.shape} differ",
+                    field="item")
+  m = np.zeros((num_users, num_items), dtype=bool)
+  m[users, items] = True
+  return jnp.asarray(m)
+
+
+def check_sampleable(seen, users: np.ndarray | None = None) -> None:
+  """Raises DataError if some user has interacted with every item.
+
+  `sample_negatives` returns -1 for such users; call this once on the host
+  before training to fail early instead.
+
+  Args:
+    seen: bool [U, I] seen matrix.
+    users: optional user ids to check (default: all users).
+  """
+  seen = np.asarray(seen)
+  full = seen.all(axis=1)
+  if users is not None:
+    mask = np.zeros_like(full)
+    mask[np.asarray(users)] = True
+    full &= mask
+  if full.any():
+    bad = np.nonzero(full)[0]
+    raise DataError(f"{bad.size} user(s) have interacted with all "
+                    f"{seen.shape[1]} items, no negative can be drawn "
+                    f"(first: user {int(bad[0])})", field="user")
+
+
+@functools.partial(jax.jit, static_argnames=("n", "max_rounds"))
+def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
+                     n: int, max_rounds: int = 32) -> jax.Array:
+  """Draws n negatives per row, uniform over the items the user never saw.
+
+  Rejection sampling: draw j ~ U{0..I-1} per slot; in a `lax.while_loop`
+  redraw only the slots with seen[u, j] True, for at most `max_rounds`
+  rounds (round r uses fold_in(rng, r)). Slots still rejected after that
+  (users who saw most of the catalog) are filled exactly: with f_u the
+  free-item indicator and c = cumsum(f_u), draw r ~ U{0..sum f_u - 1} and
+  take the first j with c_j > r. Both stages give j uniform over
+  {j : seen[u, j] = False}, independently per slot. Pure and jittable
+  inside a training step.
+
+  Args:
+    rng: a PRNG key.
+    seen: bool [U, I] seen matrix (train interactions).
+    users: int [B] user of each row.
+    n: negatives per row (static).
+    max_rounds: rejection rounds before the exact fallback (static).
+
+  Returns:
+    int32 [B, n] item ids; -1 for users with no unseen item (see
+    `check_sampleable`).
+  """
+  num_items = seen.shape[1]
+  b = users.shape[0]
+  rows = users[:, None]
+
+  def draw(r):
+    return jax.random.randint(jax.random.fold_in(rng, r), (b, n), 0,
+                              num_items, dtype=jnp.int32)
+
+  cand = draw(0)
+  rej = seen[rows, cand]
+
+  def cond(c):
+    r, _, rej = c
+    return (r < max_rounds) & rej.any()
+
+  def body(c):
+    r, cand, rej = c
+    new = draw(r)
+    cand = jnp.where(rej, new, cand)
+    return r + 1, cand, rej & seen[rows, new]
+
+  _, cand, rej = jax.lax.while_loop(cond, body, (1, cand, rej))
+
+  def exact(cand):
+    free = ~seen[users]  # [B, I]
+    csum = jnp.cumsum(free, axis=1, dtype=jnp.int32)
+    cnt = csum[:, -1:]  # [B, 1]
+    r = jax.random.randint(jax.random.fold_in(rng, max_rounds + 1), (b, n),
+                           0, jnp.maximum(cnt, 1), dtype=jnp.int32)
+    idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(
+        csum, r).astype(jnp.int32)
+    idx = jnp.where(cnt > 0, idx, -1)
+    return jnp.where(rej, idx, cand)
+
+  return jax.lax.cond(rej.any(), exact, lambda c: c, cand)
+
+
+def eval_negatives(seed: int, train_seen, test_seen,
+                   candidate_items: np.ndarray, num_users: int, n: int = 100,
+                   chunk: int = 1024) -> np.ndarray:
+  """Fixed per-user negatives for the sampled evaluation protocol.
+
+  For each user u: the n items of lowest key among candidate_items minus
+  (train items of u) minus (test items of u), with keys iid U(0, 1) from
+  `np.random.default_rng(seed)` drawn chunk by chunk of users; that is, a
+  uniform sample without replacement. Rows are sorted by item id; if fewer
+  than n items are available the row is padded with -1 at the end.
+
+  Args:
+    seed: randomness; equal seeds give equal negatives.
+    train_seen, test_seen: bool [U, I] seen matrices (NumPy or JAX).
+    candidate_items: int [C] distinct item ids to draw from (e.g. the items
+      seen in training).
+    num_users: U.
+    n: negatives per user.
+    chunk: users per block (bounds memory; part of the seed -> output map).
+
+  Returns:
+    int32 [U, n].
+  """
+  train_seen = np.asarray(train_seen, dtype=bool)
+  test_seen = np.asarray(test_seen, dtype=bool)
+  cand = np.unique(np.asarray(candidate_items, dtype=np.int64))
+  for name, m in (("train_seen", train_seen), ("test_seen", test_seen)):
+    if m.ndim != 2 or m.shape[0] != num_users:
+      raise DataError(f"expected [{num_users}, I], got {m.shape}",
+                      field=name)
+  if train_seen.shape != test_seen.shape:
+    raise DataError(f"train {train_seen.shape} vs test {test_seen.shape}",
+                    field="test_seen")
+  if cand.size and (cand[0] < 0 or cand[-1] >= train_seen.shape[1]):
+    raise DataError("item id out of range", field="candidate_items")
+  rng = np.random.default_rng(seed)
+  c = cand.size
+  take = min(n, c)
+  out = np.full((num_users, n), -1, dtype=np.int32)
+  for start in range(0, num_users, chunk):
+    sl = slice(start, min(start + chunk, num_users))
+    keys = rng.random((sl.stop - sl.start, c), dtype=np.float32)
+    excl = train_seen[sl][:, cand] | test_seen[sl][:, cand]
+    keys[excl] = 2.0
+    if take == 0:
+      continue
+    if take < c:
+      part = np.argpartition(keys, take - 1, axis=1)[:, :take]
+    else:
+      part = np.broadcast_to(np.arange(c), keys.shape)
+    ok = np.take_along_axis(keys, part, 1) < 2.0
+    items = np.where(ok, cand[part], np.iinfo(np.int64).max)
+    items.sort(axis=1)
+    out[sl, :take] = np.where(items == np.iinfo(np.int64).max, -1, items)
+  return out
+
+
+def load_or_create_eval_negatives(
+    path: str | os.PathLike, make_fn: Callable[[], np.ndarray],
+    expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+  """Loads the saved negatives at `path` (.npy), or creates and saves them.
+
+  If `path` is missing, calls `make_fn()`, writes the array to a temporary
+  file in the same directory and `os.replace`s it into place (atomic: a
+  crash leaves no partial file), so every method run in a workdir faces the
+  same candidates.
+
+  Args:
+    path: the .npy file.
+    make_fn: builds the array when the file does not exist.
+    expected_shape: if given, a loaded array of another shape is an error.
+
+  Returns:
+    The array (int32 [U, n] for `eval_negatives`).
+
+  Raises:
+    DataError (with the path): unreadable file or wrong shape.
+  """
+  path = os.fspath(path)
+  if os.path.exists(path):
+    try:
+      arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise DataError(f"cannot read saved negatives: {e}", path=path) from e
+  else:
+    arr = np.asarray(make_fn())
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npy")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+      raise
+  if expected_shape is not None and tuple(arr.shape) != tuple(expected_shape):
+    raise DataError(f"saved negatives have shape {arr.shape}, expected "
+                    f"{tuple(expected_shape)}", path=path)
+  return arr

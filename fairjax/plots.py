@@ -1,0 +1,85 @@
+"""Figures from a run's workdir (metrics.csv, summary.json), as PNG.
+
+FADE: PD over time per method (paper Fig. 3), accuracy vs |PD| trade-off
+(Fig. 2), and a lambda sweep over several workdirs (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _metrics(workdir: pathlib.Path) -> pd.DataFrame:
+  path = workdir / "metrics.csv"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no metrics.csv (run the job first)")
+  return pd.read_csv(path)
+
+
+def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
+                 protocol: str = "sampled") -> list[pathlib.Path]:
+  """Draws pd_over_time.png and tradeoff.png into `workdir`."""
+  workdir = pathlib.Path(workdir)
+  df = _metrics(workdir)
+  sel = df[(df.task == task) & (df.protocol == protocol) &
+           (df.metric == metric)]
+  out = []
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method, g in sel[sel.group == "pd"].groupby("method"):
+    g = g.sort_values("snapshot")
+    ax.plot(g.snapshot, g.value, marker="o", label=method)
+  ax.axhline(0, color="grey", lw=0.8)
+  ax.set(xlabel="period", ylabel=f"PD ({metric}, {task})",
+         title="User-group gap over time")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out.append(workdir / "pd_over_time.png")
+  fig.savefig(out[-1], dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for method, g in sel.groupby("method"):
+    acc = g[g.group == "all"].value.mean()
+    gap = g[g.group == "pd"].value.abs().mean()
+    ax.scatter(gap, acc, s=40)
+    ax.annotate(method, (gap, acc), fontsize=8, xytext=(3, 3),
+                textcoords="offset points")
+  ax.set(xlabel=f"mean |PD| ({metric})", ylabel=f"mean {metric}",
+         title="Accuracy vs disparity")
+  fig.tight_layout()
+  out.append(workdir / "tradeoff.png")
+  fig.savefig(out[-1], dpi=120)
+  plt.close(fig)
+  return out
+
+
+def fade_lambda_sweep(workdirs, out_path, method: str = "FADE",
+                      metric: str = "ndcg@20", task: str = "task_r"
+                      ) -> pathlib.Path:
+  """Accuracy and |PD| against lambda, one point per workdir (Fig. 4)."""
+  points = []
+  for d in map(pathlib.Path, workdirs):
+    lam = json.loads((d / "config.json").read_text())["fade"]["lam"]
+    s = json.loads((d / "summary.json").read_text())[task][method]
+    points.append((lam, s[metric], s[f"pd_{metric}"]))
+  points.sort()
+  fig, ax = plt.subplots(figsize=(5, 4))
+  ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=metric)
+  ax2 = ax.twinx()
+  ax2.plot([p[0] for p in points], [p[2] for p in points], "s--", color="C3",
+           label=f"|PD| {metric}")
+  ax.set(xlabel="lambda", ylabel=metric, title=f"{method}: lambda sweep")
+  ax2.set_ylabel(f"|PD| {metric}")
+  fig.legend(fontsize=8, loc="upper center")
+  fig.tight_layout()
+  out_path = pathlib.Path(out_path)
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  return out_path
