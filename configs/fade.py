@@ -87,5 +87,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.retrain_epochs = int(v.get("retrain_epochs", 3))
     c.epochs = int(v.get("epochs", 2))
     c.num_periods = int(v.get("periods", 3))
+  elif "periods" in v:
+    c.num_periods = int(v["periods"])
     c.adver.disc_steps = 2
   return c

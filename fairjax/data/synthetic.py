@@ -10,9 +10,9 @@ demo without real data. Phenomena and the parameters that drive them:
   for the rest. The labels only mirror MovieLens' coding.
 * Unequal activity. A user's interaction count is log-normal
   (`activity_sigma`) with group means in the ratio 1 : `minority_activity`
-  (< 1: minority users interact less); counts are rescaled to the total
-  `num_interactions` (default `num_users * interactions_per_user`) and
-  clipped to [`min_interactions`, `max_item_frac * num_items`].
+  (< 1: minority users interact less); counts are scaled so that, clipped
+  to [`min_interactions`, `max_item_frac * num_items`], they sum exactly to
+  `num_interactions` (default round(num_users * interactions_per_user)).
 * Skewed item groups. Genre g (0 = largest) is the first genre of a share
   of items proportional to (g + 1)^-`genre_skew`; a share
   `multi_genre_frac` of items gets a second, different genre.
@@ -111,14 +111,28 @@ def _item_genres(rng: np.random.Generator, num_items: int, num_genres: int,
 
 
 def _user_counts(rng, group, minority_activity, sigma, lo, hi, total):
+  """Per-user counts: log-normal weights w_u (group-scaled), then the scale
+  c with sum_u clip(c w_u, lo, hi) = total (bisection), floored, and the
+  remainder added one each to the largest fractional parts (exact total)."""
   rel = np.where(group == 1, minority_activity, 1.0)
   w = rel * rng.lognormal(-0.5 * sigma**2, sigma, group.shape[0])
-  raw = total * w / w.sum()
+  a, b = 0.0, hi / w.min()
+  for _ in range(100):
+    c = 0.5 * (a + b)
+    if np.clip(c * w, lo, hi).sum() < total:
+      a = c
+    else:
+      b = c
+  raw = np.clip(b * w, lo, hi)
   counts = np.floor(raw).astype(np.int64)
   rest = int(total - counts.sum())
   if rest > 0:
-    counts[np.argsort(-(raw - counts), kind="stable")[:rest]] += 1
-  return np.clip(counts, lo, hi)
+    frac = np.where(counts < hi, raw - counts, -1.0)
+    counts[np.argsort(-frac, kind="stable")[:rest]] += 1
+  elif rest < 0:
+    frac = np.where(counts > lo, raw - counts, 2.0)
+    counts[np.argsort(frac, kind="stable")[:-rest]] -= 1
+  return counts
 
 
 def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
@@ -149,15 +163,20 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
     seed: the only source of randomness; equal seeds give equal datasets.
     num_users, num_items, num_genres: sizes of the id spaces.
     dim: latent factor dimension.
-    num_interactions: target total; overrides `interactions_per_user`. The
-      total is exact unless the per-user clip bounds bind.
+    num_interactions: exact total; overrides `interactions_per_user`.
     interactions_per_user: mean count per user when `num_interactions` is
       None (target total = round(num_users * interactions_per_user)).
     Other keyword arguments: see the module docstring.
 
   Returns:
-    A `Dataset` sorted by (user, timestamp) with `user_attrs['gender']`,
-    `item_genres` (multi-hot), `item_first_genre` and timestamps.
+    A `Dataset` (name `name`) sorted by (user, timestamp), with raw ids
+    1..U and 1..I, `user_attrs['gender']` (int32, 0 = majority 'M', 1 =
+    minority 'F'), `item_genres` (bool multi-hot), `genre_names`
+    ('genre0'.. by decreasing size; the last `minority_genres` are niche),
+    `item_first_genre` and Unix-second timestamps.
+
+  Raises:
+    ConfigError: a parameter out of range (the message names it).
   """
   _check(num_users >= 2, "num_users", "must be >= 2")
   _check(num_genres >= 2, "num_genres", "must be >= 2")
@@ -174,7 +193,10 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
          "must be <= max_item_frac * num_items")
   total = (int(num_interactions) if num_interactions is not None
            else int(round(num_users * interactions_per_user)))
-  _check(total >= num_users, "num_interactions", "must be >= num_users")
+  _check(num_users * min_interactions <= total <= num_users * hi,
+         "num_interactions", f"{total} not in [num_users * min_interactions,"
+         f" num_users * max_item_frac * num_items] = "
+         f"[{num_users * min_interactions}, {num_users * hi}]")
 
   rng = np.random.default_rng(seed)
   # Users: sensitive attribute, activity.
@@ -240,8 +262,15 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
     logits = sharp[:, None] * aff + pop_w[:, None] * log_pop[None, :]
     logits = logits + rng.gumbel(size=logits.shape)
     logits[taken] = -np.inf
-    ranked = np.argsort(-logits, axis=1, kind="stable")
-    pick = np.arange(num_items)[None, :] < cnt[:, None]
+    kmax = int(cnt.max())
+    if kmax < num_items:  # only the top kmax columns need ordering
+      top = np.argpartition(-logits, kmax - 1, axis=1)[:, :kmax]
+    else:
+      top = np.broadcast_to(np.arange(num_items), logits.shape)
+    ranked = np.take_along_axis(
+        top, np.argsort(-np.take_along_axis(logits, top, 1), axis=1,
+                        kind="stable"), 1)
+    pick = np.arange(kmax)[None, :] < cnt[:, None]
     rows = np.nonzero(pick)[0]
     cols = ranked[pick]
     taken[rows, cols] = True
@@ -277,7 +306,7 @@ def generate(seed: int = 0, num_users: int = 1000, num_items: int = 800,
 
 def generate_catalog(num_items: int, dim: int, num_groups: int, seed: int = 0,
                      *, group_skew: float = 1.0, separation: float = 1.0,
-                     spread: float = 1.0, popularity_shift: float = 0.5,
+                     spread: float = 1.0, popularity_shift: float = 1.0,
                      chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
   """A large item catalog with skewed groups and group-correlated embeddings.
 
@@ -288,9 +317,10 @@ def generate_catalog(num_items: int, dim: int, num_groups: int, seed: int = 0,
     v_i = separation * c_g + shift_g e_0 + spread * N(0, I_dim / dim),
     shift_g = popularity_shift * (1 - g / max(num_groups - 1, 1)),
 
-  with c_g random unit directions (orthonormal when num_groups <= dim) and
-  e_0 the first coordinate axis, which `generate_queries` also leans
-  towards: an unconstrained top-K over-exposes the large groups.
+  with c_g random unit directions orthogonal to e_0 (orthonormal when
+  num_groups < dim) and e_0 the first coordinate axis, which
+  `generate_queries` also leans towards: an unconstrained top-K
+  over-exposes the large groups and under-exposes the small ones.
 
   Args:
     num_items, dim, num_groups: catalog shape.
@@ -308,8 +338,10 @@ def generate_catalog(num_items: int, dim: int, num_groups: int, seed: int = 0,
   sizes = _skewed_sizes(num_items, num_groups, group_skew)
   group = rng.permutation(
       np.repeat(np.arange(num_groups, dtype=np.int32), sizes))
-  cent = separation * _orthonormal_rows(rng, num_groups, dim)
-  cent[:, 0] += popularity_shift * (
+  cent = np.zeros((num_groups, dim))
+  if dim > 1:  # directions orthogonal to the popularity axis e_0
+    cent[:, 1:] = separation * _orthonormal_rows(rng, num_groups, dim - 1)
+  cent[:, 0] = popularity_shift * (
       1.0 - np.arange(num_groups) / max(num_groups - 1, 1))
   cent = cent.astype(np.float32)
   emb = np.empty((num_items, dim), dtype=np.float32)

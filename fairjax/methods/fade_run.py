@@ -116,8 +116,8 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
   trainer = F.Trainer(model, F.make_optimizer(config), config)
   negs = eval_negatives_for(data, workdir / "eval_negatives.npy", config.seed,
                             config.num_eval_negatives)
-  evaluator = E.Evaluator(model, negs, ks=config.ks)
-  evaluator.full_ranking = bool(config.eval_full)
+  evaluator = E.Evaluator(model, negs, ks=config.ks,
+                          full_ranking=bool(config.eval_full))
   rng = jax.random.key(config.seed)
   periods = range(1, config.num_periods + 1)
 
@@ -145,6 +145,10 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
         from fairjax.methods import adver
         runner = adver.AdverRunner(model, config, data)
         template = runner.init_from(pretrained())
+        adver_eval = E.Evaluator(model, negs, ks=config.ks,
+                                 full_ranking=bool(config.eval_full),
+                                 pair_fn=runner.pair_scores,
+                                 all_fn=runner.all_scores)
       if last is not None and all(log.done(t) for t in range(1, last + 1)):
         state = ck.restore(last, template)
         log.truncate(last)
@@ -160,13 +164,14 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
           state, info = runner.run_period(state, rows_t, seen, t,
                                           jax.random.fold_in(mrng, t))
           params = runner.rec_params(state)
+          rows = _eval_rows(adver_eval, params, data, t, method, config.ks)
         else:
           kind = _FINETUNE_KIND[method]
           state, info = trainer.run_epochs(
               state, data, rows_t, kind, _lam(config, kind), config.epochs,
               (config.seed, m_id, t), jax.random.fold_in(mrng, t), seen)
-          params = state.params
-        rows = _eval_rows(evaluator, params, data, t, method, config.ks)
+          rows = _eval_rows(evaluator, state.params, data, t, method,
+                            config.ks)
         log.add(t, rows, info["train_seconds"], info)
         ck.save(t, state)
         _report(method, t, info, rows, config)

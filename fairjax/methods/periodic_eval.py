@@ -59,8 +59,15 @@ class Evaluator:
   """Scores a parameter snapshot on an EvalSet; jitted functions are cached."""
 
   def __init__(self, model, eval_negatives: np.ndarray, ks=(20,),
-               chunk_size: int = 1024):
+               chunk_size: int = 1024, pair_fn=None, all_fn=None,
+               full_ranking: bool = True):
+    """`pair_fn(params, users, items)` / `all_fn(params, users)` override the
+    backbone's scoring (ADVER scores through its filter)."""
     self.model = model
+    self.pair_fn = pair_fn or (
+        lambda p, u, i: models_lib.pair_scores(model, p, u, i))
+    self.all_fn = all_fn or (lambda p, u: models_lib.all_scores(model, p, u))
+    self.full_ranking = full_ranking
     self.negatives = jnp.asarray(eval_negatives)
     self.ks = tuple(int(k) for k in ks)
     self.chunk_size = chunk_size
@@ -69,12 +76,12 @@ class Evaluator:
 
   def _sampled_impl(self, params, pos_items, pos_mask):
     users = jnp.arange(pos_items.shape[0])
-    pos = models_lib.pair_scores(self.model, params, users, pos_items)
-    neg = models_lib.pair_scores(self.model, params, users, self.negatives)
+    pos = self.pair_fn(params, users, pos_items)
+    neg = self.pair_fn(params, users, self.negatives)
     return metrics_lib.sampled_rank_metrics(pos, neg, pos_mask, ks=self.ks)
 
   def _full_scores_impl(self, params, users):
-    return models_lib.all_scores(self.model, params, users)
+    return self.all_fn(params, users)
 
   def sampled(self, params, es: EvalSet) -> dict[str, np.ndarray]:
     out = self._sampled(params, jnp.asarray(es.pos_items),

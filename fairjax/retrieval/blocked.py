@@ -17,11 +17,12 @@ Pruning (exact). With tau_b the running K-th score of row b, an item with score
 entry, so it loses ties. Per block we compute chunk maxima M (chunks of `c`
 items) and the number of chunks with M > tau per row, n_b:
   * max_b n_b = 0     -> the block is skipped (only the GEMM and a reduce);
-  * max_b n_b <= R    -> the R best chunks of each row (which contain every
-                         item above tau) are gathered in id order and merged;
+  * max_b n_b <= R    -> each row's chunks above tau are compacted (in id
+                         order) into R slots, gathered and appended to a
+                         buffer; the buffer is merged every F such blocks;
   * otherwise         -> full merge of running list and block.
-The chunk path is exact because the chunks above tau are a subset of the R
-chunks with the largest maxima.
+The chunk path is exact: every item above tau lies in a chunk above tau, and
+a stale tau (the buffer is merged later) is still a valid lower bound.
 """
 
 from __future__ import annotations
@@ -33,21 +34,6 @@ import jax.numpy as jnp
 from jax import lax
 
 NEG_INF = float("-inf")
-
-
-def sort_small(x: jax.Array) -> jax.Array:
-  """Sorts the last axis (small, static length) ascending with min/max ops.
-
-  Odd-even transposition network: n rounds of compare-exchange on adjacent
-  pairs; only elementwise ops, so it fuses and is cheap for n <= 16.
-  """
-  n = x.shape[-1]
-  cols = [x[..., i] for i in range(n)]
-  for r in range(n):
-    for i in range(r % 2, n - 1, 2):
-      a, b = cols[i], cols[i + 1]
-      cols[i], cols[i + 1] = jnp.minimum(a, b), jnp.maximum(a, b)
-  return jnp.stack(cols, axis=-1)
 
 
 def merge_topk(scores: jax.Array, ids: jax.Array,
@@ -85,11 +71,12 @@ def _item_bias(group_blk, mu, valid_blk):
   return jnp.where(valid_blk, -mu[g], NEG_INF).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block", "chunk",
-                                             "num_chunks_small", "prune"))
+@functools.partial(jax.jit, static_argnames=(
+    "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                mu: jax.Array | None, id_offset: jax.Array | int, *, k: int,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
+               flush_every: int = 4,
                prune: bool = True) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of s_bi = <u_b, v_i> - mu[g_i] over a local item range.
 
@@ -102,7 +89,9 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     k: results per query.
     block: items per GEMM block.
     chunk: items per chunk for the pruning maxima (divides `block`).
-    num_chunks_small: R, chunks gathered on the cheap path.
+    num_chunks_small: R, chunks gathered per block on the cheap path.
+    flush_every: F, cheap-path blocks buffered before one merge (the merge is
+      a `lax.top_k` over k + F R chunk candidates).
     prune: False gives the plain block-and-merge baseline (full merge every
       block).
 
@@ -115,11 +104,22 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   nb = n // block
   nc = block // chunk
   r = min(num_chunks_small, nc)
+  width = r * chunk
   user_q = user_q.astype(jnp.float32)
   col = jnp.arange(block, dtype=jnp.int32)
+  # tri[i, j] = 1 if i < j: hits @ tri = number of hits before each chunk.
+  tri = jnp.triu(jnp.ones((nc, nc), jnp.float32), k=1)
+  slots = jnp.arange(r, dtype=jnp.float32)
+  chunk_ids = jnp.arange(nc, dtype=jnp.int32)
+  empty_s = jnp.full((b, flush_every * width), NEG_INF, jnp.float32)
+  empty_i = jnp.full((b, flush_every * width), -1, jnp.int32)
+
+  def flush(top_s, top_i, buf_s, buf_i):
+    return merge_topk(jnp.concatenate([top_s, buf_s], axis=1),
+                      jnp.concatenate([top_i, buf_i], axis=1), k)
 
   def body(i, carry):
-    top_s, top_i = carry
+    top_s, top_i, buf_s, buf_i, fill = carry
     start = i * block
     v = lax.dynamic_slice_in_dim(item_emb, start, block)
     g = lax.dynamic_slice_in_dim(item_group, start, block)
@@ -127,13 +127,18 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     blk_ids = id_offset + start + col
 
     def full(_):
-      cat_s = jnp.concatenate([top_s, s], axis=1)
-      cat_i = jnp.concatenate([top_i, jnp.broadcast_to(blk_ids, s.shape)],
-                              axis=1)
-      return merge_topk(cat_s, cat_i, k)
+      cat_s = jnp.concatenate([top_s, buf_s, s], axis=1)
+      cat_i = jnp.concatenate(
+          [top_i, buf_i, jnp.broadcast_to(blk_ids, s.shape)], axis=1)
+      new_s, new_i = merge_topk(cat_s, cat_i, k)
+      return new_s, new_i, empty_s, empty_i, jnp.int32(0)
 
     if not prune:
-      return full(None)
+      new_s, new_i = merge_topk(
+          jnp.concatenate([top_s, s], axis=1),
+          jnp.concatenate([top_i, jnp.broadcast_to(blk_ids, s.shape)], axis=1),
+          k)
+      return new_s, new_i, buf_s, buf_i, fill
 
     tau = top_s[:, k - 1:k]
     cmax = s.reshape(b, nc, chunk).max(axis=2)
@@ -141,21 +146,41 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     need = jnp.max(jnp.sum(above, axis=1))
 
     def small(_):
-      _, sel = lax.top_k(jnp.where(above, cmax, NEG_INF), r)
-      sel = sort_small(sel)
+      # Compact the (<= r) chunks above tau into r slots in id order, with
+      # slot j <- the chunk whose exclusive prefix count of hits is j. Prefix
+      # counts come from a 0/1 matmul with a triangular matrix (exact).
+      hits = above.astype(jnp.float32)
+      pos = jnp.dot(hits, tri, precision=lax.Precision.HIGHEST)  # [b, nc]
+      onehot = (above[:, None, :]
+                & (pos[:, None, :] == slots[None, :, None]))  # [b, r, nc]
+      sel = jnp.sum(jnp.where(onehot, chunk_ids[None, None, :], 0), axis=2)
+      used = jnp.any(onehot, axis=2)  # [b, r]
       cand = jnp.take_along_axis(s.reshape(b, nc, chunk), sel[:, :, None],
-                                 axis=1).reshape(b, r * chunk)
+                                 axis=1)
+      cand = jnp.where(used[:, :, None], cand, NEG_INF).reshape(b, width)
       cand_i = (id_offset + start + sel[:, :, None] * chunk
-                + jnp.arange(chunk, dtype=jnp.int32)).reshape(b, r * chunk)
-      return merge_topk(jnp.concatenate([top_s, cand], axis=1),
-                        jnp.concatenate([top_i, cand_i], axis=1), k)
+                + jnp.arange(chunk, dtype=jnp.int32)).reshape(b, width)
+      nbuf_s = lax.dynamic_update_slice_in_dim(buf_s, cand, fill * width, 1)
+      nbuf_i = lax.dynamic_update_slice_in_dim(buf_i, cand_i, fill * width, 1)
+
+      def do_flush(_):
+        ns, ni = flush(top_s, top_i, nbuf_s, nbuf_i)
+        return ns, ni, empty_s, empty_i, jnp.int32(0)
+
+      def keep(_):
+        return top_s, top_i, nbuf_s, nbuf_i, fill + 1
+
+      return lax.cond(fill + 1 == flush_every, do_flush, keep, None)
 
     def skip(_):
-      return top_s, top_i
+      return top_s, top_i, buf_s, buf_i, fill
 
     branch = jnp.where(need == 0, 0, jnp.where(need <= r, 1, 2))
     return lax.switch(branch, (skip, small, full), None)
 
   init = (jnp.full((b, k), NEG_INF, jnp.float32),
-          jnp.full((b, k), -1, jnp.int32))
-  return lax.fori_loop(0, nb, body, init)
+          jnp.full((b, k), -1, jnp.int32), empty_s, empty_i, jnp.int32(0))
+  top_s, top_i, buf_s, buf_i, _ = lax.fori_loop(0, nb, body, init)
+  if prune:
+    top_s, top_i = flush(top_s, top_i, buf_s, buf_i)
+  return top_s, top_i

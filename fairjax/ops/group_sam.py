@@ -1,0 +1,272 @@
+"""Sharpness-aware per-cell gradients (ITFR, DESIGN §4).
+
+For every intersectional cell g present in a batch, from the same parameters
+theta (Wang et al., "Intersectional Two-sided Fairness in Recommendation",
+WWW 2024, eq. of the sharpness-aware loss; Foret et al., "Sharpness-Aware
+Minimization", ICLR 2021):
+
+    L_g      = (1 / n_g) sum_{b in g} l_b(theta)          (mean BPR of g's rows)
+    grad_g   = dL_g / dtheta
+    eps_g    = rho grad_g / (||grad_g|| + 1e-12)           (global L2 norm)
+    L_g^SA   = L_g(theta + eps_g)
+    h_g      = dL_g / dtheta evaluated at theta + eps_g    (eps_g held fixed)
+
+Every cell is perturbed from the same theta: no perturbation leaks from one
+cell to the next (the official PyTorch code restores theta between cells; here
+the cells are computed together). A cell absent from the batch has n_g = 0,
+L_g = L_g^SA = 0 and zero gradients (eps_g = 0: the formula stays defined).
+rho = 0 gives h_g = grad_g (plain per-cell gradients).
+
+Two implementations of the same quantities:
+
+* `cell_sam_dense(cell_loss, params, num_cells, rho)`: any model. A `vmap`
+  over the cell index of (gradient, perturbation, gradient) on the whole
+  parameter pytree; per-cell results are dense pytrees with a leading [G]
+  axis. Used for LightGCN (whose gradient is dense through the propagation)
+  and as the reference in tests.
+
+* `cell_sam_rows(example_loss, rows, keys, cell, valid, ...)`: models whose
+  loss of example b depends only on gathered embedding rows of that example
+  (MF: e_u, e_i, e_j). Then grad_g is non-zero only on the table rows that
+  g's examples touch, and its value on row r is the sum of the slot gradients
+  of g's slots reading r (duplicates in a batch summed). This is the vmap
+  over cells with every cell's all-zero part dropped: since each example
+  belongs to one cell, slice g of the vmapped computation differs from theta
+  only on g's rows, so one pass over the batch with each slot perturbed by its
+  own cell's eps gives every L_g^SA and h_g at once. Cost: two forward and
+  backward passes over the gathered rows plus a sort of S keys, independent
+  of the table sizes and of G. Per-cell gradients come back as segments:
+  (cell, key) pairs with one row of values each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+SAM_EPS = 1e-12  # added to the norm as in the official code: rho g / (|g| + eps).
+
+
+def _check_rho(rho) -> None:
+  if isinstance(rho, (int, float)) and rho < 0:
+    raise ValueError(f"rho must be >= 0, got {rho}")
+
+
+def global_norm(tree: PyTree) -> Array:
+  """||tree||_2 over all leaves: sqrt(sum of squares)."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+
+
+class DenseCellSam(NamedTuple):
+  """Per-cell results of `cell_sam_dense` (leading axis G on every field).
+
+  Attributes:
+    loss: [G] L_g at theta (0 for an absent cell).
+    loss_sa: [G] L_g^SA = L_g(theta + eps_g).
+    count: [G] n_g, rows of cell g in the batch.
+    grad: pytree of [G, ...] grad_g (dense).
+    grad_norm: [G] ||grad_g||.
+    h: pytree of [G, ...] h_g (dense).
+    h_norm: [G] ||h_g||.
+  """
+
+  loss: Array
+  loss_sa: Array
+  count: Array
+  grad: PyTree
+  grad_norm: Array
+  h: PyTree
+  h_norm: Array
+
+
+def cell_sam_dense(cell_loss: Callable[[PyTree, Array], tuple[Array, Array]],
+                   params: PyTree, num_cells: int,
+                   rho: float | Array | None) -> DenseCellSam:
+  """Sharpness-aware loss and gradient of every cell, vmapped over cells.
+
+  Args:
+    cell_loss: `(params, g) -> (L_g, n_g)`, the mean loss of the batch rows
+      of cell g (0 when n_g = 0) and their count; g is a traced int32.
+    params: the parameters theta (any pytree).
+    num_cells: G (static).
+    rho: perturbation radius >= 0; None skips the perturbed pass (L^SA = L,
+      h = grad).
+
+  Returns:
+    `DenseCellSam`; see the module docstring for the formulas.
+  """
+  if rho is not None:
+    _check_rho(rho)
+  grad_fn = jax.value_and_grad(cell_loss, has_aux=True)
+
+  def one(g):
+    (loss, count), grad = grad_fn(params, g)
+    norm = global_norm(grad)
+    if rho is None:
+      return DenseCellSam(loss, loss, count, grad, norm, grad, norm)
+    scale = rho / (norm + SAM_EPS)
+    perturbed = jax.tree.map(lambda p, d: p + scale * d, params, grad)
+    (loss_sa, _), h = grad_fn(perturbed, g)
+    return DenseCellSam(loss, loss_sa, count, grad, norm, h, global_norm(h))
+
+  return jax.vmap(one)(jnp.arange(num_cells, dtype=jnp.int32))
+
+
+def segment_ids(keys: Array) -> tuple[Array, Array]:
+  """Dense ids of equal keys: equal keys get equal ids in [0, S).
+
+  A stable sort of the S keys and a new id wherever the sorted key changes
+  (ids follow the sorted key order).
+
+  Args:
+    keys: int [S].
+
+  Returns:
+    (seg [S] int32, first [S] int32): seg[s] is the id of keys[s]; first[k]
+    is a slot holding segment k, for k below the number of distinct keys
+    (later entries hold the slot of the largest key).
+  """
+  s = keys.shape[0]
+  order = jnp.argsort(keys, stable=True)
+  sk = keys[order]
+  new = jnp.concatenate([jnp.ones((1,), bool), sk[1:] != sk[:-1]])
+  sid = jnp.cumsum(new.astype(jnp.int32)) - 1
+  seg = jnp.zeros((s,), jnp.int32).at[order].set(sid)
+  pos = jnp.nonzero(new, size=s, fill_value=s - 1)[0]
+  return seg, order[pos].astype(jnp.int32)
+
+
+class RowCellSam(NamedTuple):
+  """Per-cell results of `cell_sam_rows`, per-cell gradients as segments.
+
+  A segment k is one (cell, table row) pair touched by the batch: cell
+  `seg_cell[k]` (G for unused/padding segments), row key `seg_key[k]`.
+  grad_g restricted to row r is `grad_seg[k]` for the segment k of (g, r)
+  and 0 on rows g does not touch; likewise h_g with `h_seg`.
+
+  Attributes:
+    loss, loss_sa, count, grad_norm, h_norm: [G] as in `DenseCellSam`.
+    seg: [S] segment of each slot.
+    seg_cell: [S] cell of each segment (G = unused).
+    seg_key: [S] row key of each segment.
+    grad_seg: [S, d] grad_g rows at theta.
+    h_seg: [S, d] h_g rows at theta + eps_g.
+    slot_grad: [S, d] per-slot gradient of L_{cell(s)} at theta.
+    slot_h: [S, d] per-slot gradient of L_{cell(s)} at theta + eps_{cell(s)}
+      (pull back `q[cell] * slot_h` through the gather for sum_g q_g h_g).
+  """
+
+  loss: Array
+  loss_sa: Array
+  count: Array
+  grad_norm: Array
+  h_norm: Array
+  seg: Array
+  seg_cell: Array
+  seg_key: Array
+  grad_seg: Array
+  h_seg: Array
+  slot_grad: Array
+  slot_h: Array
+
+
+def _cell_weights(cell, valid, num_cells, dtype):
+  g = num_cells
+  valid = valid.astype(bool)
+  cell = jnp.where(valid, cell.astype(jnp.int32), g)
+  count = jax.ops.segment_sum(valid.astype(dtype), cell, g + 1)[:g]
+  inv = 1.0 / jnp.maximum(count, 1.0)
+  w = jnp.where(valid, jnp.append(inv, 0.0)[cell], 0.0)  # [B]
+  return cell, count, w
+
+
+def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
+                  keys: Array, slot_example: Array, cell: Array, valid: Array,
+                  num_cells: int, key_space: int, rho: float | Array | None
+                  ) -> RowCellSam:
+  """Sharpness-aware loss and gradient of every cell on gathered rows.
+
+  The parameters are embedding tables; the batch reads S slots, rows[s] =
+  table row `keys[s]` (the tables share one key space, e.g. user u -> u and
+  item i -> U + i). Example b's loss l_b must depend only on its own slots
+  (those s with slot_example[s] = b). Then, for cell g and w_b = valid_b /
+  n_{cell_b}:
+
+    L_g     = sum_{b in g} w_b l_b(rows)
+    grad_g  = scatter over keys of the slot gradients J_s = w_b dl_b/drows_s
+              of g's slots (equal keys summed)
+    eps_g   = rho grad_g / (||grad_g|| + 1e-12)
+    rows'_s = rows_s + eps_{cell(s)}[keys_s]
+    L_g^SA, h_g as L_g, grad_g at rows'.
+
+  Equals `cell_sam_dense` on the tables (tested), at the cost of two passes
+  over the batch.
+
+  Args:
+    example_loss: `rows [S, d] -> [B]` per-example losses.
+    rows: [S, d] gathered rows at theta.
+    keys: int [S] row key of each slot, in [0, key_space).
+    slot_example: int [S] example index (in [0, B)) of each slot.
+    cell: int [B] cell of each example, in [0, G).
+    valid: bool [B]; invalid (padding) examples belong to no cell.
+    num_cells: G (static).
+    key_space: K, number of distinct keys (static); (G + 1) K must fit int32.
+    rho: perturbation radius >= 0; None skips the perturbed pass (one pass,
+      L^SA = L and h = grad: the "no SAM" case, equal to rho = 0).
+
+  Returns:
+    `RowCellSam`.
+  """
+  if rho is not None:
+    _check_rho(rho)
+  g = num_cells
+  if (g + 1) * key_space >= 2 ** 31:
+    raise ValueError(f"(num_cells + 1) * key_space = {(g + 1) * key_space} "
+                     "does not fit int32")
+  cell, count, w = _cell_weights(cell, valid, g, rows.dtype)
+  slot_cell = cell[slot_example]  # [S], G for padding
+  seg, first = segment_ids(slot_cell * key_space + keys.astype(jnp.int32))
+  s = rows.shape[0]
+  n_seg = jnp.max(seg) + 1
+  seg_cell = jnp.where(jnp.arange(s) < n_seg, slot_cell[first], g)
+  seg_key = keys[first].astype(jnp.int32)
+
+  def pass_at(x):
+    losses, vjp = jax.vjp(example_loss, x)
+    (slot_g,) = vjp(w.astype(losses.dtype))
+    per_cell = jax.ops.segment_sum(w * losses, cell, g + 1)[:g]
+    grad_seg = jax.ops.segment_sum(slot_g, seg, s)
+    sq = jax.ops.segment_sum(jnp.sum(grad_seg * grad_seg, -1), seg_cell,
+                             g + 1)[:g]
+    return per_cell, slot_g, grad_seg, jnp.sqrt(sq)
+
+  loss, slot_grad, grad_seg, grad_norm = pass_at(rows)
+  if rho is None:
+    loss_sa, slot_h, h_seg, h_norm = loss, slot_grad, grad_seg, grad_norm
+  else:
+    scale = jnp.append(rho / (grad_norm + SAM_EPS), 0.0)  # [G + 1]
+    eps = scale[slot_cell][:, None] * grad_seg[seg]
+    loss_sa, slot_h, h_seg, h_norm = pass_at(rows + eps)
+  return RowCellSam(loss=loss, loss_sa=loss_sa, count=count,
+                    grad_norm=grad_norm, h_norm=h_norm, seg=seg,
+                    seg_cell=seg_cell, seg_key=seg_key, grad_seg=grad_seg,
+                    h_seg=h_seg, slot_grad=slot_grad, slot_h=slot_h)
+
+
+def segments_to_dense(seg_values: Array, seg_cell: Array, seg_key: Array,
+                      num_cells: int, key_space: int) -> Array:
+  """Per-cell dense tables [G, K, d] from segments (tests, diagnostics).
+
+  dense[g, r] = sum of seg_values[k] over segments k with (seg_cell[k],
+  seg_key[k]) = (g, r); unused segments (cell G) are dropped.
+  """
+  d = seg_values.shape[-1]
+  out = jnp.zeros((num_cells + 1, key_space, d), seg_values.dtype)
+  return out.at[seg_cell, seg_key].add(seg_values)[:num_cells]

@@ -1,0 +1,159 @@
+"""FADE end to end on tiny synthetic data: outputs, resume, bad input."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import fade as fade_config
+from fairjax.errors import ConfigError, DataError
+from fairjax.methods import fade as F
+from fairjax.methods import fade_run
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(methods, periods=3, **overrides):
+  c = fade_config.get_config(f"dataset=synthetic,smoke,periods={periods}")
+  c.methods = methods
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def test_all_methods_smoke(tmp_path):
+  c = _config(",".join(F.METHODS), periods=2)
+  summary = fade_run.train_and_evaluate(c, str(tmp_path))
+  for task in ("task_r", "task_n"):
+    assert set(summary[task]) == set(F.METHODS)
+    for m in F.METHODS:
+      for key in ("ndcg@20", "pd_ndcg@20", "recall@20", "pd_recall@20",
+                  "f1@20", "pd_f1@20"):
+        assert np.isfinite(summary[task][m][key]), (task, m, key)
+  assert set(summary["full"]["task_r"]) == set(F.METHODS)
+  assert set(summary["seconds_per_period"]) == set(F.METHODS)
+  df = pd.read_csv(tmp_path / "metrics.csv")
+  assert set(df.columns) == {"method", "snapshot", "task", "protocol", "group",
+                             "metric", "value"}
+  # 7 methods x 2 periods x 2 tasks x 2 protocols x 4 groups x 5 metrics.
+  assert len(df) == 7 * 2 * 2 * 2 * 4 * 5
+  assert json.loads((tmp_path / "summary.json").read_text()) == summary
+  # Metrics are averaged within group; PD = group 0 - group 1.
+  sel = df[(df.method == "FADE") & (df.snapshot == 1) & (df.task == "task_r")
+           & (df.protocol == "sampled") & (df.metric == "ndcg@20")]
+  v = dict(zip(sel.group, sel.value))
+  assert v["pd"] == pytest.approx(v["M"] - v["F"])
+
+
+def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
+  methods = "FINETUNE,FADE,RETRAIN"
+  full = fade_run.train_and_evaluate(_config(methods, periods=6),
+                                     str(tmp_path / "a"))
+
+  real_eval = fade_run._eval_rows
+
+  class Killed(Exception):
+    pass
+
+  def killing_eval(evaluator, params, data, snapshot, method, ks):
+    if method == "FADE" and snapshot == 5:
+      raise Killed()
+    return real_eval(evaluator, params, data, snapshot, method, ks)
+
+  monkeypatch.setattr(fade_run, "_eval_rows", killing_eval)
+  with pytest.raises(Killed):
+    fade_run.train_and_evaluate(_config(methods, periods=6),
+                                str(tmp_path / "b"))
+  monkeypatch.setattr(fade_run, "_eval_rows", real_eval)
+  rows_b = json.loads((tmp_path / "b/methods/FADE/rows.json").read_text())
+  assert sorted(rows_b["periods"]) == ["1", "2", "3", "4"]
+  resumed = fade_run.train_and_evaluate(_config(methods, periods=6),
+                                        str(tmp_path / "b"))
+  a = pd.read_csv(tmp_path / "a/metrics.csv")
+  b = pd.read_csv(tmp_path / "b/metrics.csv")
+  pd.testing.assert_frame_equal(a, b)
+  for task in ("task_r", "task_n"):
+    assert resumed[task] == full[task]
+
+
+def test_bad_config_values():
+  with pytest.raises(ConfigError, match="fade.lam"):
+    F.validate_config(_bad("lam", -0.1))
+  with pytest.raises(ConfigError, match="fade.tau"):
+    F.validate_config(_bad("tau", 0.0))
+  c = _config("FINETUNE,NOPE")
+  with pytest.raises(ConfigError, match="methods"):
+    F.validate_config(c)
+
+
+def _bad(field, value):
+  c = _config("FADE")
+  setattr(c.fade, field, value)
+  return c
+
+
+def test_missing_sensitive_attribute_is_a_data_error(tmp_path):
+  c = _config("FINETUNE", user_attr="religion")
+  with pytest.raises(DataError, match="religion"):
+    fade_run.train_and_evaluate(c, str(tmp_path))
+
+
+def test_one_group_batch_has_no_fairness_term():
+  c = _config("FADE")
+  data = F.prepare_data(c)
+  from fairjax import models as models_lib
+  model = models_lib.create("mf", data.num_users, data.num_items, dim=8)
+  params = models_lib.init_params(model, jax.random.key(0))
+  loss = F.make_loss(model, "fade", 0.5, 3.0, 1, 4)
+  majority = np.nonzero(data.user_group == 0)[0][:8]
+  minority = np.nonzero(data.user_group == 1)[0][:8]
+  seen = jnp.asarray(data.seen(0))
+  ctx = {"seen": seen, "user_group": jnp.asarray(data.user_group)}
+  item = jnp.zeros(8, jnp.int32)
+  one = {"user": jnp.asarray(majority), "item": item,
+         "valid": jnp.ones(8, bool)}
+  _, (m1, _) = loss(params, one, jax.random.key(1), {}, ctx)
+  assert float(m1["fair"]) == 0.0 and float(m1["one_group"]) == 1.0
+  both = dict(one, user=jnp.asarray(np.r_[majority[:4], minority[:4]]))
+  _, (m2, _) = loss(params, both, jax.random.key(1), {}, ctx)
+  assert float(m2["fair"]) > 0.0 and float(m2["one_group"]) == 0.0
+
+
+def test_launcher_and_report(tmp_path):
+  wd = tmp_path / "run"
+  cmd = [sys.executable, "-m", "launch.fade",
+         "--config=configs/fade.py:dataset=synthetic,smoke,periods=2",
+         f"--workdir={wd}", "--config.methods=FINETUNE,FADE"]
+  out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(summary["task_r"]) == {"FINETUNE", "FADE"}
+  assert "[FADE] period 2/2" in out.stderr
+  rep = subprocess.run([sys.executable, "-m", "launch.report",
+                        f"--workdir={wd}", f"--sweep={wd}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert rep.returncode == 0, rep.stderr[-3000:]
+  for name in ("pd_over_time.png", "tradeoff.png", "lambda_sweep.png"):
+    assert (wd / name).stat().st_size > 1000
+  bad = subprocess.run(cmd[:3] + [f"--workdir={tmp_path / 'x'}",
+                                  "--config.fade.tau=-1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1
+  assert "fade.tau" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ml1m_ts_periods(data_dir):
+  c = fade_config.get_config("dataset=ml1m-ts")
+  data = F.prepare_data(c, str(data_dir))
+  assert data.num_users == 2999
+  assert sum(data.period_sizes) == len(data.user)
+  assert len(data.period_sizes) == 11
+  # 60% of the 256-row batches go to pretraining.
+  assert abs(data.period_sizes[0] / sum(data.period_sizes) - 0.6) < 0.01

@@ -1,0 +1,220 @@
+"""Sharpness-aware per-cell gradients: rows path vs dense vmap vs a direct
+two-step computation vs finite differences; no leak between cells."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fairjax.ops import group_sam
+
+U, I, D, G, B = 7, 9, 4, 3, 16
+TAU = 0.5
+
+
+def _problem(seed=0, absent_cell=None, pad=2):
+  rng = np.random.default_rng(seed)
+  tables = {"user": rng.normal(size=(U, D)), "item": rng.normal(size=(I, D))}
+  users = rng.integers(0, 4, B)  # few users: many duplicates
+  pos = rng.integers(0, 5, B)
+  neg = rng.integers(0, 5, B)  # items also appear as both pos and neg
+  neg[0] = pos[1]
+  cell = rng.integers(0, G, B)
+  if absent_cell is not None:
+    cell = np.where(cell == absent_cell, (absent_cell + 1) % G, cell)
+  valid = np.ones(B, bool)
+  valid[B - pad:] = False
+  return tables, users, pos, neg, cell, valid
+
+
+def _cos(a, b):
+  na = jnp.sqrt(jnp.maximum(jnp.sum(a * a, -1), 1e-12))
+  nb = jnp.sqrt(jnp.maximum(jnp.sum(b * b, -1), 1e-12))
+  return jnp.sum(a * b, -1) / (na * nb)
+
+
+def _row_losses(eu, ei, ej):
+  return jax.nn.softplus((_cos(eu, ej) - _cos(eu, ei)) / TAU)
+
+
+def _cell_loss_fn(users, pos, neg, cell, valid):
+  def cell_loss(params, g):
+    m = (jnp.asarray(cell) == g) & jnp.asarray(valid)
+    l = _row_losses(params["user"][users], params["item"][pos],
+                    params["item"][neg])
+    n = jnp.sum(m)
+    return jnp.sum(jnp.where(m, l, 0.0)) / jnp.maximum(n, 1), n.astype(l.dtype)
+  return cell_loss
+
+
+def _rows_call(tables, users, pos, neg, cell, valid, rho):
+  if rho is None:
+    return _rows_jit_nosam(tables, users, pos, neg, cell, valid)
+  if rho < 0:  # eager: the check needs a concrete rho
+    return _rows_impl(tables, users, pos, neg, cell, valid, rho)
+  return _rows_jit(tables, users, pos, neg, cell, valid, rho)
+
+
+def _rows_impl(tables, users, pos, neg, cell, valid, rho):
+  rows = jnp.concatenate([tables["user"][users], tables["item"][pos],
+                          tables["item"][neg]])
+  keys = jnp.concatenate([users, U + pos, U + neg])
+  slot_example = jnp.tile(jnp.arange(B), 3)
+
+  def example_loss(x):
+    return _row_losses(x[:B], x[B:2 * B], x[2 * B:])
+
+  return group_sam.cell_sam_rows(example_loss, rows, keys, slot_example,
+                                 jnp.asarray(cell), jnp.asarray(valid), G,
+                                 U + I, rho)
+
+
+_rows_jit = jax.jit(_rows_impl)
+_rows_jit_nosam = jax.jit(lambda *a: _rows_impl(*a, None))
+
+
+def _dense_from_rows(out):
+  def dense(v):
+    t = np.asarray(group_sam.segments_to_dense(v, out.seg_cell, out.seg_key,
+                                               G, U + I))
+    return {"user": t[:, :U], "item": t[:, U:]}
+  return dense(out.grad_seg), dense(out.h_seg)
+
+
+def _direct(tables, users, pos, neg, cell, valid, rho):
+  """Cell after cell: grad, step to theta + eps, grad, restore theta."""
+  cell_loss = _cell_loss_fn(users, pos, neg, cell, valid)
+  vg = jax.jit(jax.value_and_grad(lambda p, g: cell_loss(p, g)[0]))
+  res = []
+  theta = jax.tree.map(jnp.asarray, tables)
+  for g in range(G):
+    loss, grad = vg(theta, g)
+    norm = float(np.sqrt(sum(np.sum(np.square(x)) for x in
+                             jax.tree.leaves(grad))))
+    perturbed = {k: theta[k] + rho * grad[k] / (norm + 1e-12) for k in theta}
+    loss_sa, h = vg(perturbed, g)
+    res.append((float(loss), float(loss_sa), grad, h))
+  return res
+
+
+def test_rows_dense_and_direct_agree():
+  with jax.enable_x64(True):
+    prob = _problem(seed=1)
+    tables, users, pos, neg, cell, valid = prob
+    dense_fn = jax.jit(lambda t, r: group_sam.cell_sam_dense(
+        _cell_loss_fn(users, pos, neg, cell, valid), t, G, r))
+    for rho in (0.0, 0.05, 0.7):
+      _check_agree(prob, rho, dense_fn)
+
+
+def _check_agree(prob, rho, dense_fn):
+  tables, users, pos, neg, cell, valid = prob
+  out = _rows_call(*prob, rho)
+  dense = dense_fn(jax.tree.map(jnp.asarray, tables), rho)
+  direct = _direct(*prob, rho)
+  g_rows, h_rows = _dense_from_rows(out)
+  for g in range(G):
+    loss, loss_sa, grad, h = direct[g]
+    np.testing.assert_allclose(out.loss[g], loss, rtol=1e-10)
+    np.testing.assert_allclose(dense.loss[g], loss, rtol=1e-10)
+    np.testing.assert_allclose(out.loss_sa[g], loss_sa, rtol=1e-10)
+    np.testing.assert_allclose(dense.loss_sa[g], loss_sa, rtol=1e-10)
+    for k in ("user", "item"):
+      np.testing.assert_allclose(g_rows[k][g], grad[k], atol=1e-12)
+      np.testing.assert_allclose(dense.grad[k][g], grad[k], atol=1e-12)
+      np.testing.assert_allclose(h_rows[k][g], h[k], atol=1e-12)
+      np.testing.assert_allclose(dense.h[k][g], h[k], atol=1e-12)
+  np.testing.assert_allclose(out.grad_norm, dense.grad_norm, rtol=1e-10)
+  np.testing.assert_allclose(out.h_norm, dense.h_norm, rtol=1e-10)
+  np.testing.assert_allclose(out.count, np.bincount(cell[valid], minlength=G))
+  if rho > 0:  # the perturbation matters
+    assert np.max(np.abs(np.asarray(out.loss_sa - out.loss))) > 1e-4
+
+
+def test_finite_differences():
+  with jax.enable_x64(True):
+    prob = _problem(seed=2)
+    tables, users, pos, neg, cell, valid = prob
+    rho = 0.3
+    out = _rows_call(*prob, rho)
+    g_rows, h_rows = _dense_from_rows(out)
+    cell_loss = _cell_loss_fn(users, pos, neg, cell, valid)
+    loss_jit = jax.jit(lambda p, g: cell_loss(p, g)[0])
+    rng = np.random.default_rng(5)
+    h = 1e-6
+    for g in range(G):
+      norm = float(out.grad_norm[g])
+      eps = {k: rho * g_rows[k][g] / (norm + 1e-12) for k in tables}
+      # L_g^SA is L_g at theta + eps_g.
+      np.testing.assert_allclose(
+          out.loss_sa[g], cell_loss({k: tables[k] + eps[k] for k in tables},
+                                    g)[0], rtol=1e-10)
+      for _ in range(3):
+        d = {k: rng.normal(size=tables[k].shape) for k in tables}
+        def f(t, base):
+          return float(loss_jit({k: base[k] + t * d[k] for k in tables}, g))
+        for base, grad in ((tables, g_rows), (
+            {k: tables[k] + eps[k] for k in tables}, h_rows)):
+          fd = (f(h, base) - f(-h, base)) / (2 * h)
+          an = sum(np.sum(grad[k][g] * d[k]) for k in tables)
+          np.testing.assert_allclose(an, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_no_leak_between_cells():
+  """Cell g's results equal those of a batch holding only g's rows."""
+  prob = _problem(seed=3, pad=0)
+  tables, users, pos, neg, cell, valid = prob
+  out = _rows_call(*prob, 0.5)
+  g_rows, h_rows = _dense_from_rows(out)
+  for g in range(G):
+    alone = _rows_call(tables, users, pos, neg, cell, valid & (cell == g), 0.5)
+    ga, ha = _dense_from_rows(alone)
+    np.testing.assert_allclose(alone.loss_sa[g], out.loss_sa[g], rtol=1e-5)
+    for k in tables:
+      np.testing.assert_allclose(ha[k][g], h_rows[k][g], atol=1e-6)
+      np.testing.assert_allclose(ga[k][g], g_rows[k][g], atol=1e-6)
+
+
+def test_absent_cell_and_padding_are_defined():
+  prob = _problem(seed=4, absent_cell=1)
+  out = _rows_call(*prob, 0.2)
+  assert float(out.count[1]) == 0
+  assert float(out.loss[1]) == 0 and float(out.loss_sa[1]) == 0
+  assert float(out.h_norm[1]) == 0
+  for x in jax.tree.leaves(out):
+    assert np.all(np.isfinite(np.asarray(x)))
+  # The padding rows' slots (examples B-2, B-1) carry no gradient.
+  pad_slots = [b + j * B for j in range(3) for b in (B - 2, B - 1)]
+  np.testing.assert_array_equal(np.asarray(out.slot_h)[pad_slots], 0.0)
+  np.testing.assert_array_equal(np.asarray(out.slot_grad)[pad_slots], 0.0)
+
+
+def test_no_sam_single_pass_equals_rho_zero():
+  prob = _problem(seed=6)
+  a = _rows_call(*prob, None)
+  b = _rows_call(*prob, 0.0)
+  np.testing.assert_allclose(a.h_seg, b.h_seg, atol=1e-7)
+  np.testing.assert_allclose(a.loss_sa, b.loss_sa, rtol=1e-6)
+
+
+def test_negative_rho_is_an_error():
+  prob = _problem()
+  with pytest.raises(ValueError, match="rho"):
+    _rows_call(*prob, -0.1)
+  tables, users, pos, neg, cell, valid = prob
+  with pytest.raises(ValueError, match="rho"):
+    group_sam.cell_sam_dense(_cell_loss_fn(users, pos, neg, cell, valid),
+                             tables, G, -1.0)
+
+
+def test_segment_ids_group_equal_keys():
+  keys = jnp.asarray([5, 3, 5, 9, 3, 3, 1])
+  seg, first = group_sam.segment_ids(keys)
+  seg = np.asarray(seg)
+  k = np.asarray(keys)
+  for a in range(k.size):
+    for b in range(k.size):
+      assert (seg[a] == seg[b]) == (k[a] == k[b])
+  n = seg.max() + 1
+  assert n == 4
+  np.testing.assert_array_equal(seg[np.asarray(first)[:n]], np.arange(n))

@@ -1,0 +1,178 @@
+"""Tests for fairjax.data.sampling: seen matrix, training and eval negatives."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fairjax.data import sampling as S
+from fairjax.errors import DataError
+
+
+def _random_seen(num_users, num_items, density, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.random((num_users, num_items)) < density
+
+
+def test_interaction_matrix_matches_brute_force():
+  rng = np.random.default_rng(0)
+  u = rng.integers(0, 7, 50)
+  i = rng.integers(0, 11, 50)
+  m = S.interaction_matrix(u, i, 7, 11)
+  assert m.shape == (7, 11) and m.dtype == jnp.bool_
+  ref = np.zeros((7, 11), bool)
+  for a, b in zip(u, i):
+    ref[a, b] = True
+  np.testing.assert_array_equal(np.asarray(m), ref)
+
+
+def test_negatives_never_seen_dense_matrix():
+  seen = _random_seen(64, 200, 0.8, seed=1)
+  seen[5, :-3] = True  # only items 197..199 free: exercises the fallback
+  users = jnp.asarray(np.tile(np.arange(64), 4))
+  for max_rounds in (1, 32):
+    neg = np.asarray(S.sample_negatives(jax.random.key(0), jnp.asarray(seen),
+                                        users, 8, max_rounds=max_rounds))
+    assert neg.shape == (256, 8) and neg.dtype == np.int32
+    assert (neg >= 0).all() and (neg < 200).all()
+    assert not seen[np.asarray(users)[:, None], neg].any()
+    assert set(neg[np.asarray(users) == 5].ravel()) <= {197, 198, 199}
+
+
+def _chi2(counts):
+  e = counts.mean()
+  return ((counts - e) ** 2 / e).sum()
+
+
+@pytest.mark.parametrize("max_rounds", [32, 1])
+def test_negatives_uniform_over_free_items(max_rounds):
+  # User 0 has 50 free items out of 100 (rejection path); user 1 only 10 of
+  # 100, which with max_rounds=1 mostly goes through the exact fallback.
+  seen = np.zeros((2, 100), bool)
+  seen[0, ::2] = True
+  seen[1, 10:] = True
+  users = jnp.asarray([0] * 1000 + [1] * 1000)
+  neg = np.asarray(S.sample_negatives(jax.random.key(3), jnp.asarray(seen),
+                                      users, 20, max_rounds=max_rounds))
+  for u, free in ((0, np.arange(1, 100, 2)), (1, np.arange(10))):
+    x = neg[np.asarray(users) == u].ravel()
+    assert np.isin(x, free).all()
+    counts = np.bincount(x, minlength=100)[free].astype(float)
+    dof = free.size - 1
+    # chi-square with dof degrees of freedom: mean dof, sd sqrt(2 dof).
+    assert _chi2(counts) < dof + 5 * np.sqrt(2 * dof)
+
+
+def test_negatives_not_uniform_would_fail_the_bound():
+  # Sanity check of the bound itself: a biased sampler must exceed it.
+  rng = np.random.default_rng(0)
+  x = rng.choice(50, 20000, p=np.linspace(1, 2, 50) / np.linspace(
+      1, 2, 50).sum())
+  counts = np.bincount(x, minlength=50).astype(float)
+  assert _chi2(counts) > 49 + 5 * np.sqrt(98)
+
+
+def test_negatives_full_user_and_check():
+  seen = np.zeros((3, 5), bool)
+  seen[1] = True
+  neg = np.asarray(S.sample_negatives(jax.random.key(0), jnp.asarray(seen),
+                                      jnp.asarray([0, 1, 2]), 4))
+  assert (neg[1] == -1).all()
+  assert (neg[[0, 2]] >= 0).all()
+  with pytest.raises(DataError, match="user 1"):
+    S.check_sampleable(seen)
+  S.check_sampleable(seen, users=np.array([0, 2]))  # no error
+
+
+def test_negatives_inside_jit_step_and_deterministic():
+  seen = jnp.asarray(_random_seen(32, 50, 0.5, seed=2))
+  users = jnp.arange(32)
+
+  @jax.jit
+  def step(key, step_idx):
+    return S.sample_negatives(jax.random.fold_in(key, step_idx), seen,
+                              users, 4)
+
+  a = step(jax.random.key(1), 3)
+  b = S.sample_negatives(jax.random.fold_in(jax.random.key(1), 3), seen,
+                         users, 4)
+  np.testing.assert_array_equal(a, b)
+  c = step(jax.random.key(1), 4)
+  assert not np.array_equal(a, c)
+
+
+# ----------------------------------------------------------- eval negatives
+
+
+def _eval_setup():
+  train = _random_seen(40, 300, 0.3, seed=5)
+  test = _random_seen(40, 300, 0.05, seed=6) & ~train
+  cand = np.nonzero(train.any(0))[0][:250]
+  return train, test, cand
+
+
+def test_eval_negatives_properties():
+  train, test, cand = _eval_setup()
+  neg = S.eval_negatives(0, train, test, cand, 40, n=100, chunk=16)
+  assert neg.shape == (40, 100) and neg.dtype == np.int32
+  assert (neg >= 0).all()
+  rows = np.arange(40)[:, None]
+  assert not train[rows, neg].any() and not test[rows, neg].any()
+  assert np.isin(neg, cand).all()
+  for r in neg:
+    assert np.unique(r).size == 100 and (np.diff(r) > 0).all()
+  np.testing.assert_array_equal(
+      neg, S.eval_negatives(0, train, test, cand, 40, n=100, chunk=16))
+  assert not np.array_equal(
+      neg, S.eval_negatives(1, train, test, cand, 40, n=100, chunk=16))
+  # Roughly uniform: over many seeds, each allowed candidate of user 0 is
+  # picked with probability 100 / (number allowed).
+  allowed = cand[~(train[0, cand] | test[0, cand])]
+  hits = np.zeros(300)
+  reps = 200
+  for s in range(reps):
+    row = S.eval_negatives(s, train[:1], test[:1], cand, 1, n=100)[0]
+    hits[row] += 1
+  p = 100 / allowed.size
+  sd = np.sqrt(reps * p * (1 - p))
+  assert np.abs(hits[allowed] - reps * p).max() < 5 * sd
+  assert hits[np.setdiff1d(np.arange(300), allowed)].sum() == 0
+
+
+def test_eval_negatives_pads_when_short():
+  train = np.zeros((2, 10), bool)
+  test = np.zeros((2, 10), bool)
+  train[0, :7] = True
+  neg = S.eval_negatives(0, train, test, np.arange(10), 2, n=5)
+  np.testing.assert_array_equal(neg[0], [7, 8, 9, -1, -1])
+  assert (neg[1] >= 0).all()
+
+
+def test_load_or_create_eval_negatives(tmp_path):
+  train, test, cand = _eval_setup()
+  calls = []
+
+  def make():
+    calls.append(1)
+    return S.eval_negatives(0, train, test, cand, 40)
+
+  path = tmp_path / "sub" / "eval_negatives.npy"
+  a = S.load_or_create_eval_negatives(path, make)
+  b = S.load_or_create_eval_negatives(path, make, expected_shape=(40, 100))
+  assert len(calls) == 1
+  np.testing.assert_array_equal(a, b)
+  assert b.dtype == np.int32
+  assert os.listdir(path.parent) == ["eval_negatives.npy"]  # no temp left
+  with pytest.raises(DataError, match="shape"):
+    S.load_or_create_eval_negatives(path, make, expected_shape=(40, 50))
+
+
+def test_load_or_create_leaves_nothing_on_failure(tmp_path):
+  def boom():
+    raise RuntimeError("no")
+
+  with pytest.raises(RuntimeError):
+    S.load_or_create_eval_negatives(tmp_path / "n.npy", boom)
+  assert os.listdir(tmp_path) == []
