@@ -384,7 +384,8 @@ def test_stats_on_fixture(tmp_path):
 
 def test_synthetic_via_registry():
   pytest.importorskip("fairjax.data.synthetic")
-  ds = registry.load_dataset("synthetic", seed=3, num_users=60, num_items=40)
+  ds = registry.load_dataset("synthetic", seed=3, num_users=60, num_items=40,
+                              interactions_per_user=10)
   assert ds.num_users <= 60
   stats = registry.dataset_stats(ds)
   assert stats["interactions"] == ds.num_interactions

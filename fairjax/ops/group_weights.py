@@ -116,6 +116,7 @@ def relation_matrix(dots: Array, h_norm: Array, c_norm: Array,
   Returns:
     [G, G] R.
   """
+  dots, h_norm, c_norm = (jnp.asarray(x) for x in (dots, h_norm, c_norm))
   g = dots.shape[0]
   eye = jnp.eye(g, dtype=dots.dtype)
   denom = jnp.maximum(h_norm[:, None] * c_norm[None, :], COS_EPS)
@@ -135,6 +136,7 @@ def loss_matrix(loss_sa: Array, loss_prev: Array,
   Returns:
     [G, G] M.
   """
+  loss_sa, loss_prev = jnp.asarray(loss_sa), jnp.asarray(loss_prev)
   sq = jnp.sqrt(jnp.maximum(loss_sa, 0.0))
   m = sq[:, None] * jnp.sqrt(jnp.maximum(loss_prev, 0.0))[None, :]
   m = jnp.where(first_epoch, 0.0, m)
@@ -172,7 +174,8 @@ def collaborative_update(q: Array, loss_sa: Array, loss_prev: Array,
   """
   act = (jnp.ones(q.shape, bool) if active is None
          else jnp.asarray(active, bool))
-  l = jnp.where(act, jnp.maximum(loss_sa, 0.0), 0.0)
+  q = jnp.asarray(q)
+  l = jnp.where(act, jnp.maximum(jnp.asarray(loss_sa, q.dtype), 0.0), 0.0)
   w = l ** gamma
   w = jnp.where(act, w, 0.0)
   w = w / jnp.maximum(jnp.sum(w), jnp.finfo(w.dtype).tiny)

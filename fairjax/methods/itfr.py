@@ -1,0 +1,503 @@
+"""ITFR: intersectional two-sided fairness, its baselines and ablations.
+
+Wang et al., "Intersectional Two-sided Fairness in Recommendation", WWW 2024
+(DESIGN §4). Every training interaction (u, i) belongs to the cell g =
+(user group of u) x (item group of i), g = a J + j. Per batch of (u, i, j)
+triples (j one negative, uniform among the items u has no training
+interaction with), with l_b the BPR loss of row b:
+
+  BPR         mean_b l_b, dot-product scores.
+  BPR-Norm    BPR with the normalised score cos(e_u, e_i) / tau.
+  GroupDRO    L_g = mean BPR of cell g; q <- GroupDRO update with L
+              (`fairjax.ops.group_weights.group_dro_update`), then the
+              gradient of sum_g q_g L_g. Dot-product scores.
+  ITFR        cosine / tau scores; per-cell sharpness-aware losses L^SA and
+              gradients h_g (`fairjax.ops.group_sam`), q <- collaborative
+              loss balance (`group_weights.collaborative_update`, using the
+              previous epoch's per-cell summed gradients C and mean L^SA),
+              update with sum_g q_g h_g.
+  ITFR-noSAM  ITFR with rho = 0 (L^SA = L, h_g = grad_g): no sharpness.
+  ITFR-noCLB  ITFR with the collaborative balance replaced by GroupDRO's
+              update on the sharpness-aware losses (R = I, no cross-cell
+              terms): the weights still follow L^SA, without collaboration.
+  ITFR-noNorm ITFR with dot-product scores (no predicted-score
+              normalisation).
+Scores at inference are the plain cosine (tau = 1; the ranking does not
+depend on tau) or the dot product.
+
+State. The pure train state (`fairjax.train.TrainState`) carries in `aux`:
+q [G]; for the collaborative balance also the cumulative per-cell gradients
+of the current and the previous epoch, ||C_j^prev||, the per-cell sums of
+n_g L_g^SA and n_g of the current epoch and Lbar^prev. The epoch index is
+state.step // steps_per_epoch; the first step of every epoch e >= 1 rolls the
+buffers (current -> previous, current <- 0) inside the step, so a checkpoint
+taken between epochs resumes exactly.
+
+C_j (as the official code) sums, over the epoch's batches, n_g grad_g at
+theta: the gradient of the summed (not averaged) BPR loss of cell j.
+
+Two implementations of the per-cell gradients (`fairjax.ops.group_sam`):
+MF uses the row-sparse path (gradients w.r.t. the gathered embedding rows,
+C stored as [K, G, d] over the K = U + I table rows), any other backbone
+(LightGCN) the dense vmap over cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fairjax import models as models_lib
+from fairjax import ops
+from fairjax import train
+from fairjax.data import sampling
+from fairjax.errors import ConfigError
+from fairjax.models.lightgcn import LightGCN, normalized_adjacency
+from fairjax.models.mf import MF
+from fairjax.ops import group_sam
+from fairjax.ops import group_weights as gw
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """How one method trains.
+
+  Attributes:
+    name: method name.
+    weighting: 'none' (BPR), 'dro' (GroupDRO update) or 'clb'
+      (collaborative loss balance).
+    sam: sharpness-aware per-cell losses and gradients.
+    cosine: normalised scores cos / tau in training.
+  """
+
+  name: str
+  weighting: str
+  sam: bool
+  cosine: bool
+
+  @property
+  def per_cell(self) -> bool:
+    """Needs per-cell gradients (the custom ITFR step)."""
+    return self.sam or self.weighting == "clb"
+
+
+METHODS = {
+    "BPR": MethodSpec("BPR", "none", False, False),
+    "BPR-Norm": MethodSpec("BPR-Norm", "none", False, True),
+    "GroupDRO": MethodSpec("GroupDRO", "dro", False, False),
+    "ITFR": MethodSpec("ITFR", "clb", True, True),
+    "ITFR-noSAM": MethodSpec("ITFR-noSAM", "clb", False, True),
+    "ITFR-noCLB": MethodSpec("ITFR-noCLB", "dro", True, True),
+    "ITFR-noNorm": MethodSpec("ITFR-noNorm", "clb", True, False),
+}
+
+
+def method_list(config) -> list[str]:
+  return [m.strip() for m in str(config.methods).replace(";", ",").split(",")
+          if m.strip()]
+
+
+def validate_config(config) -> None:
+  """Raises ConfigError naming the field of an out-of-range value."""
+  def need(ok, field, msg):
+    if not ok:
+      raise ConfigError(f"field '{field}': {msg}")
+  methods = method_list(config)
+  need(methods, "methods", "no method given")
+  unknown = [m for m in methods if m not in METHODS]
+  need(not unknown, "methods",
+       f"unknown {unknown}; valid: {','.join(METHODS)}")
+  need(len(set(methods)) == len(methods), "methods", "repeated names")
+  it = config.itfr
+  need(it.rho >= 0, "itfr.rho", f"rho must be >= 0, got {it.rho}")
+  need(it.tau > 0, "itfr.tau", f"tau must be > 0, got {it.tau}")
+  need(it.eta >= 0, "itfr.eta", f"eta must be >= 0, got {it.eta}")
+  need(it.gamma >= 0, "itfr.gamma", f"gamma must be >= 0, got {it.gamma}")
+  need(0 <= it.q_floor < 1, "itfr.q_floor", "must be in [0, 1)")
+  need(config.group_dro_eta >= 0, "group_dro_eta", "must be >= 0")
+  need(config.num_seeds >= 1, "num_seeds", "must be >= 1")
+  need(config.epochs >= 1, "epochs", "must be >= 1")
+  need(config.batch_size >= 1, "batch_size", "must be >= 1")
+  need(config.eval_every >= 1, "eval_every", "must be >= 1")
+  need(config.ckpt_every >= 1, "ckpt_every", "must be >= 1")
+  need(config.lr > 0, "lr", "must be > 0")
+  need(config.l2 >= 0, "l2", "must be >= 0")
+  need(str(config.model).lower() in ("mf", "lightgcn"), "model",
+       f"ITFR supports mf and lightgcn, got {config.model!r}")
+  need(config.missing_user_group in ("error", "drop"), "missing_user_group",
+       "must be 'error' or 'drop'")
+  need(config.item_grouping in ("one_of", "first_genre"), "item_grouping",
+       "must be 'one_of' or 'first_genre'")
+
+
+@dataclasses.dataclass(frozen=True)
+class ItfrData:
+  """The random-split protocol with intersectional cells (built by
+  `fairjax.methods.itfr_run.prepare_data`).
+
+  Cell g = a * J + j for user group a in [0, A) and item group j in [0, J).
+  """
+
+  name: str
+  num_users: int
+  num_items: int
+  user_group: np.ndarray  # int32 [U]
+  item_group: np.ndarray  # int32 [I]
+  user_group_names: tuple[str, ...]
+  item_group_names: tuple[str, ...]
+  train_user: np.ndarray  # int32 [N_train]
+  train_item: np.ndarray
+  train_cell: np.ndarray  # int32 [N_train]
+  valid_user: np.ndarray
+  valid_item: np.ndarray
+  test_user: np.ndarray
+  test_item: np.ndarray
+  cell_counts: np.ndarray  # int64 [G] training interactions per cell
+  stats: dict
+
+  @property
+  def num_user_groups(self) -> int:
+    return len(self.user_group_names)
+
+  @property
+  def num_item_groups(self) -> int:
+    return len(self.item_group_names)
+
+  @property
+  def num_cells(self) -> int:
+    return self.num_user_groups * self.num_item_groups
+
+  @property
+  def active(self) -> np.ndarray:
+    """bool [G]: cells with at least one training interaction."""
+    return self.cell_counts > 0
+
+  def cell_names(self) -> list[str]:
+    return [f"{a}|{j}" for a in self.user_group_names
+            for j in self.item_group_names]
+
+  def seen(self, parts=("train",)) -> np.ndarray:
+    """bool [U, I]: interactions of the given parts."""
+    m = np.zeros((self.num_users, self.num_items), bool)
+    for p in parts:
+      m[getattr(self, f"{p}_user"), getattr(self, f"{p}_item")] = True
+    return m
+
+
+# ----------------------------------------------------------------------------
+# Models.
+
+
+def create_model(config, data: ItfrData, cosine: bool):
+  """The backbone of `config.model` ('mf' or 'lightgcn') for `data`."""
+  name = str(config.model).lower()
+  if name == "lightgcn":
+    graph = normalized_adjacency(data.train_user, data.train_item,
+                                 data.num_users, data.num_items)
+    kw = dict(dim=config.dim, num_layers=config.lightgcn_layers,
+              cosine=cosine, init_std=config.lightgcn_init_std, graph=graph)
+    if "lightgcn" in models_lib.available():
+      return models_lib.create("lightgcn", data.num_users, data.num_items,
+                               **kw)
+    return LightGCN(num_users=data.num_users, num_items=data.num_items, **kw)
+  return models_lib.create(name, data.num_users, data.num_items,
+                           dim=config.dim, cosine=cosine,
+                           init_std=config.init_std)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam (lr) with coupled L2 `l2` (torch Adam(weight_decay); 0 in ITFR)."""
+  if config.l2 > 0:
+    return optax.chain(optax.add_decayed_weights(config.l2),
+                       optax.adam(config.lr))
+  return optax.adam(config.lr)
+
+
+def _tau(spec: MethodSpec, config) -> float:
+  return float(config.itfr.tau) if spec.cosine else 1.0
+
+
+# ----------------------------------------------------------------------------
+# Batches.
+
+
+def epoch_batches(data: ItfrData, batch_size: int, seed_parts
+                  ) -> dict[str, np.ndarray]:
+  """The training rows shuffled as [steps, batch] arrays (last one padded).
+
+  Keys: user, item, cell (int32) and valid (bool; False on padding). The
+  shuffle is a pure function of `seed_parts`.
+  """
+  n = data.train_user.size
+  perm = np.random.default_rng(list(seed_parts)).permutation(n)
+  steps = -(-n // batch_size)
+  pad = steps * batch_size - n
+  idx = np.concatenate([perm, np.zeros(pad, perm.dtype)])
+  valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
+  shape = (steps, batch_size)
+  return {"user": data.train_user[idx].reshape(shape),
+          "item": data.train_item[idx].reshape(shape),
+          "cell": data.train_cell[idx].reshape(shape),
+          "valid": valid.reshape(shape)}
+
+
+def steps_per_epoch(data: ItfrData, batch_size: int) -> int:
+  return -(-data.train_user.size // batch_size)
+
+
+def _negatives(rng, context, users):
+  return sampling.sample_negatives(rng, context["seen"], users, 1)[:, 0]
+
+
+# ----------------------------------------------------------------------------
+# BPR and GroupDRO: plain losses for `train.make_step`.
+
+
+def _cell_means(losses, cell, valid, num_cells):
+  c = jnp.where(valid, cell, num_cells)
+  w = valid.astype(losses.dtype)
+  sums = jax.ops.segment_sum(losses * w, c, num_cells + 1)[:num_cells]
+  counts = jax.ops.segment_sum(w, c, num_cells + 1)[:num_cells]
+  return sums / jnp.maximum(counts, 1.0), counts
+
+
+def make_loss(model, spec: MethodSpec, config, data: ItfrData) -> train.LossFn:
+  """Loss for BPR / BPR-Norm / GroupDRO (methods without per-cell grads).
+
+  batch: {'user', 'item', 'cell', 'valid'} [B]; context {'seen' [U, I]};
+  aux {'q' [G]} (GroupDRO).
+  """
+  tau = _tau(spec, config)
+  num_cells = data.num_cells
+  active = jnp.asarray(data.active)
+  eta = float(config.group_dro_eta)
+
+  def loss_fn(params, batch, rng, aux, context):
+    users, valid = batch["user"], batch["valid"]
+    neg = _negatives(rng, context, users)
+    cand = jnp.stack([batch["item"], neg], axis=1)
+    s = models_lib.pair_scores(model, params, users, cand, tau=tau)
+    rows = ops.bpr_loss(s[:, 0], s[:, 1])
+    w = valid.astype(rows.dtype)
+    mean = jnp.sum(rows * w) / jnp.maximum(jnp.sum(w), 1.0)
+    if spec.weighting == "none":
+      return mean, ({"bpr": mean}, aux)
+    cell_loss, counts = _cell_means(rows, batch["cell"], valid, num_cells)
+    q = gw.group_dro_update(aux["q"], jax.lax.stop_gradient(cell_loss),
+                            counts > 0, eta, active, config.itfr.q_floor)
+    loss = jnp.sum(q * cell_loss)
+    return loss, ({"bpr": mean}, dict(aux, q=q))
+
+  return loss_fn
+
+
+def init_aux(spec: MethodSpec, data: ItfrData, params, model) -> dict:
+  """Initial `TrainState.aux` of a method (see the module docstring)."""
+  g = data.num_cells
+  aux = {"q": gw.init_weights(jnp.asarray(data.active))}
+  if spec.weighting != "clb":
+    return aux
+  if isinstance(model, MF):
+    k = data.num_users + data.num_items
+    d = params["params"]["user"]["embedding"].shape[-1]
+    zeros = jnp.zeros((k, g, d), jnp.float32)
+  else:
+    zeros = jax.tree.map(lambda x: jnp.zeros((g,) + x.shape, x.dtype), params)
+  aux.update(c_cur=zeros, c_prev=jax.tree.map(jnp.zeros_like, zeros),
+             c_norm=jnp.zeros((g,)), loss_sum=jnp.zeros((g,)),
+             count_sum=jnp.zeros((g,)), loss_prev=jnp.zeros((g,)))
+  return aux
+
+
+# ----------------------------------------------------------------------------
+# The ITFR step: per-cell (sharpness-aware) gradients and weights.
+
+
+def _normalize(x):
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
+                                       1e-12))
+
+
+def mf_example_loss(x, batch_size: int, cosine: bool, tau: float):
+  """Per-row BPR from gathered MF rows x = [e_u; e_i; e_j] ([3B, d])."""
+  eu, ei, ej = x[:batch_size], x[batch_size:2 * batch_size], x[2 * batch_size:]
+  if cosine:
+    eu, ei, ej = _normalize(eu), _normalize(ei), _normalize(ej)
+  sp, sn = jnp.sum(eu * ei, -1), jnp.sum(eu * ej, -1)
+  if cosine:
+    sp, sn = sp / tau, sn / tau
+  return ops.bpr_loss(sp, sn)
+
+
+class _Rows:
+  """Row-sparse per-cell gradients for MF (C stored [K, G, d])."""
+
+  def __init__(self, model, spec, config, data):
+    self.num_users = data.num_users
+    self.key_space = data.num_users + data.num_items
+    self.g = data.num_cells
+    self.cosine, self.tau = spec.cosine, _tau(spec, config)
+    self.rho = float(config.itfr.rho) if spec.sam else None
+
+  def cells(self, params, batch, neg):
+    users, items = batch["user"], batch["item"]
+    b = users.shape[0]
+
+    def gather(p):
+      eu = p["params"]["user"]["embedding"]
+      ei = p["params"]["item"]["embedding"]
+      return jnp.concatenate([eu[users], ei[items], ei[neg]])
+
+    x, pull = jax.vjp(gather, params)
+    keys = jnp.concatenate([users, self.num_users + items,
+                            self.num_users + neg])
+    slot_example = jnp.tile(jnp.arange(b), 3)
+    out = group_sam.cell_sam_rows(
+        lambda r: mf_example_loss(r, b, self.cosine, self.tau), x, keys,
+        slot_example, batch["cell"], batch["valid"], self.g, self.key_space,
+        self.rho)
+    cell = jnp.where(batch["valid"], batch["cell"], self.g)
+    return out, (cell[slot_example], pull)
+
+  def grads(self, q, out, extra):
+    """sum_g q_g h_g pulled back through the gather (duplicates summed)."""
+    slot_cell, pull = extra
+    qq = jnp.append(q, 0.0)[slot_cell]
+    (g,) = pull(qq[:, None] * out.slot_h)
+    return g
+
+  def dots(self, c_prev, out):
+    rows = c_prev[out.seg_key]  # [S, G, d]
+    per_seg = jnp.einsum("sgd,sd->sg", rows, out.h_seg)
+    return jax.ops.segment_sum(per_seg, out.seg_cell, self.g + 1)[:self.g]
+
+  def accumulate(self, c_cur, out):
+    scale = jnp.append(out.count, 0.0)[out.seg_cell]
+    return c_cur.at[out.seg_key, out.seg_cell].add(
+        scale[:, None] * out.grad_seg, mode="drop")
+
+  def norms(self, c):
+    return jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
+
+
+class _Dense:
+  """Dense per-cell gradients, vmapped over cells (any backbone)."""
+
+  def __init__(self, model, spec, config, data):
+    self.model, self.g = model, data.num_cells
+    self.tau = _tau(spec, config)
+    self.rho = float(config.itfr.rho) if spec.sam else None
+
+  def cells(self, params, batch, neg):
+    cand = jnp.stack([batch["item"], neg], axis=1)
+
+    def cell_loss(p, g):
+      s = models_lib.pair_scores(self.model, p, batch["user"], cand,
+                                 tau=self.tau)
+      rows = ops.bpr_loss(s[:, 0], s[:, 1])
+      m = batch["valid"] & (batch["cell"] == g)
+      n = jnp.sum(m).astype(rows.dtype)
+      return jnp.sum(jnp.where(m, rows, 0.0)) / jnp.maximum(n, 1.0), n
+
+    return group_sam.cell_sam_dense(cell_loss, params, self.g, self.rho), None
+
+  def grads(self, q, out, extra):
+    return jax.tree.map(lambda h: jnp.tensordot(q, h, axes=1), out.h)
+
+  def dots(self, c_prev, out):
+    return sum(jnp.einsum("i...,j...->ij", h, c)
+               for h, c in zip(jax.tree.leaves(out.h),
+                               jax.tree.leaves(c_prev)))
+
+  def accumulate(self, c_cur, out):
+    return jax.tree.map(
+        lambda c, g: c + out.count.reshape((-1,) + (1,) * (g.ndim - 1)) * g,
+        c_cur, out.grad)
+
+  def norms(self, c):
+    leaves = jax.tree.leaves(c)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
+                        for x in leaves))
+
+
+def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
+  """The pure step `(state, batch, rng, context) -> (state, metrics)` of the
+  ITFR family (methods with per-cell gradients)."""
+  backend = (_Rows if isinstance(model, MF) else _Dense)(model, spec, config,
+                                                         data)
+  spe = steps_per_epoch(data, config.batch_size)
+  active = jnp.asarray(data.active)
+  eta, gamma = float(config.itfr.eta), float(config.itfr.gamma)
+  floor = float(config.itfr.q_floor)
+  dro_eta = float(config.group_dro_eta) if spec.weighting == "dro" else eta
+  g = data.num_cells
+
+  def roll(aux):
+    prev = aux["c_cur"]
+    return dict(aux, c_prev=prev,
+                c_cur=jax.tree.map(jnp.zeros_like, prev),
+                c_norm=backend.norms(prev),
+                loss_prev=aux["loss_sum"] / jnp.maximum(aux["count_sum"], 1.0),
+                loss_sum=jnp.zeros_like(aux["loss_sum"]),
+                count_sum=jnp.zeros_like(aux["count_sum"]))
+
+  def step(state, batch, rng, context=None):
+    rng_t = jax.random.fold_in(rng, state.step)
+    aux = state.aux
+    epoch = state.step // spe
+    if spec.weighting == "clb":
+      new_epoch = (state.step % spe == 0) & (state.step > 0)
+      aux = jax.lax.cond(new_epoch, roll, lambda a: a, aux)
+    neg = _negatives(rng_t, context, batch["user"])
+    out, extra = backend.cells(state.params, batch, neg)
+    present = out.count > 0
+    updated = jnp.zeros((), bool)
+    if spec.weighting == "clb":
+      first = epoch == 0
+      dots = jax.lax.cond(first, lambda: jnp.zeros((g, g)),
+                          lambda: backend.dots(aux["c_prev"], out))
+      q, updated = gw.collaborative_update(
+          aux["q"], out.loss_sa, aux["loss_prev"], dots, out.h_norm,
+          aux["c_norm"], first, present, eta, gamma, active, floor)
+      aux = dict(aux, q=q, c_cur=backend.accumulate(aux["c_cur"], out),
+                 loss_sum=aux["loss_sum"] + out.count * out.loss_sa,
+                 count_sum=aux["count_sum"] + out.count)
+    elif spec.weighting == "dro":
+      q = gw.group_dro_update(aux["q"], out.loss_sa, present, dro_eta, active,
+                              floor)
+      aux = dict(aux, q=q)
+      updated = jnp.ones((), bool)
+    else:
+      q = aux["q"]
+    grads = backend.grads(q, out, extra)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    n = jnp.maximum(jnp.sum(out.count), 1.0)
+    metrics = {"loss": jnp.sum(out.count * out.loss) / n,
+               "loss_sa": jnp.sum(out.count * out.loss_sa) / n,
+               "weights_moved": updated.astype(jnp.float32)}
+    return train.TrainState(step=state.step + 1, params=params,
+                            opt_state=opt_state, aux=aux), metrics
+
+  return step
+
+
+def make_epoch_fn(model, tx, spec: MethodSpec, config, data: ItfrData):
+  """Jitted epoch `(state, batches, rng, context) -> (state, metrics)`."""
+  if spec.per_cell:
+    step = make_itfr_step(model, tx, spec, config, data)
+  else:
+    step = train.make_step(make_loss(model, spec, config, data), tx)
+  return train.make_epoch(step)
+
+
+def init_state(model, tx, spec: MethodSpec, data: ItfrData, rng
+               ) -> train.TrainState:
+  params = models_lib.init_params(model, rng)
+  return train.create_state(params, tx, aux=init_aux(spec, data, params,
+                                                     model))
+
