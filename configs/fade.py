@@ -5,7 +5,8 @@ Launch (the ml1m-ts table, MF):
       --workdir=runs/fade_ml1m_mf
 Variants (comma-separated `key=value` after the colon):
   dataset=synthetic|ml1m-ts|ml100k   model=mf|ncf   smoke (tiny, seconds)
-  lambda=0.5   tau=3   epochs=10 (per period)   pretrain_epochs=100
+  lambda=0.5   tau=3   form=signed|absolute   epochs=10 (per period)
+  pretrain_epochs=100
 Any field can also be overridden as a flag, e.g.
   --config.methods=FINETUNE,FADE --config.fade.lam=1.0
 """
@@ -60,6 +61,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.fade.lam = float(v.get("lambda", default_lam))
   c.fade.tau = float(v.get("tau", 3.0))
   c.fade.k = 1  # DH@1.
+  # 'signed': L_fair = softplus(PD_diff) (DESIGN §3, the official 'log');
+  # 'absolute': softplus(|PD_diff|) (the official code's 'absolute' option).
+  c.fade.form = v.get("form", "signed")
   c.rec_lam = float(v.get("rec_lambda", c.fade.lam))
 
   # ADVER.

@@ -157,3 +157,22 @@ def test_ml1m_ts_periods(data_dir):
   assert len(data.period_sizes) == 11
   # 60% of the 256-row batches go to pretraining.
   assert abs(data.period_sizes[0] / sum(data.period_sizes) - 0.6) < 0.01
+
+
+def test_absolute_form_is_symmetric_and_signed_is_not():
+  from fairjax import ops
+  stat = jnp.array([0.9, 0.8, 0.2, 0.1])
+  group = jnp.array([0, 0, 1, 1])
+  flipped = 1 - group
+  la, _ = ops.group_gap_loss(stat, group, absolute=True)
+  lb, _ = ops.group_gap_loss(stat, flipped, absolute=True)
+  assert float(la) == pytest.approx(float(lb))
+  assert float(la) == pytest.approx(float(jax.nn.softplus(0.7)))
+  ls, _ = ops.group_gap_loss(stat, group)
+  lf, _ = ops.group_gap_loss(stat, flipped)
+  assert float(ls) == pytest.approx(float(jax.nn.softplus(0.7)))
+  assert float(lf) == pytest.approx(float(jax.nn.softplus(-0.7)))
+  with pytest.raises(ConfigError, match="fade.form"):
+    c = _config("FADE")
+    c.fade.form = "squared"
+    F.validate_config(c)

@@ -88,7 +88,7 @@ def test_unconstrained_is_plain_topk():
 def test_fairsync_reaches_minimums_and_matches_mesh():
   u, v, g = _problem()
   k, t = 10, 256
-  m = np.full(5, 0.8 * k * t / 5)
+  m = np.full(5, 0.5 * k * t / 5)
   base = fairsync.serve("unconstrained", u, v, g, k, m, 16)
   fs = fairsync.serve("FairSync", u, v, g, k, m, 16, eta=1.0)
   assert base.exposure[0] < m[0]

@@ -207,14 +207,29 @@ def test_negative_rho_is_an_error():
                              tables, G, -1.0)
 
 
-def test_segment_ids_group_equal_keys():
+@pytest.mark.parametrize("bound", [None, 10])
+def test_segment_ids_group_equal_keys(bound):
   keys = jnp.asarray([5, 3, 5, 9, 3, 3, 1])
-  seg, first = group_sam.segment_ids(keys)
-  seg = np.asarray(seg)
-  k = np.asarray(keys)
+  seg, seg_slot = group_sam.segment_ids(keys, bound)
+  seg, seg_slot, k = np.asarray(seg), np.asarray(seg_slot), np.asarray(keys)
   for a in range(k.size):
     for b in range(k.size):
       assert (seg[a] == seg[b]) == (k[a] == k[b])
-  n = seg.max() + 1
-  assert n == 4
-  np.testing.assert_array_equal(seg[np.asarray(first)[:n]], np.arange(n))
+  used = seg_slot >= 0
+  assert used.sum() == 4  # distinct keys
+  np.testing.assert_array_equal(seg[seg_slot[used]], np.nonzero(used)[0])
+  assert set(np.unique(seg)) == set(np.nonzero(used)[0])
+
+
+def test_sort_path_equals_table_path(monkeypatch):
+  prob = _problem(seed=8)
+  want = _rows_call(*prob, 0.3)
+  monkeypatch.setattr(group_sam, "TABLE_MAX", 0)
+  got = _rows_impl(*prob, 0.3)  # eager: traced afresh with the sort path
+  np.testing.assert_allclose(got.loss_sa, want.loss_sa, rtol=1e-6)
+  np.testing.assert_allclose(got.h_norm, want.h_norm, rtol=1e-5)
+  ga, ha = _dense_from_rows(got)
+  gb, hb = _dense_from_rows(want)
+  for k in ("user", "item"):
+    np.testing.assert_allclose(ha[k], hb[k], atol=1e-6)
+    np.testing.assert_allclose(ga[k], gb[k], atol=1e-6)

@@ -80,6 +80,9 @@ def validate_config(config) -> None:
   if config.fade.tau <= 0:
     raise ConfigError(f"field 'fade.tau': tau must be > 0, got "
                       f"{config.fade.tau}")
+  if config.fade.form not in ("signed", "absolute"):
+    raise ConfigError(f"field 'fade.form': 'signed' or 'absolute', got "
+                      f"{config.fade.form!r}")
   if config.rec_lam < 0:
     raise ConfigError(f"field 'rec_lam': must be >= 0, got {config.rec_lam}")
   unknown = [m for m in method_list(config) if m not in METHODS]
@@ -129,8 +132,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_loss(model, kind: str, lam: float, tau: float, k: int,
-              num_negatives: int) -> train.LossFn:
+              num_negatives: int, absolute: bool = False) -> train.LossFn:
   """The per-batch loss of `kind` in {'bpr', 'fade', 'rec'}.
+
+  `absolute` selects softplus(|PD_diff|) over softplus(PD_diff)
+  (`fairjax.ops.group_gap_loss`; config field `fade.form`).
 
   batch: {'user' [B], 'item' [B], 'valid' [B]}; context: {'seen' bool [U, I],
   'user_group' int [U]}.
@@ -149,9 +155,9 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
     group = context["user_group"][users]
     if kind == "fade":
       dh = ops.diff_hit(s, None, tau, k=k)
-      l_fair, both = ops.fade_fairness_loss(dh, group, valid)
+      l_fair, both = ops.fade_fairness_loss(dh, group, valid, absolute)
     elif kind == "rec":
-      l_fair, both = ops.group_gap_loss(s[:, 0], group, valid)
+      l_fair, both = ops.group_gap_loss(s[:, 0], group, valid, absolute)
     else:
       l_fair, both = jnp.zeros(()), jnp.ones((), bool)
     loss = l_rec + lam * l_fair
@@ -192,7 +198,7 @@ class Trainer:
     if key not in self._epochs:
       c = self.config
       loss = make_loss(self.model, kind, lam, c.fade.tau, c.fade.k,
-                       c.num_negatives)
+                       c.num_negatives, absolute=c.fade.form == "absolute")
       self._epochs[key] = train.make_epoch(train.make_step(loss, self.tx))
     return self._epochs[key]
 

@@ -19,15 +19,16 @@ per batch). Methods (names are exact):
                    least-exposed groups" while they have items).
   min-regularizer  score + lam (min_h E_h - E_g) / T, i.e. mu_g = lam (E_g -
                    min_h E_h) / T with E the running exposure counts.
-  centralised      offline re-rank with every request and item known: start
-                   from the unconstrained lists and repeat the cheapest swap
-                   (remove the lowest-scored item of a group with surplus
-                   E_h > m_h from some list, insert that request's best
-                   unlisted item of a group with E_g < m_g; loss = score out -
-                   score in) until every E_g >= m_g (a lazy-heap greedy over
-                   the whole horizon). It meets every minimum (ESP = 1) with a
-                   small score loss; it is the accuracy reference at ESP = 1
-                   (greedy: near-optimal, not a certified optimum).
+  centralised      offline re-rank with every request and item known: from
+                   the unconstrained lists, move exposure by swaps (drop an
+                   item of a group with surplus E_h > m_h from a list, insert
+                   that request's best
+                   unlisted item of a group with E_g < m_g), as a min-cost flow:
+                   successive shortest paths (chains of such swaps across
+                   requests) from the unconstrained optimum until every E_g
+                   >= m_g (see `_min_cost_fill`). It meets every minimum
+                   (ESP = 1) with the least total score loss: the accuracy
+                   upper bound at ESP = 1.
 
 Exposure E_g counts group-g items in all served lists; ESP = share of groups
 with E_g >= m_g.
@@ -36,7 +37,6 @@ with E_g >= m_g.
 from __future__ import annotations
 
 import functools
-import heapq
 import math
 from typing import NamedTuple
 
@@ -208,7 +208,7 @@ def _serve_loop(emb, group, groups_rep, users, weight, ctl, lam, boost, *,
 
 def _centralised(user_emb, items, group_host, k, m, batch_size, mesh,
                  num_groups) -> ServeResult:
-  """Offline greedy cheapest-swap re-rank over the whole horizon."""
+  """Offline exact re-rank over the whole horizon (min-cost flow)."""
   t_total = user_emb.shape[0]
   q = sharded.replicate(user_emb, mesh)
   top_s, top_i = sharded.sharded_topk(items.emb, items.group, q,
@@ -231,77 +231,20 @@ def _centralised(user_emb, items, group_host, k, m, batch_size, mesh,
     ok = group_host[i] == g
     cand_s.append(np.where(ok, s, -np.inf))
     cand_i.append(np.where(ok, i, -1))
-  lists = [dict(zip(top_i[t].tolist(), top_s[t].tolist()))
-           for t in range(t_total)]
-  expo = np.bincount(group_host[top_i].reshape(-1),
-                     minlength=num_groups).astype(np.int64)
+  cs = np.stack(cand_s, axis=1)  # [T, G, K] best-first per group
+  ci = np.stack(cand_i, axis=1)
+  alloc = np.stack([(group_host[top_i] == g).sum(1)
+                    for g in range(num_groups)], axis=1)  # n[t, g]
   need = np.ceil(m - 1e-6).astype(np.int64)
-  ptr = np.zeros((t_total, num_groups), np.int64)
-
-  def next_in(t, g):
-    while ptr[t, g] < k:
-      j = ptr[t, g]
-      i = int(cand_i[g][t, j])
-      if i < 0:
-        return None
-      if i not in lists[t]:
-        return i, float(cand_s[g][t, j])
-      ptr[t, g] += 1
-    return None
-
-  def best_out(t, g):
-    out = None
-    for i, s in lists[t].items():
-      h = int(group_host[i])
-      if h != g and expo[h] - 1 >= need[h] and (out is None or s < out[1]
-                                                 or (s == out[1]
-                                                     and i > out[0])):
-        out = (i, s)
-    return out
-
-  def loss(t, g):
-    a, b = next_in(t, g), best_out(t, g)
-    if a is None or b is None:
-      return None
-    return b[1] - a[1], a, b
-
-  heap = []
-  for g in np.nonzero(expo < need)[0]:
-    for t in range(t_total):
-      lv = loss(t, int(g))
-      if lv is not None:
-        heap.append((lv[0], t, int(g)))
-  heapq.heapify(heap)
-  while heap and np.any(expo < need):
-    l0, t, g = heapq.heappop(heap)
-    if expo[g] >= need[g]:
-      continue
-    lv = loss(t, g)
-    if lv is None:
-      continue
-    if lv[0] > l0:
-      heapq.heappush(heap, (lv[0], t, g))
-      continue
-    _, (i_in, s_in), (i_out, _) = lv
-    del lists[t][i_out]
-    lists[t][i_in] = s_in
-    expo[group_host[i_out]] -= 1
-    expo[g] += 1
-    ptr[t, g] += 1
-    if expo[g] < need[g]:
-      lv = loss(t, g)
-      if lv is not None:
-        heapq.heappush(heap, (lv[0], t, g))
-  if np.any(expo < need):
-    bad = np.nonzero(expo < need)[0].tolist()
-    raise ConfigError(f"centralised: cannot meet the minimum exposure of "
-                      f"groups {bad} (too few items or surplus to swap)")
+  alloc = _min_cost_fill(cs, alloc, need, k)
   ids = np.zeros((t_total, k), np.int32)
   rel = np.zeros((t_total, k), np.float32)
   for t in range(t_total):
-    order = sorted(lists[t].items(), key=lambda kv: (-kv[1], kv[0]))
-    ids[t] = [i for i, _ in order]
-    rel[t] = [s for _, s in order]
+    sel = [(cs[t, g, j], ci[t, g, j]) for g in range(num_groups)
+           for j in range(alloc[t, g])]
+    sel.sort(key=lambda x: (-x[0], x[1]))
+    ids[t] = [i for _, i in sel]
+    rel[t] = [v for v, _ in sel]
   nb = math.ceil(t_total / batch_size)
   per_req = np.zeros((nb * batch_size, num_groups), np.float32)
   np.add.at(per_req, (np.repeat(np.arange(t_total), k),
@@ -310,3 +253,65 @@ def _centralised(user_emb, items, group_host, k, m, batch_size, mesh,
                      axis=0)
   return ServeResult("centralised", ids, rel, expo_t,
                      np.zeros((nb, num_groups), np.float32), m)
+
+
+def _min_cost_fill(cs: np.ndarray, alloc: np.ndarray, need: np.ndarray,
+                   k: int) -> np.ndarray:
+  """Successive shortest paths from the unconstrained optimum.
+
+  The re-rank is a min-cost flow: request t sends K units to groups; the j-th
+  unit of (t, g) is t's j-th best group-g item, worth cs[t, g, j] (decreasing
+  in j, so every optimal list takes a best-first prefix of each group); group
+  g must receive >= need_g units. Starting from the unconstrained lists, each
+  step pushes one unit along the cheapest path from a group with surplus
+  (e_h > need_h) to a group in deficit, alternating "remove the last h unit
+  of request t" (cost cs[t, h, n-1]) and "add the next g unit to t" (gain
+  cs[t, g, n]). Distances: Bellman-Ford over the G group nodes (each sweep
+  vectorised over requests; no negative cycles at an optimum).
+
+  Returns:
+    n [T, G]: units of each group in each request's list.
+
+  Raises:
+    ConfigError: a deficit cannot be filled (too few items in a group).
+  """
+  t_total, g_count, _ = cs.shape
+  n = alloc.astype(np.int64).copy()
+  rows = np.arange(t_total)[:, None]
+  cols = np.arange(g_count)[None, :]
+  while True:
+    expo = n.sum(0)
+    deficit = expo < need
+    if not deficit.any():
+      return n
+    nxt = np.where(n < k, cs[rows, cols, np.minimum(n, k - 1)], -np.inf)
+    last = np.where(n > 0, cs[rows, cols, np.maximum(n - 1, 0)], np.inf)
+    dist = np.where(expo > need, 0.0, np.inf)
+    pred_t = np.full(g_count, -1)
+    pred_h = np.zeros(t_total, np.int64)
+    for _ in range(g_count + 1):
+      via = dist[None, :] + last  # [T, H]: reach request t by removing h
+      pred_h = np.argmin(via, axis=1)
+      dist_t = via[np.arange(t_total), pred_h]
+      gain = dist_t[:, None] - nxt  # [T, G]: then add a g unit in t
+      best_t = np.argmin(gain, axis=0)
+      cand = gain[best_t, np.arange(g_count)]
+      better = cand < dist - 1e-12
+      if not better.any():
+        break
+      dist = np.where(better, cand, dist)
+      pred_t = np.where(better, best_t, pred_t)
+    reach = np.where(deficit, dist, np.inf)
+    target = int(np.argmin(reach))
+    if not np.isfinite(reach[target]):
+      bad = np.nonzero(deficit)[0].tolist()
+      raise ConfigError(f"centralised: cannot meet the minimum exposure of "
+                        f"groups {bad} (too few items)")
+    g, seen = target, set()
+    while pred_t[g] >= 0 and g not in seen:
+      seen.add(g)
+      t = int(pred_t[g])
+      h = int(pred_h[t])
+      n[t, g] += 1
+      n[t, h] -= 1
+      g = h

@@ -119,28 +119,40 @@ def cell_sam_dense(cell_loss: Callable[[PyTree, Array], tuple[Array, Array]],
   return jax.vmap(one)(jnp.arange(num_cells, dtype=jnp.int32))
 
 
-def segment_ids(keys: Array) -> tuple[Array, Array]:
-  """Dense ids of equal keys: equal keys get equal ids in [0, S).
+TABLE_MAX = 1 << 20  # largest key bound for the table path of segment_ids
 
-  A stable sort of the S keys and a new id wherever the sorted key changes
-  (ids follow the sorted key order).
+
+def segment_ids(keys: Array, key_bound: int | None = None
+                ) -> tuple[Array, Array]:
+  """Segment ids grouping equal keys: seg[a] = seg[b] iff keys[a] = keys[b].
+
+  Two exact paths with the same output convention:
+    * table (key_bound given and <= TABLE_MAX): a scatter-min of the slot
+      indices into a [key_bound] table; the id of a key is its first slot;
+    * sort (otherwise): a stable argsort, ids numbered in key order.
 
   Args:
-    keys: int [S].
+    keys: int [S], in [0, key_bound) when key_bound is given.
+    key_bound: exclusive upper bound of the keys (static), or None.
 
   Returns:
-    (seg [S] int32, first [S] int32): seg[s] is the id of keys[s]; first[k]
-    is a slot holding segment k, for k below the number of distinct keys
-    (later entries hold the slot of the largest key).
+    (seg [S] int32 in [0, S), seg_slot [S] int32): seg_slot[k] is a slot of
+    segment k, or -1 when no slot has id k.
   """
   s = keys.shape[0]
+  slots = jnp.arange(s, dtype=jnp.int32)
+  if key_bound is not None and key_bound <= TABLE_MAX:
+    table = jnp.full((key_bound,), s, jnp.int32).at[keys].min(slots)
+    seg = table[keys]
+    return seg, jnp.where(seg == slots, slots, -1)
   order = jnp.argsort(keys, stable=True)
   sk = keys[order]
   new = jnp.concatenate([jnp.ones((1,), bool), sk[1:] != sk[:-1]])
   sid = jnp.cumsum(new.astype(jnp.int32)) - 1
   seg = jnp.zeros((s,), jnp.int32).at[order].set(sid)
   pos = jnp.nonzero(new, size=s, fill_value=s - 1)[0]
-  return seg, order[pos].astype(jnp.int32)
+  seg_slot = jnp.where(slots <= sid[-1], order[pos].astype(jnp.int32), -1)
+  return seg, seg_slot
 
 
 class RowCellSam(NamedTuple):
@@ -153,8 +165,8 @@ class RowCellSam(NamedTuple):
 
   Attributes:
     loss, loss_sa, count, grad_norm, h_norm: [G] as in `DenseCellSam`.
-    seg: [S] segment of each slot.
-    seg_cell: [S] cell of each segment (G = unused).
+    seg: [S] segment of each slot (`segment_ids`).
+    seg_cell: [S] cell of each segment (G = unused or padding).
     seg_key: [S] row key of each segment.
     grad_seg: [S, d] grad_g rows at theta.
     h_seg: [S, d] h_g rows at theta + eps_g.
@@ -232,11 +244,12 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
                      "does not fit int32")
   cell, count, w = _cell_weights(cell, valid, g, rows.dtype)
   slot_cell = cell[slot_example]  # [S], G for padding
-  seg, first = segment_ids(slot_cell * key_space + keys.astype(jnp.int32))
+  seg, seg_slot = segment_ids(slot_cell * key_space + keys.astype(jnp.int32),
+                              (g + 1) * key_space)
   s = rows.shape[0]
-  n_seg = jnp.max(seg) + 1
-  seg_cell = jnp.where(jnp.arange(s) < n_seg, slot_cell[first], g)
-  seg_key = keys[first].astype(jnp.int32)
+  safe = jnp.maximum(seg_slot, 0)
+  seg_cell = jnp.where(seg_slot >= 0, slot_cell[safe], g)
+  seg_key = keys[safe].astype(jnp.int32)
 
   def pass_at(x):
     losses, vjp = jax.vjp(example_loss, x)

@@ -68,32 +68,37 @@ def group_means(stat: Array, group: Array, valid: Array | None = None
   return m0, m1, (n0 > 0) & (n1 > 0)
 
 
-def group_gap_loss(stat: Array, group: Array, valid: Array | None = None
-                   ) -> tuple[Array, Array]:
+def group_gap_loss(stat: Array, group: Array, valid: Array | None = None,
+                   absolute: bool = False) -> tuple[Array, Array]:
   """Group-gap fairness loss shared by FADE and REC.
 
       PD_diff = mean_{a=0} stat - mean_{a=1} stat   (over valid batch rows),
-      L_fair  = -log sigmoid(-PD_diff) = softplus(PD_diff).
+      L_fair  = -log sigmoid(-PD_diff) = softplus(PD_diff)      (default),
+      L_fair  = softplus(|PD_diff|)                   (absolute=True).
 
-  The loss pushes the advantaged group-0 statistic down / group-1 up until the
-  gap is negative. A batch without both groups gives loss 0 (and a zero, not
-  NaN, gradient).
+  The default ('log' in the official FADE code, DESIGN §3) pushes the
+  advantaged group-0 statistic down / group-1 up, also past a zero gap; the
+  absolute form (the official code's 'absolute' option) pulls the gap
+  towards 0 from either side. A batch without both groups gives loss 0 (and
+  a zero, not NaN, gradient).
 
   Args:
     stat: [B] per-row statistic (DH for FADE, positive score for REC).
     group: [B] int sensitive attribute in {0, 1}.
     valid: [B] bool mask, or None.
+    absolute: use |PD_diff|.
 
   Returns:
     (loss scalar, has_both bool scalar).
   """
   m0, m1, has_both = group_means(stat, group, valid)
-  loss = jnp.where(has_both, jax.nn.softplus(m0 - m1), 0.0)
+  diff = jnp.abs(m0 - m1) if absolute else m0 - m1
+  loss = jnp.where(has_both, jax.nn.softplus(diff), 0.0)
   return loss, has_both
 
 
-def fade_fairness_loss(dh: Array, group: Array, valid: Array | None = None
-                       ) -> tuple[Array, Array]:
+def fade_fairness_loss(dh: Array, group: Array, valid: Array | None = None,
+                       absolute: bool = False) -> tuple[Array, Array]:
   """FADE's fairness loss: `group_gap_loss` on the Differentiable Hit.
 
       L_fair = softplus(mean_{a=0} DH - mean_{a=1} DH)   (Yoo et al. 2024).
@@ -102,11 +107,12 @@ def fade_fairness_loss(dh: Array, group: Array, valid: Array | None = None
     dh: [B] DH@k of each training row (`fairjax.ops.diff_hit`).
     group: [B] int sensitive attribute in {0, 1}.
     valid: [B] bool mask, or None.
+    absolute: softplus(|PD_diff|) instead (see `group_gap_loss`).
 
   Returns:
     (loss scalar, has_both bool scalar); loss is 0 when a group is missing.
   """
-  return group_gap_loss(dh, group, valid)
+  return group_gap_loss(dh, group, valid, absolute)
 
 
 def rec_fairness_statistic(pos_scores: Array) -> Array:

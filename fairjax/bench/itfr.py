@@ -1,0 +1,91 @@
+"""Benchmark: one ITFR training epoch vs one BPR epoch (MF, ML-1M protocol).
+
+Both epochs are the jitted `lax.scan` of their step over the whole training
+set (ML-1M: ~277k interactions, batch 1024, one negative per row, d = 64,
+Adam) exactly as `launch.itfr` runs them: BPR is `train.make_step` on the
+plain BPR loss; ITFR computes, per batch, the sharpness-aware loss and
+gradient of every cell present (row-sparse path), the collaborative weight
+update with the previous epoch's cumulative gradients, and the update with
+sum_g q_g h_g. Timed: `repeats` epochs after a compiling one; ITFR is timed
+from its second epoch on (the first has no previous-epoch buffers and skips
+the cosines), both report the median.
+
+Data: ML-1M under `data_dir` (or $FAIRJAX_DATA_DIR); without it, the
+synthetic generator at a similar size (6,000 users, 1,200 items, ~396k
+interactions), which the result names under `data`.
+
+Run: `python -m launch.bench --bench=itfr [--data_dir=DIR]`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from fairjax.methods import itfr as M
+from fairjax.methods import itfr_run
+
+
+def _log(msg: str) -> None:
+  print(f"[bench.itfr] {msg}", file=sys.stderr, flush=True)
+
+
+def _config(data_dir):
+  """configs/itfr.py of this checkout, ML-1M (or synthetic) variant."""
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "itfr.py"
+  spec = importlib.util.spec_from_file_location("_itfr_config", path)
+  itfr_config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(itfr_config)
+  if data_dir:
+    c = itfr_config.get_config("dataset=ml1m")
+    c.data_dir = str(data_dir)
+  else:
+    c = itfr_config.get_config("dataset=synthetic")
+    c.synthetic.num_users = 6000
+    c.synthetic.num_items = 1200
+  return c
+
+
+def _time_epochs(name, config, data, seed, repeats, skip):
+  spec = M.METHODS[name]
+  model = M.create_model(config, data, spec.cosine)
+  tx = M.make_optimizer(config)
+  rng = jax.random.key(seed)
+  state = M.init_state(model, tx, spec, data, rng)
+  epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
+  context = {"seen": jnp.asarray(data.seen(("train",)))}
+  times = []
+  for e in range(skip + repeats):
+    batches = M.epoch_batches(data, config.batch_size, (seed, e))
+    t0 = time.perf_counter()
+    state, m = epoch_fn(state, batches, jax.random.fold_in(rng, e), context)
+    jax.block_until_ready(state)
+    dt = time.perf_counter() - t0
+    _log(f"{name} epoch {e + 1}: {dt:.3f}s loss {float(jnp.mean(m['loss'])):.4f}")
+    if e >= skip:
+      times.append(dt)
+  return statistics.median(times)
+
+
+def run(seed: int = 0, data_dir: str | None = None, repeats: int = 3) -> dict:
+  """Seconds per epoch of ITFR and BPR (median of `repeats`) and the ratio."""
+  data_dir = data_dir or os.environ.get("FAIRJAX_DATA_DIR") or None
+  config = _config(data_dir)
+  data = itfr_run.prepare_data(config, data_dir)
+  _log(f"{data.name}: {data.train_user.size} training interactions, "
+       f"{data.num_cells} cells, batch {config.batch_size}, "
+       f"{M.steps_per_epoch(data, config.batch_size)} steps per epoch")
+  bpr = _time_epochs("BPR", config, data, seed, repeats, skip=1)
+  itfr = _time_epochs("ITFR", config, data, seed, repeats, skip=2)
+  return {"data": data.name, "train_interactions": int(data.train_user.size),
+          "batch_size": int(config.batch_size), "cells": data.num_cells,
+          "device": jax.devices()[0].device_kind,
+          "itfr_seconds_per_epoch": itfr, "bpr_seconds_per_epoch": bpr,
+          "itfr_over_bpr": itfr / bpr}
