@@ -176,3 +176,11 @@ def test_absolute_form_is_symmetric_and_signed_is_not():
     c = _config("FADE")
     c.fade.form = "squared"
     F.validate_config(c)
+
+
+def test_ncf_backbone_runs(tmp_path):
+  c = fade_config.get_config("dataset=synthetic,smoke,periods=1,model=ncf")
+  c.methods = "FADE"
+  c.dim = 8
+  summary = fade_run.train_and_evaluate(c, str(tmp_path))
+  assert np.isfinite(summary["task_r"]["FADE"]["ndcg@20"])

@@ -112,7 +112,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
   _log(f"[fade] {data.name}: {data.num_users} users, {data.num_items} items, "
        f"period sizes {list(data.period_sizes)}")
   model = models_lib.create(config.model, data.num_users, data.num_items,
-                            dim=config.dim)
+                            **_model_kwargs(config))
   trainer = F.Trainer(model, F.make_optimizer(config), config)
   negs = eval_negatives_for(data, workdir / "eval_negatives.npy", config.seed,
                             config.num_eval_negatives)
@@ -206,6 +206,13 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
   ckpt_lib.write_json_atomic(workdir / "summary.json", summary)
   _log(f"[fade] wrote {workdir / 'metrics.csv'} and {workdir / 'summary.json'}")
   return summary
+
+
+def _model_kwargs(config) -> dict:
+  """Backbone options from the config: MF d; NCF GMF and MLP widths."""
+  if config.model == "ncf":
+    return dict(gmf_dim=config.dim, mlp_embed_dim=config.dim)
+  return dict(dim=config.dim)
 
 
 def _pretrain(trainer, data, config, rng, workdir) -> train.TrainState:
