@@ -13,20 +13,14 @@ Any field can also be overridden as a flag, e.g.
 
 import ml_collections
 
+from configs.common import parse_variant
+
 ALL_METHODS = "PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER"
-
-
-def _parse(arg: str) -> dict:
-  out = {}
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    out[key.strip()] = value.strip() if value else "1"
-  return out
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the FADE config; `arg` holds the variant."""
-  v = _parse(arg)
+  v = parse_variant(arg)
   c = ml_collections.ConfigDict()
   c.dataset = v.get("dataset", "synthetic")
   c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.

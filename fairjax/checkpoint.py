@@ -8,11 +8,12 @@ finished). `restore_latest(target)` returns `(step, tree)` or `None`.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pathlib
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -56,20 +57,38 @@ class Checkpointer:
     self._manager.close()
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-  """Writes JSON to `path` via a temporary file + rename (never half-written)."""
+def _write_atomic(path: str | os.PathLike, write: Callable, newline=None
+                  ) -> None:
+  """Calls `write(file)` on a temporary file, then renames it to `path`."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-      f.write("\n")
+    with os.fdopen(fd, "w", newline=newline) as f:
+      write(f)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+  """Writes JSON to `path` via a temporary file + rename (never half-written)."""
+  def write(f):
+    json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+    f.write("\n")
+  _write_atomic(path, write)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict],
+                     fields: list[str]) -> None:
+  """Writes dict rows as CSV with header `fields`, atomically."""
+  def write(f):
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+  _write_atomic(path, write, newline="")
 
 
 def read_json(path: str | os.PathLike) -> Any:

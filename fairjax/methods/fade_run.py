@@ -13,11 +13,8 @@ identical to an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
-import os
 import pathlib
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +30,8 @@ from fairjax.methods import periodic_eval as E
 _FINETUNE_KIND = {"FINETUNE": "bpr", "FADE": "fade", "REC": "rec"}
 _RETRAIN_KIND = {"RETRAIN": "bpr", "FADE-RETRAIN": "fade"}
 SUMMARY_METRICS = ("ndcg", "recall", "f1", "precision", "hr")
+CSV_FIELDS = ["method", "snapshot", "task", "protocol", "group", "metric",
+              "value"]
 
 
 def _log(msg: str) -> None:
@@ -201,7 +200,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
     seconds[method] = float(np.mean([log.state["periods"][str(t)]["seconds"]
                                      for t in periods]))
 
-  _write_csv(workdir / "metrics.csv", all_rows)
+  ckpt_lib.write_csv_atomic(workdir / "metrics.csv", all_rows, CSV_FIELDS)
   summary = summarise(all_rows, seconds, config)
   ckpt_lib.write_json_atomic(workdir / "summary.json", summary)
   _log(f"[fade] wrote {workdir / 'metrics.csv'} and {workdir / 'summary.json'}")
@@ -277,19 +276,3 @@ def summarise(rows, seconds, config) -> dict:
     summary["full"] = block("full")
   summary["seconds_per_period"] = seconds
   return summary
-
-
-def _write_csv(path: pathlib.Path, rows) -> None:
-  fields = ["method", "snapshot", "task", "protocol", "group", "metric",
-            "value"]
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=fields)
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
