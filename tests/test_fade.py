@@ -52,7 +52,7 @@ def test_all_methods_smoke(tmp_path):
 
 
 def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
-  methods = "FINETUNE,FADE,RETRAIN"
+  methods = "FINETUNE,FADE"
   full = fade_run.train_and_evaluate(_config(methods, periods=6),
                                      str(tmp_path / "a"))
 
