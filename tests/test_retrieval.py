@@ -143,3 +143,14 @@ def test_merge_topk_positional_ties():
   ids = np.array([[0, 1, 2, 3, 4]], np.int32)
   top_s, top_i = blocked.merge_topk(s, ids, 4)
   np.testing.assert_array_equal(np.asarray(top_i), [[1, 2, 4, 3]])
+
+
+def test_never_builds_full_score_matrix():
+  b, n = 32, 64 * 128
+  u, v, g, mu = _data(n, b=b)
+  items = shard_items(v, g, block_size=128)
+  hlo = sharded.sharded_topk.lower(
+      items.emb, items.group, u, mu, mesh=None, k=10,
+      block=items.block).compile().as_text()
+  assert f"f32[{b},{items.block}]" in hlo  # one block of scores ...
+  assert f"f32[{b},{n}]" not in hlo  # ... never all of them

@@ -48,6 +48,25 @@ def sgemm_rate(n: int = 4096, repeats: int = 3) -> float:
   return 2.0 * n ** 3 / _time(lambda: f(a, b), repeats)
 
 
+def _gemm_only_fn(mesh, block: int):
+  """The same blocked GEMMs (+ mu bias) with no top-K: the loop's ceiling."""
+  from jax import lax  # noqa: PLC0415
+  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+  from fairjax.retrieval import blocked  # noqa: PLC0415
+
+  def local(q, emb, grp, mu):
+    def body(i, acc):
+      v = lax.dynamic_slice_in_dim(emb, i * block, block)
+      g = lax.dynamic_slice_in_dim(grp, i * block, block)
+      s = blocked.block_scores(q, v, -mu[jnp.maximum(g, 0)])
+      return acc + s[0, 0]
+    return lax.fori_loop(0, emb.shape[0] // block, body, 0.0)[None]
+
+  return jax.jit(jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), P(sharded.AXIS), P(sharded.AXIS), P()),
+      out_specs=P(sharded.AXIS), check_vma=False))
+
+
 def _faiss_search(v, grp, u, mu, k, num_groups):
   try:
     import faiss  # noqa: PLC0415
@@ -71,9 +90,13 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   """Runs the benchmark; returns its figures (see module doc).
 
   Keys: devices, shards, block, sgemm_gflops, dual_s, dual_qps,
-  dual_gflops, dual_vs_sgemm, plain_s, mu_overhead, blockmerge_s,
-  speedup_vs_blockmerge, faiss_s / faiss_qps / speedup_vs_faiss /
-  faiss_agreement (None without faiss), exact_vs_blockmerge.
+  dual_gflops, dual_vs_sgemm, plain_s, mu_zero_s, mu_overhead (cost of the
+  mu term on the same scores: dual path with mu = 0 vs plain), dual_vs_plain
+  (with the benchmark's random mu, which also changes which items win and so
+  the pruning), gemm_loop_s (the same blocked GEMMs without any top-K: the
+  ceiling), dual_vs_gemm_loop, blockmerge_s, speedup_vs_blockmerge,
+  exact_vs_blockmerge, faiss_s / faiss_qps / speedup_vs_faiss /
+  faiss_agreement / faiss_threads (None without faiss).
   """
   devs = jax.devices()
   shards = min(shards, len(devs))
@@ -106,6 +129,13 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   t_plain = _time(lambda: sharded.sharded_topk(items.emb, items.group, q,
                                                None, **kw))
   _log(f"plain top-K {t_plain:.3f}s")
+  mu0 = sharded.replicate(np.zeros(num_groups, np.float32), mesh)
+  t_mu0 = _time(lambda: sharded.sharded_topk(items.emb, items.group, q, mu0,
+                                             **kw))
+  _log(f"dual path with mu = 0 {t_mu0:.3f}s")
+  gemm_fn = _gemm_only_fn(mesh, items.block)
+  t_gemm = _time(lambda: gemm_fn(q, items.emb, items.group, mu_r))
+  _log(f"blocked GEMM only (no top-K) {t_gemm:.3f}s")
   t_base = _time(lambda: sharded.sharded_topk(
       items.emb, items.group, q, mu_r, prune=False, **kw), repeats=1)
   _log(f"block-and-merge baseline {t_base:.3f}s")
@@ -120,7 +150,10 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       sgemm_gflops=sgemm / 1e9,
       dual_s=t_dual, dual_qps=num_queries / t_dual,
       dual_gflops=flops / t_dual / 1e9, dual_vs_sgemm=flops / t_dual / sgemm,
-      plain_s=t_plain, mu_overhead=t_dual / t_plain - 1.0,
+      plain_s=t_plain, mu_zero_s=t_mu0,
+      mu_overhead=t_mu0 / t_plain - 1.0,
+      dual_vs_plain=t_dual / t_plain - 1.0,
+      gemm_loop_s=t_gemm, dual_vs_gemm_loop=t_gemm / t_dual,
       blockmerge_s=t_base, speedup_vs_blockmerge=t_base / t_dual,
       exact_vs_blockmerge=bool(np.array_equal(ids, np.asarray(base[1]))),
       faiss_s=None, faiss_qps=None, speedup_vs_faiss=None,

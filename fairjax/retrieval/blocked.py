@@ -19,14 +19,15 @@ running entry, so it loses ties; a stale tau (taken at the last merge) is
 still a valid lower bound. Per block of blk = c * nc items, column j of the
 block belongs to chunk j mod nc (strided chunks: the chunk maxima are a
 vectorised max over c contiguous rows of nc scores). Then
-  1. chunks above tau are compacted, in chunk order, into R slots (an
-     exclusive prefix count and a one-hot select), and gathered: [c, R]
-     scores whose row-major order is increasing id order;
-  2. their items above tau are compacted into R2 slots the same way and
-     appended to a [B, F R2] buffer; a full buffer is merged into the running
-     list with one `lax.top_k` (every F blocks);
-  3. if some row has more than R chunks or R2 items above tau, the block
-     falls back to a full merge of running list, buffer and block.
+  1. if every row has at most R chunks whose maximum exceeds tau, those
+     chunks (found in increasing chunk id by R min-reductions) are gathered:
+     [c, R] scores whose row-major order is increasing id order; items <= tau
+     are set to -inf; they are appended to a [B, F R c] buffer, merged into
+     the running list with one `lax.top_k` every F blocks;
+  2. otherwise (early blocks, while tau is still low) the block is merged in
+     full with the running list and the buffer.
+XLA:CPU notes: a column slice of a `lax.top_k` result makes the compiler
+fall back to a full sort, hence `jnp.min` for the K-th score.
 """
 
 from __future__ import annotations
@@ -75,31 +76,12 @@ def _item_bias(group_blk, mu, valid_blk):
   return jnp.where(valid_blk, -mu[g], NEG_INF).astype(jnp.float32)
 
 
-def _exclusive_cumsum(x: jax.Array) -> jax.Array:
-  """Exclusive prefix sum along the last axis (log-depth, elementwise ops)."""
-  inc = lax.associative_scan(jnp.add, x, axis=x.ndim - 1)
-  return inc - x
-
-
-def _compact(mask: jax.Array, slots: int) -> tuple[jax.Array, jax.Array]:
-  """One-hot [..., slots, n]: slot j <- the j-th True of `mask` (in order).
-
-  Returns (onehot, count): count [...] is the number of True entries; slots
-  beyond it are empty.
-  """
-  pos = _exclusive_cumsum(mask.astype(jnp.int32))
-  j = jnp.arange(slots, dtype=jnp.int32)
-  onehot = mask[..., None, :] & (pos[..., None, :] == j[:, None])
-  return onehot, jnp.sum(mask, axis=-1)
-
-
 @functools.partial(jax.jit, static_argnames=(
-    "k", "block", "chunk", "num_chunks_small", "num_items_small",
-    "flush_every", "prune"))
+    "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                mu: jax.Array | None, id_offset: jax.Array | int, *, k: int,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
-               num_items_small: int = 8, flush_every: int = 32,
+               flush_every: int = 8,
                prune: bool = True) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of s_bi = <u_b, v_i> - mu[g_i] over a local item range.
 
@@ -112,9 +94,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     k: results per query.
     block: items per GEMM block (a multiple of `chunk`).
     chunk: c, items per pruning chunk.
-    num_chunks_small: R, chunks above tau kept per row and block.
-    num_items_small: R2, items above tau kept per row and block.
-    flush_every: F, blocks buffered before one merge.
+    num_chunks_small: R, chunks gathered per row and block on the cheap path.
+    flush_every: F, cheap blocks buffered before one merge.
     prune: False gives the plain block-and-merge baseline (a `lax.top_k`
       over running list + whole block, every block).
 
@@ -127,18 +108,22 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   nb = n // block
   nc = block // chunk
   r = min(num_chunks_small, nc)
-  r2 = min(num_items_small, r * chunk)
-  width = flush_every * r2
+  slot = r * chunk  # buffer columns per block
+  width = flush_every * slot
   user_q = user_q.astype(jnp.float32)
   col = jnp.arange(block, dtype=jnp.int32)
+  row_in_chunk = jnp.arange(chunk, dtype=jnp.int32)[None, :, None] * nc
   chunk_ids = jnp.arange(nc, dtype=jnp.int32)
-  # id of (row e, chunk j) in the [c, nc] view of a block: e * nc + j.
   empty_s = jnp.full((b, width), NEG_INF, jnp.float32)
   empty_i = jnp.full((b, width), -1, jnp.int32)
+  slot_pos = jnp.arange(width, dtype=jnp.int32)[None, :]
 
   def merge(top_s, top_i, parts_s, parts_i):
-    return merge_topk(jnp.concatenate([top_s] + parts_s, axis=1),
-                      jnp.concatenate([top_i] + parts_i, axis=1), k)
+    ns, ni = merge_topk(jnp.concatenate([top_s] + parts_s, axis=1),
+                        jnp.concatenate([top_i] + parts_i, axis=1), k)
+    # min over the sorted row = its k-th score (a column slice of a top_k
+    # result would make XLA:CPU fall back to a full sort).
+    return ns, ni, jnp.min(ns, axis=1, keepdims=True)
 
   def body(i, carry):
     top_s, top_i, buf_s, buf_i, fill, tau = carry
@@ -149,50 +134,57 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     blk_ids = id_offset + start + col
 
     if not prune:
-      ns, ni = merge(top_s, top_i, [s], [jnp.broadcast_to(blk_ids, s.shape)])
+      ns, ni, _ = merge(top_s, top_i, [s],
+                        [jnp.broadcast_to(blk_ids, s.shape)])
       return ns, ni, buf_s, buf_i, fill, tau
 
-    s3 = s.reshape(b, chunk, nc)
-    cmax = s3.max(axis=1)  # [b, nc]
-    above = cmax > tau
-    sel_hot, n_chunks = _compact(above, r)  # [b, r, nc]
-    sel = jnp.sum(jnp.where(sel_hot, chunk_ids, 0), axis=2)  # [b, r]
-    used = jnp.any(sel_hot, axis=2)
-    cand = jnp.take_along_axis(s3, jnp.broadcast_to(sel[:, None, :],
-                                                    (b, chunk, r)), axis=2)
-    cand = jnp.where(used[:, None, :], cand, NEG_INF).reshape(b, chunk * r)
-    cand_i = (jnp.arange(chunk, dtype=jnp.int32)[None, :, None] * nc
-              + sel[:, None, :]).reshape(b, chunk * r)
-    item_hot, n_items = _compact(cand > tau, r2)  # [b, r2, c r]
-    new_s = jnp.max(jnp.where(item_hot, cand[:, None, :], NEG_INF), axis=2)
-    new_i = jnp.max(jnp.where(item_hot, cand_i[:, None, :], -1), axis=2)
-    new_i = jnp.where(new_i >= 0, new_i + id_offset + start, -1)
-    ok = (jnp.max(n_chunks) <= r) & (jnp.max(n_items) <= r2)
-
-    def append(_):
-      nbuf_s = lax.dynamic_update_slice_in_dim(buf_s, new_s, fill * r2, 1)
-      nbuf_i = lax.dynamic_update_slice_in_dim(buf_i, new_i, fill * r2, 1)
-
-      def flush(_):
-        ns, ni = merge(top_s, top_i, [nbuf_s], [nbuf_i])
-        return ns, ni, empty_s, empty_i, jnp.int32(0), jnp.min(ns, axis=1, keepdims=True)
-
-      def keep(_):
-        return top_s, top_i, nbuf_s, nbuf_i, fill + 1, tau
-
-      return lax.cond(fill + 1 == flush_every, flush, keep, None)
+    s3 = s.reshape(b, chunk, nc)  # column j of the block -> chunk j mod nc
+    above = s3.max(axis=1) > tau  # [b, nc] chunks holding an item > tau
+    ok = jnp.all(jnp.sum(above, axis=1) <= r)
+    # The (<= r) chunks above tau in increasing chunk id: r successive
+    # "smallest id above the previous one" reductions (slot -> nc if none).
+    prev = jnp.full((b, 1), -1, jnp.int32)
+    picks = []
+    for _ in range(r):
+      prev = jnp.min(jnp.where(above & (chunk_ids > prev), chunk_ids, nc),
+                     axis=1, keepdims=True)
+      picks.append(prev)
+    srt = jnp.concatenate(picks, axis=1)  # [b, r] ascending
+    used = (srt < nc) & ok  # nothing is buffered from a fully merged block
+    srt = jnp.minimum(srt, nc - 1)
+    cand = jnp.take_along_axis(
+        s3, jnp.broadcast_to(srt[:, None, :], (b, chunk, r)), axis=2)
+    cand = jnp.where(used[:, None, :] & (cand > tau[:, :, None]), cand,
+                     NEG_INF).reshape(b, -1)
+    cand_i = (id_offset + start + row_in_chunk
+              + srt[:, None, :]).reshape(b, -1)
+    # Buffer writes stay outside the conds (in place in the loop carry); the
+    # conds only produce the small running list.
+    buf_s = lax.dynamic_update_slice_in_dim(buf_s, cand, fill * slot, 1)
+    buf_i = lax.dynamic_update_slice_in_dim(buf_i, cand_i, fill * slot, 1)
+    valid = slot_pos < fill * slot  # slots written since the last merge
 
     def full(_):
-      ns, ni = merge(top_s, top_i, [buf_s, s],
-                     [buf_i, jnp.broadcast_to(blk_ids, s.shape)])
-      return ns, ni, empty_s, empty_i, jnp.int32(0), jnp.min(ns, axis=1, keepdims=True)
+      return merge(top_s, top_i, [jnp.where(valid, buf_s, NEG_INF), s],
+                   [buf_i, jnp.broadcast_to(blk_ids, s.shape)])
 
-    return lax.cond(ok, append, full, None)
+    def flush(_):
+      return merge(top_s, top_i, [buf_s], [buf_i])
+
+    def keep(_):
+      return top_s, top_i, tau
+
+    branch = jnp.where(ok, jnp.where(fill + 1 == flush_every, 1, 2), 0)
+    top_s, top_i, tau = lax.switch(branch, (full, flush, keep), None)
+    fill = jnp.where(branch == 2, fill + 1, 0)
+    return top_s, top_i, buf_s, buf_i, fill, tau
 
   init = (jnp.full((b, k), NEG_INF, jnp.float32),
           jnp.full((b, k), -1, jnp.int32), empty_s, empty_i, jnp.int32(0),
           jnp.full((b, 1), NEG_INF, jnp.float32))
-  top_s, top_i, buf_s, buf_i, _, _ = lax.fori_loop(0, nb, body, init)
+  top_s, top_i, buf_s, buf_i, fill, _ = lax.fori_loop(0, nb, body, init)
   if prune:
-    top_s, top_i = merge(top_s, top_i, [buf_s], [buf_i])
+    top_s, top_i, _ = merge(top_s, top_i,
+                            [jnp.where(slot_pos < fill * slot, buf_s,
+                                       NEG_INF)], [buf_i])
   return top_s, top_i
