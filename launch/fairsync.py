@@ -1,0 +1,49 @@
+r"""FairSync and its baselines: item-sharded retrieval with exposure control.
+
+  python -m launch.fairsync --config=configs/fairsync.py:dataset=ml1m \
+      --workdir=runs/fairsync_ml1m [--data_dir=../shared/data] \
+      [--config.methods=unconstrained,FairSync]
+
+Writes DIR/metrics.csv and DIR/summary.json; rerun to resume. With
+`shards=S` > 1 on CPU, S emulated devices are requested before JAX starts.
+"""
+
+import json
+import os
+import re
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from launch.common import friendly_errors
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/fairsync.py", "FairSync config file[:variant].",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume folder.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Real data folder (default: $FAIRJAX_DATA_DIR).")
+flags.mark_flag_as_required("workdir")
+
+
+def _emulate_devices(n: int) -> None:
+  """Asks XLA for n host devices unless the flag is already set."""
+  xla = os.environ.get("XLA_FLAGS", "")
+  if n > 1 and not re.search(r"xla_force_host_platform_device_count", xla):
+    os.environ["XLA_FLAGS"] = (
+        f"{xla} --xla_force_host_platform_device_count={n}").strip()
+
+
+@friendly_errors
+def main(argv):
+  del argv
+  _emulate_devices(int(_CONFIG.value.shards))
+  from fairjax.methods import fairsync_run  # after XLA_FLAGS: JAX starts here.
+  summary = fairsync_run.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                            _DATA_DIR.value)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,216 @@
+"""FairSync job: launcher smoke run, resume, sharded equality, bad input."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import fairsync as fairsync_config
+from fairjax.errors import ConfigError
+from fairjax.methods import fairsync_run as R
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+METHODS = ("unconstrained", "FairSync", "k-neighbor", "min-regularizer",
+           "centralised")
+
+
+def _launch(workdir, variant="smoke", *extra):
+  cmd = [sys.executable, "-m", "launch.fairsync",
+         f"--config=configs/fairsync.py:{variant}", f"--workdir={workdir}",
+         *extra]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("fairsync_smoke")
+  proc = _launch(workdir)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return workdir, proc
+
+
+def test_launcher_writes_summary_and_metrics(smoke_run):
+  workdir, proc = smoke_run
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == summary
+  k = summary["k"]
+  assert k == 10
+  for method in METHODS:
+    assert set(summary[method]) == {"esp", f"recall@{k}", f"ndcg@{k}",
+                                    f"hr@{k}"}
+  assert len(summary["min_exposure"]) == 6
+  # m_g chosen so the unconstrained retriever misses (ESP <= 0.6) ...
+  assert summary["unconstrained_esp"] <= 0.6
+  assert summary["unconstrained"]["esp"] == summary["unconstrained_esp"]
+  # ... and FairSync and the centralised re-rank meet every minimum.
+  assert summary["FairSync"]["esp"] == 1.0
+  assert summary["centralised"]["esp"] == 1.0
+  # The centralised re-rank is the accuracy bound among ESP = 1 methods.
+  rc = summary["centralised"][f"recall@{k}"]
+  for method in ("FairSync", "k-neighbor", "min-regularizer"):
+    if summary[method]["esp"] == 1.0:
+      assert summary[method][f"recall@{k}"] <= rc + 0.05
+  import pandas as pd
+  df = pd.read_csv(workdir / "metrics.csv", keep_default_na=False)
+  assert set(df.method) == set(METHODS)
+  final = df[(df.metric == "exposure")].sort_values("requests").groupby(
+      ["method", "group"]).value.last()
+  # Final exposure sums to K T for every method (every list has K items).
+  for method in METHODS:
+    assert final[method].sum() == k * summary["num_requests"]
+  mins = df[df.metric == "min_exposure"].drop_duplicates("group")
+  esp = np.mean(final["FairSync"][list(mins.group)].values >=
+                mins.value.values)
+  assert esp == summary["FairSync"]["esp"]
+
+
+def test_rerun_resumes(smoke_run):
+  workdir, _ = smoke_run
+  before = (workdir / "summary.json").read_text()
+  proc = _launch(workdir)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for method in METHODS:
+    assert f"[{method}] done earlier" in proc.stderr
+  assert (workdir / "summary.json").read_text() == before
+
+
+def test_sharded_library_run_equals_single_device(smoke_run, tmp_path):
+  workdir, _ = smoke_run
+  config = fairsync_config.get_config("smoke")
+  config.methods = "unconstrained,FairSync"
+  config.shards = 2
+  summary = R.train_and_evaluate(config, str(tmp_path))
+  single = json.loads((workdir / "summary.json").read_text())
+  for method in ("unconstrained", "FairSync"):
+    assert summary[method] == single[method]
+  assert summary["min_exposure"] == single["min_exposure"]
+
+
+def test_changed_setting_reserves_only_that_method(smoke_run, tmp_path,
+                                                   capsys):
+  workdir, _ = smoke_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  config = fairsync_config.get_config("smoke")
+  config.eta = 0.07
+  summary = R.train_and_evaluate(config, str(copy))
+  err = capsys.readouterr().err
+  assert "[FairSync] settings changed" in err
+  for method in ("unconstrained", "k-neighbor", "min-regularizer",
+                 "centralised"):
+    assert f"[{method}] done earlier" in err
+  assert summary["eta"] == 0.07
+
+
+def test_split_per_user_matches_brute_force():
+  rng = np.random.default_rng(0)
+  user = rng.integers(0, 7, 60).astype(np.int32)
+  key = rng.random(60)
+  got = R.split_per_user(user, key, 7, 0.8)
+  for u in range(7):
+    rows = np.nonzero(user == u)[0]
+    if not rows.size:
+      continue
+    rows = rows[np.argsort(key[rows])]
+    n_train = int(np.clip(round(0.8 * rows.size), 1, max(rows.size - 1, 1)))
+    want = np.zeros(60, bool)
+    want[rows[:n_train]] = True
+    np.testing.assert_array_equal(got[rows], want[rows])
+
+
+def test_auto_min_exposure_leaves_unconstrained_esp_at_most_target():
+  rng = np.random.default_rng(1)
+  sizes = rng.integers(1, 50, 18)
+  e0 = rng.multinomial(50 * 300, sizes / sizes.sum()).astype(float)
+  m, f, base = R.choose_min_exposure(e0, 50, 300, sizes, 0.0, 0.25, 0.6)
+  np.testing.assert_allclose(base, np.minimum(50 * 300 / 18,
+                                              0.25 * 300 * sizes))
+  np.testing.assert_allclose(m, f * base, rtol=1e-6)
+  esp = np.mean(e0 >= m)
+  assert esp <= 0.6
+  # f is the smallest such fraction: slightly smaller lets one more group in.
+  assert np.mean(e0 >= 0.999 * m) > 0.6 or f == 1.0
+  assert m.sum() <= 50 * 300
+
+
+def test_accuracy_matches_python_loop():
+  rng = np.random.default_rng(2)
+  t, n, k = 13, 40, 5
+  ids = np.stack([rng.permutation(n)[:k] for _ in range(t)]).astype(np.int32)
+  targets = [rng.choice(n, rng.integers(0, 8), replace=False)
+             for _ in range(t)]
+  ptr = np.concatenate([[0], np.cumsum([len(x) for x in targets])])
+  items = np.concatenate(targets).astype(np.int32)
+  got = R.accuracy(ids, ptr, items, n, k, max_cells=3 * n)  # 3-row blocks
+  rec, ndcg, hr = [], [], []
+  for row, tgt in zip(ids, targets):
+    if not len(tgt):
+      continue
+    hit = np.isin(row, tgt)
+    rec.append(hit.sum() / len(tgt))
+    dcg = sum(1 / np.log2(r + 2) for r in range(k) if hit[r])
+    idcg = sum(1 / np.log2(r + 2) for r in range(min(k, len(tgt))))
+    ndcg.append(dcg / idcg)
+    hr.append(float(hit.any()))
+  np.testing.assert_allclose(got[f"recall@{k}"], np.mean(rec), rtol=1e-5)
+  np.testing.assert_allclose(got[f"ndcg@{k}"], np.mean(ndcg), rtol=1e-5)
+  np.testing.assert_allclose(got[f"hr@{k}"], np.mean(hr), rtol=1e-5)
+
+
+def test_infeasible_minimums_one_line_error_from_launcher(tmp_path):
+  proc = _launch(tmp_path / "w", "smoke,frac=100")
+  assert proc.returncode == 1
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("error: "), proc.stderr
+  assert "infeasible exposure minimums" in lines[-1]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("variant,needle", [
+    ("smoke,k=1000", "field 'k': k=1000 is larger than the catalog"),
+    ("smoke,b=500", "field 'batch_size': B=500 is larger than the number"),
+    ("smoke,frac=100", "infeasible exposure minimums"),
+])
+def test_bad_input_raises_config_error(tmp_path, variant, needle):
+  config = fairsync_config.get_config(variant)
+  with pytest.raises(ConfigError) as err:
+    R.train_and_evaluate(config, str(tmp_path))
+  assert needle in str(err.value) and "\n" not in str(err.value)
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_bad_fields_raise_config_error(tmp_path):
+  config = fairsync_config.get_config("smoke")
+  config.methods = "unconstrained,FairSink"
+  with pytest.raises(ConfigError, match="FairSink"):
+    R.train_and_evaluate(config, str(tmp_path))
+  config = fairsync_config.get_config("smoke")
+  config.shards = 64
+  with pytest.raises(ConfigError, match="shards"):
+    R.train_and_evaluate(config, str(tmp_path))
+
+
+def test_ml1m_ts_protocol_later_interactions_are_targets(data_dir):
+  from fairjax.data.registry import load_dataset
+  config = fairsync_config.get_config("dataset=ml1m-ts")
+  data = R.prepare_interactions(config, str(data_dir))
+  ds = load_dataset("ml1m-ts", data_dir)
+  assert data.request_users.size == ds.num_users == 2999
+  assert data.train_user.size + data.target_items.size == ds.num_interactions
+  first_target = []
+  for t in range(0, data.request_users.size, 97):  # a sample of requests
+    u = data.request_users[t]
+    tgt = data.target_items[data.target_ptr[t]:data.target_ptr[t + 1]]
+    ts = dict(zip(ds.item[ds.user == u], ds.timestamp[ds.user == u]))
+    train = data.train_item[data.train_user == u]
+    assert len(tgt) == len(ts) - round(0.8 * len(ts))
+    assert min(ts[i] for i in tgt) >= max(ts[i] for i in train)
+    first_target.append(min(ts[i] for i in tgt))
+  assert first_target == sorted(first_target)  # requests in time order
