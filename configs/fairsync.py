@@ -1,7 +1,7 @@
 r"""FairSync: item-sharded retrieval with online group-exposure control.
 
 Launch (the ML-1M table):
-  FAIRJAX_DATA_DIR=/work/shared/data python -m launch.fairsync \
+  FAIRJAX_DATA_DIR=../shared/data python -m launch.fairsync \
       --config=configs/fairsync.py:dataset=ml1m --workdir=runs/fairsync_ml1m
 Variants (comma-separated `key=value` after the colon):
   dataset=ml1m|ml1m-ts|synthetic   num_items=1000000 (synthetic catalog)
