@@ -15,23 +15,18 @@ Methods: BPR, BPR-Norm, GroupDRO, ITFR, ITFR-noSAM, ITFR-noCLB, ITFR-noNorm
 
 import ml_collections
 
+from configs.common import parse_variant
+
 ALL_METHODS = "BPR,GroupDRO,ITFR,ITFR-noSAM,ITFR-noCLB,ITFR-noNorm"
 ML1M_GENRES = ("Sci-Fi", "Adventure", "Children's", "Crime", "Horror",
                "Romance")
 
 
-def _parse(arg: str) -> dict:
-  out = {}
-  for part in filter(None, (arg or "").split(",")):
-    key, _, value = part.partition("=")
-    out[key.strip()] = value.strip() if value else "1"
-  return out
-
-
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the ITFR config; `arg` holds the variant."""
-  v = _parse(arg)
+  v = parse_variant(arg)
   c = ml_collections.ConfigDict()
+  c.job = "itfr"  # read by launch.report
   c.dataset = v.get("dataset", "synthetic")
   c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
   c.seed = int(v.get("seed", 0))  # seed s of num_seeds uses seed + s.

@@ -19,9 +19,7 @@ Run: `python -m launch.bench --bench=itfr [--data_dir=DIR]`.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from configs import itfr as itfr_config
 from fairjax.methods import itfr as M
 from fairjax.methods import itfr_run
 
@@ -38,11 +37,7 @@ def _log(msg: str) -> None:
 
 
 def _config(data_dir):
-  """configs/itfr.py of this checkout, ML-1M (or synthetic) variant."""
-  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "itfr.py"
-  spec = importlib.util.spec_from_file_location("_itfr_config", path)
-  itfr_config = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(itfr_config)
+  """configs/itfr.py, ML-1M (or synthetic) variant."""
   if data_dir:
     c = itfr_config.get_config("dataset=ml1m")
     c.data_dir = str(data_dir)

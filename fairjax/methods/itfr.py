@@ -27,11 +27,14 @@ depend on tau) or the dot product.
 
 State. The pure train state (`fairjax.train.TrainState`) carries in `aux`:
 q [G]; for the collaborative balance also the cumulative per-cell gradients
-of the current and the previous epoch, ||C_j^prev||, the per-cell sums of
-n_g L_g^SA and n_g of the current epoch and Lbar^prev. The epoch index is
-state.step // steps_per_epoch; the first step of every epoch e >= 1 rolls the
-buffers (current -> previous, current <- 0) inside the step, so a checkpoint
-taken between epochs resumes exactly.
+of the current and the previous epoch (c_cur, c_prev), ||C_j^prev||, the
+per-cell sums of n_g L_g^SA and n_g of the current epoch and Lbar^prev. The
+epoch index is state.step // steps_per_epoch. The epoch boundary is a pure
+function of the state (`roll_epoch`: current -> previous, current <- 0 when
+state.step is a positive multiple of steps_per_epoch), applied by the jitted
+epoch function before its scan, so a checkpoint taken between epochs resumes
+exactly. (Rolling inside the scanned step is equivalent, but XLA then copies
+the [K, G, d] buffers on every step.)
 
 C_j (as the official code) sums, over the epoch's batches, n_g grad_g at
 theta: the gradient of the summed (not averaged) BPR loss of cell j.
@@ -301,13 +304,7 @@ def init_aux(spec: MethodSpec, data: ItfrData, params, model) -> dict:
   aux = {"q": gw.init_weights(jnp.asarray(data.active))}
   if spec.weighting != "clb":
     return aux
-  if isinstance(model, MF):
-    k = data.num_users + data.num_items
-    d = params["params"]["user"]["embedding"].shape[-1]
-    zeros = jnp.zeros((k, g, d), jnp.float32)
-  else:
-    zeros = jax.tree.map(lambda x: jnp.zeros((g,) + x.shape, x.dtype), params)
-  aux.update(c_cur=zeros, c_prev=jax.tree.map(jnp.zeros_like, zeros),
+  aux.update(_backend_class(model).init_buffers(params, data),
              c_norm=jnp.zeros((g,)), loss_sum=jnp.zeros((g,)),
              count_sum=jnp.zeros((g,)), loss_prev=jnp.zeros((g,)))
   return aux
@@ -334,7 +331,11 @@ def mf_example_loss(x, batch_size: int, cosine: bool, tau: float):
 
 
 class _Rows:
-  """Row-sparse per-cell gradients for MF (C stored [K, G, d])."""
+  """Row-sparse per-cell gradients for MF; buffers c_cur, c_prev [K, G, d].
+
+  Per step the buffers are touched only at the batch's rows: C^prev is
+  gathered there for the cosines, n_g grad_g is scatter-added into C^cur.
+  """
 
   def __init__(self, model, spec, config, data):
     self.num_users = data.num_users
@@ -342,6 +343,19 @@ class _Rows:
     self.g = data.num_cells
     self.cosine, self.tau = spec.cosine, _tau(spec, config)
     self.rho = float(config.itfr.rho) if spec.sam else None
+
+  @staticmethod
+  def init_buffers(params, data):
+    k = data.num_users + data.num_items
+    d = params["params"]["user"]["embedding"].shape[-1]
+    shape = (k, data.num_cells, d)
+    # Two distinct buffers (the epoch donates them).
+    return {"c_cur": jnp.zeros(shape), "c_prev": jnp.zeros(shape)}
+
+  @staticmethod
+  def norms(c):
+    """[G] ||C_j||."""
+    return jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
 
   def cells(self, params, batch, neg):
     users, items = batch["user"], batch["item"]
@@ -371,26 +385,45 @@ class _Rows:
     return g
 
   def dots(self, c_prev, out):
-    rows = c_prev[out.seg_key]  # [S, G, d]
-    per_seg = jnp.einsum("sgd,sd->sg", rows, out.h_seg)
+    """[G, G] <h_i, C_j^prev>, reading C^prev at the batch's rows only."""
+    k, g, d = c_prev.shape
+    rows = c_prev.reshape(k, g * d)[out.seg_key].reshape(-1, g, d)
+    prod = (rows * out.h_seg[:, None, :]).reshape(-1, d)
+    # The sum over d as a matrix-vector product: XLA's CPU reduction of a
+    # short minor axis (and a batched dot) is several times slower.
+    per_seg = (prod @ jnp.ones((d,), prod.dtype)).reshape(-1, g)
     return jax.ops.segment_sum(per_seg, out.seg_cell, self.g + 1)[:self.g]
 
   def accumulate(self, c_cur, out):
+    """C^cur[row, cell] += n_cell grad_cell[row] on the touched rows."""
     scale = jnp.append(out.count, 0.0)[out.seg_cell]
     return c_cur.at[out.seg_key, out.seg_cell].add(
         scale[:, None] * out.grad_seg, mode="drop")
 
-  def norms(self, c):
-    return jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
-
 
 class _Dense:
-  """Dense per-cell gradients, vmapped over cells (any backbone)."""
+  """Dense per-cell gradients, vmapped over cells (any backbone).
+
+  Buffers c_cur, c_prev: pytrees of [G, ...] parameter-shaped sums.
+  """
 
   def __init__(self, model, spec, config, data):
     self.model, self.g = model, data.num_cells
     self.tau = _tau(spec, config)
     self.rho = float(config.itfr.rho) if spec.sam else None
+
+  @staticmethod
+  def init_buffers(params, data):
+    g = data.num_cells
+    def zeros():
+      return jax.tree.map(lambda x: jnp.zeros((g,) + x.shape, x.dtype),
+                          params)
+    return {"c_cur": zeros(), "c_prev": zeros()}
+
+  @staticmethod
+  def norms(c):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
+                        for x in jax.tree.leaves(c)))
 
   def cells(self, params, batch, neg):
     cand = jnp.stack([batch["item"], neg], axis=1)
@@ -418,48 +451,59 @@ class _Dense:
         lambda c, g: c + out.count.reshape((-1,) + (1,) * (g.ndim - 1)) * g,
         c_cur, out.grad)
 
-  def norms(self, c):
-    leaves = jax.tree.leaves(c)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
-                        for x in leaves))
+
+def _backend_class(model):
+  return _Rows if isinstance(model, MF) else _Dense
+
+
+def roll_epoch(aux: dict, step, spe: int, norms) -> dict:
+  """The epoch boundary of the collaborative balance, a function of state.
+
+  When `step` is a positive multiple of `spe` (a new epoch starts):
+  C^prev <- C^cur, C^cur <- 0, ||C^prev||, Lbar^prev <- the finished epoch's
+  mean L^SA, and the loss sums restart; otherwise `aux` is unchanged.
+  """
+  def roll(a):
+    cur = a["c_cur"]
+    return dict(a, c_prev=cur, c_cur=jax.tree.map(jnp.zeros_like, cur),
+                c_norm=norms(cur),
+                loss_prev=a["loss_sum"] / jnp.maximum(a["count_sum"], 1.0),
+                loss_sum=jnp.zeros_like(a["loss_sum"]),
+                count_sum=jnp.zeros_like(a["count_sum"]))
+  new_epoch = (step > 0) & (step % spe == 0)
+  return jax.lax.cond(new_epoch, roll, lambda a: a, aux)
 
 
 def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
   """The pure step `(state, batch, rng, context) -> (state, metrics)` of the
-  ITFR family (methods with per-cell gradients)."""
-  backend = (_Rows if isinstance(model, MF) else _Dense)(model, spec, config,
-                                                         data)
+  ITFR family (methods with per-cell gradients).
+
+  For the collaborative balance the step expects the buffers of its epoch:
+  `make_epoch_fn` applies `roll_epoch` at the start of every epoch (a pure
+  function of state.step). Rolling inside the scanned step would make XLA
+  copy the [K, G, d] buffers on every step.
+  """
+  backend = _backend_class(model)(model, spec, config, data)
   spe = steps_per_epoch(data, config.batch_size)
   active = jnp.asarray(data.active)
   eta, gamma = float(config.itfr.eta), float(config.itfr.gamma)
   floor = float(config.itfr.q_floor)
-  dro_eta = float(config.group_dro_eta) if spec.weighting == "dro" else eta
+  dro_eta = float(config.group_dro_eta)
   g = data.num_cells
-
-  def roll(aux):
-    prev = aux["c_cur"]
-    return dict(aux, c_prev=prev,
-                c_cur=jax.tree.map(jnp.zeros_like, prev),
-                c_norm=backend.norms(prev),
-                loss_prev=aux["loss_sum"] / jnp.maximum(aux["count_sum"], 1.0),
-                loss_sum=jnp.zeros_like(aux["loss_sum"]),
-                count_sum=jnp.zeros_like(aux["count_sum"]))
 
   def step(state, batch, rng, context=None):
     rng_t = jax.random.fold_in(rng, state.step)
     aux = state.aux
     epoch = state.step // spe
-    if spec.weighting == "clb":
-      new_epoch = (state.step % spe == 0) & (state.step > 0)
-      aux = jax.lax.cond(new_epoch, roll, lambda a: a, aux)
     neg = _negatives(rng_t, context, batch["user"])
     out, extra = backend.cells(state.params, batch, neg)
     present = out.count > 0
     updated = jnp.zeros((), bool)
     if spec.weighting == "clb":
       first = epoch == 0
-      dots = jax.lax.cond(first, lambda: jnp.zeros((g, g)),
-                          lambda: backend.dots(aux["c_prev"], out))
+      all_in = jnp.all(present | ~active)
+      dots = jnp.where(first | ~all_in, 0.0,
+                       backend.dots(aux["c_prev"], out))
       q, updated = gw.collaborative_update(
           aux["q"], out.loss_sa, aux["loss_prev"], dots, out.h_norm,
           aux["c_norm"], first, present, eta, gamma, active, floor)
@@ -487,12 +531,26 @@ def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
 
 
 def make_epoch_fn(model, tx, spec: MethodSpec, config, data: ItfrData):
-  """Jitted epoch `(state, batches, rng, context) -> (state, metrics)`."""
-  if spec.per_cell:
-    step = make_itfr_step(model, tx, spec, config, data)
-  else:
-    step = train.make_step(make_loss(model, spec, config, data), tx)
-  return train.make_epoch(step)
+  """Jitted epoch `(state, batches, rng, context) -> (state, metrics)`.
+
+  `train.make_epoch` of the method's step; for the collaborative balance
+  the state first passes `roll_epoch` (run it on whole epochs, as `fit` and
+  the runner do).
+  """
+  if not spec.per_cell:
+    return train.make_epoch(
+        train.make_step(make_loss(model, spec, config, data), tx))
+  step = make_itfr_step(model, tx, spec, config, data)
+  if spec.weighting != "clb":
+    return train.make_epoch(step)
+  spe = steps_per_epoch(data, config.batch_size)
+  norms = _backend_class(model).norms
+
+  def epoch(state, batches, rng, context=None):
+    state = state.replace(aux=roll_epoch(state.aux, state.step, spe, norms))
+    return jax.lax.scan(lambda s, b: step(s, b, rng, context), state, batches)
+
+  return jax.jit(epoch, donate_argnums=(0,))
 
 
 def init_state(model, tx, spec: MethodSpec, data: ItfrData, rng

@@ -30,7 +30,6 @@ ones from their last checkpoint (identical results).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -53,6 +52,7 @@ from fairjax.errors import DataError
 from fairjax.methods import itfr as M
 
 TEST_METRICS = ("ndcg", "recall", "precision", "cv", "min", "ucv", "icv")
+CSV_FIELDS = ["method", "seed", "epoch", "split", "group", "metric", "value"]
 
 
 def _log(msg: str) -> None:
@@ -96,7 +96,7 @@ def prepare_data(config, data_dir: str | None = None) -> M.ItfrData:
     missing = _missing_users(ds, attr)
     if missing.any() and config.missing_user_group == "drop":
       stats["users_dropped_missing_attr"] = int(missing.sum())
-      ds = ds.subset(~missing[ds.user])
+      ds = protocols.reindex(ds.subset(~missing[ds.user]))
       _log(f"[itfr] dropped {int(missing.sum())} users without {attr!r}")
   protocols.user_groups(ds, attr)  # DataError (field attr) if missing codes
   ig, _ = _item_groups(ds, config)
@@ -222,8 +222,19 @@ def _copy(tree):
   return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
+class Compiled:
+  """A method's model, optimiser and jitted epoch, shared by its seeds."""
+
+  def __init__(self, name: str, data: M.ItfrData, config):
+    self.spec = M.METHODS[name]
+    self.model = M.create_model(config, data, self.spec.cosine)
+    self.tx = M.make_optimizer(config)
+    self.epoch_fn = M.make_epoch_fn(self.model, self.tx, self.spec, config,
+                                    data)
+
+
 def run_one(name: str, seed: int, data: M.ItfrData, config, workdir,
-            evaluator: Evaluator) -> dict:
+            evaluator: Evaluator, compiled: Compiled | None = None) -> dict:
   """Trains, selects and tests method `name` with seed index `seed`.
 
   Returns the result dict (also in methods/NAME/seed<seed>/result.json).
@@ -232,12 +243,11 @@ def run_one(name: str, seed: int, data: M.ItfrData, config, workdir,
   if (mdir / "result.json").exists():
     return ckpt_lib.read_json(mdir / "result.json")
   mdir.mkdir(parents=True, exist_ok=True)
-  spec = M.METHODS[name]
-  model = M.create_model(config, data, spec.cosine)
-  tx = M.make_optimizer(config)
+  compiled = compiled or Compiled(name, data, config)
+  spec, model, tx = compiled.spec, compiled.model, compiled.tx
+  epoch_fn = compiled.epoch_fn
   rng = jax.random.key(int(config.seed) + seed)
   state = M.init_state(model, tx, spec, data, jax.random.fold_in(rng, 0))
-  epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
   epochs = int(config.epochs)
   # history columns: train loss, valid ndcg, valid recall, train seconds,
   # 1 if the epoch included compilation.
@@ -336,10 +346,16 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
   evaluator = Evaluator(data, config.ks)
   results: dict[str, list[dict]] = {}
   for name in M.method_list(config):
+    compiled = None
     for seed in range(int(config.num_seeds)):
+      done = (workdir / "methods" / name / f"seed{seed}" /
+              "result.json").exists()
+      if compiled is None and not done:
+        compiled = Compiled(name, data, config)
       results.setdefault(name, []).append(
-          run_one(name, seed, data, config, workdir, evaluator))
-  _write_csv(workdir / "metrics.csv", _rows(results, data, evaluator.ks[0]))
+          run_one(name, seed, data, config, workdir, evaluator, compiled))
+  ckpt_lib.write_csv_atomic(workdir / "metrics.csv",
+                            _rows(results, data, evaluator.ks[0]), CSV_FIELDS)
   summary = summarise(results, data, workdir, evaluator.ks[0])
   ckpt_lib.write_json_atomic(workdir / "summary.json", summary)
   _log(f"[itfr] wrote {workdir / 'metrics.csv'} and "
@@ -428,18 +444,3 @@ def _per_user(workdir, name, n) -> np.ndarray:
   arr = [np.load(pathlib.Path(workdir) / "methods" / name / f"seed{s}" /
                  "per_user.npy") for s in range(n)]
   return np.mean(np.stack(arr), axis=0)
-
-
-def _write_csv(path: pathlib.Path, rows) -> None:
-  fields = ["method", "seed", "epoch", "split", "group", "metric", "value"]
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=fields)
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise

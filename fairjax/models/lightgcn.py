@@ -108,8 +108,33 @@ def normalized_adjacency(users, items, num_users: int, num_items: int
                weight=weight[order].astype(np.float32))
 
 
+@jax.custom_vjp
+def _spmm(x: Array, src: Array, dst: Array, w: Array) -> Array:
+  """Â x for the symmetric Â of `Graph` (edges sorted by destination)."""
+  return jax.ops.segment_sum(w[:, None] * x[src], dst, x.shape[0],
+                             indices_are_sorted=True)
+
+
+def _spmm_fwd(x, src, dst, w):
+  return _spmm(x, src, dst, w), (src, dst, w)
+
+
+def _spmm_bwd(res, g):
+  # Â is symmetric, so the cotangent Â^T g = Â g is the same sorted segment
+  # sum (autodiff would scatter-add by source, unsorted and slower). The
+  # graph itself is constant: no cotangent for it.
+  src, dst, w = res
+  return _spmm(g, src, dst, w), None, None, None
+
+
+_spmm.defvjp(_spmm_fwd, _spmm_bwd)
+
+
 def propagate(e0: Array, graph: Graph, num_layers: int) -> Array:
   """Layer mean (1 / (L + 1)) sum_{k=0..L} Â^k E^0, Â^k E by segment sums.
+
+  The graph must be symmetric (as `normalized_adjacency` builds it): the
+  backward pass uses Â^T = Â. No gradient flows to the graph's weights.
 
   Args:
     e0: [N, d] layer-0 embeddings.
@@ -121,11 +146,10 @@ def propagate(e0: Array, graph: Graph, num_layers: int) -> Array:
   """
   src = jnp.asarray(graph.src)
   dst = jnp.asarray(graph.dst)
-  w = jnp.asarray(graph.weight, e0.dtype)[:, None]
-  n = e0.shape[0]
+  w = jnp.asarray(graph.weight, e0.dtype)
   e, total = e0, e0
   for _ in range(num_layers):
-    e = jax.ops.segment_sum(w * e[src], dst, n, indices_are_sorted=True)
+    e = _spmm(e, src, dst, w)
     total = total + e
   return total / (num_layers + 1)
 

@@ -34,9 +34,12 @@ Two implementations of the same quantities:
   belongs to one cell, slice g of the vmapped computation differs from theta
   only on g's rows, so one pass over the batch with each slot perturbed by its
   own cell's eps gives every L_g^SA and h_g at once. Cost: two forward and
-  backward passes over the gathered rows plus a sort of S keys, independent
-  of the table sizes and of G. Per-cell gradients come back as segments:
-  (cell, key) pairs with one row of values each.
+  backward passes over the gathered rows plus the grouping of S (cell, row)
+  keys (`segment_ids`), independent of the table sizes and of G. Per-cell
+  gradients come back as segments: (cell, key) pairs with one row of values
+  each. This is the deviation from "vmap over cell masks" in DESIGN §4: the
+  results are those of the vmap (tested against `cell_sam_dense`), without
+  its G-fold work on rows that are zero.
 """
 
 from __future__ import annotations

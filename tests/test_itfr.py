@@ -1,0 +1,292 @@
+"""ITFR end to end: the jitted step against a cell-by-cell reference of the
+official procedure, the launcher on tiny synthetic data, resume, bad input."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import itfr as itfr_config
+from fairjax import checkpoint as ckpt_lib
+from fairjax import models as models_lib
+from fairjax.data import registry
+from fairjax.data import sampling
+from fairjax.errors import ConfigError, DataError
+from fairjax.methods import itfr as M
+from fairjax.methods import itfr_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_data():
+  rng = np.random.default_rng(0)
+  u_n, i_n = 8, 7
+  ug = np.array([0, 1] * 4, np.int32)
+  ig = np.array([0, 1, 0, 1, 0, 1, 1], np.int32)
+  pairs = rng.permutation(u_n * i_n)[:34]
+  users, items = (pairs // i_n).astype(np.int32), (pairs % i_n).astype(np.int32)
+  tr, te = slice(0, 26), slice(26, 34)
+  cells = ug[users[tr]] * 2 + ig[items[tr]]
+  return M.ItfrData(
+      name="tiny", num_users=u_n, num_items=i_n, user_group=ug, item_group=ig,
+      user_group_names=("a0", "a1"), item_group_names=("j0", "j1"),
+      train_user=users[tr], train_item=items[tr], train_cell=cells,
+      valid_user=users[te][:4], valid_item=items[te][:4],
+      test_user=users[te][4:], test_item=items[te][4:],
+      cell_counts=np.bincount(cells, minlength=4), stats={})
+
+
+def _config(**kw):
+  c = itfr_config.get_config("smoke")
+  c.batch_size = 10  # 3 steps per epoch, the last one padded
+  c.itfr.eta = 0.5
+  c.itfr.rho = 0.3
+  c.itfr.tau = 0.5
+  c.lr = 0.05
+  c.lightgcn_init_std = 0.1
+  c.init_std = 0.1
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+def _reference(model, params, data, config, epochs, spec):
+  """ITFR as the official code runs it: cell after cell, theta restored."""
+  tau = config.itfr.tau if spec.cosine else 1.0
+  rho = config.itfr.rho if spec.sam else 0.0
+  eta, gamma, b = config.itfr.eta, config.itfr.gamma, config.batch_size
+  g_n = data.num_cells
+  tx = optax.adam(config.lr)
+  opt = tx.init(params)
+  q = np.full(g_n, 1.0 / g_n)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  c_cur, c_prev = [zeros] * g_n, None
+  loss_sum, count_sum, lbar = np.zeros(g_n), np.zeros(g_n), None
+  seen = jnp.asarray(data.seen())
+  step = 0
+
+  def flat(t):
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+
+  def cell_loss(p, g, users, cand, valid, cell):
+    s = models_lib.pair_scores(model, p, users, cand, tau=tau)
+    rows = jax.nn.softplus(s[:, 1] - s[:, 0])
+    m = valid & (cell == g)
+    return jnp.sum(jnp.where(m, rows, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+
+  vg_jit = jax.jit(jax.value_and_grad(cell_loss))
+
+  for e in range(epochs):
+    batches = M.epoch_batches(data, b, (0, e))
+    rng_e = jax.random.fold_in(jax.random.key(1), e)
+    for t in range(batches["user"].shape[0]):
+      bt = {k: jnp.asarray(v[t]) for k, v in batches.items()}
+      neg = sampling.sample_negatives(jax.random.fold_in(rng_e, step), seen,
+                                      bt["user"], 1)[:, 0]
+      cand = jnp.stack([bt["item"], neg], 1)
+
+      def vg(p, g):
+        return vg_jit(p, g, bt["user"], cand, bt["valid"], bt["cell"])
+
+      lsa, hs = np.zeros(g_n), [None] * g_n
+      counts = np.array([int(np.sum(np.asarray(bt["valid"]) &
+                                    (np.asarray(bt["cell"]) == g)))
+                         for g in range(g_n)])
+      for g in range(g_n):
+        if counts[g] == 0:
+          continue
+        _, grad = vg(params, g)
+        c_cur[g] = jax.tree.map(lambda c, x: c + counts[g] * x, c_cur[g], grad)
+        norm = np.linalg.norm(flat(grad))
+        pert = jax.tree.map(lambda p, x: p + rho * x / (norm + 1e-12), params,
+                            grad)
+        l, hs[g] = vg(pert, g)
+        lsa[g] = float(l)
+        loss_sum[g] += counts[g] * lsa[g]
+        count_sum[g] += counts[g]
+      if spec.weighting == "clb" and np.all(counts > 0):
+        r = np.eye(g_n)
+        if e > 0:
+          for i in range(g_n):
+            for j in range(g_n):
+              if i != j:
+                hv, cv = flat(hs[i]), flat(c_prev[j])
+                r[i, j] = hv @ cv / max(np.linalg.norm(hv) *
+                                        np.linalg.norm(cv), 1e-12)
+        gl = np.sqrt(lsa)[:, None]
+        if e == 0:
+          m = gl @ gl.T * r
+        else:
+          m = gl @ np.sqrt(lbar)[None, :]
+          m[np.diag_indices(g_n)] = lsa
+          m = m * r
+        w = lsa ** gamma / np.sum(lsa ** gamma)
+        a = eta * m @ w
+        q = q * np.exp(a - a.max())
+        q = np.maximum(q / q.sum(), 1e-5)
+      present = [g for g in range(g_n) if hs[g] is not None]
+      total = jax.tree.map(lambda *xs: sum(q[g] * x for g, x in zip(present, xs)),
+                           *[hs[g] for g in present])
+      upd, opt = tx.update(total, opt, params)
+      params = optax.apply_updates(params, upd)
+      step += 1
+    lbar = loss_sum / np.maximum(count_sum, 1)
+    c_prev, c_cur = c_cur, [zeros] * g_n
+    loss_sum, count_sum = np.zeros(g_n), np.zeros(g_n)
+  return params, q
+
+
+@pytest.mark.parametrize("model_name,method", [("mf", "ITFR"),
+                                               ("lightgcn", "ITFR")])
+def test_step_matches_cell_by_cell_reference(model_name, method):
+  data = _tiny_data()
+  config = _config(model=model_name)
+  spec = M.METHODS[method]
+  model = M.create_model(config, data, spec.cosine)
+  tx = M.make_optimizer(config)
+  state = M.init_state(model, tx, spec, data, jax.random.key(0))
+  start = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
+  epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
+  ctx = {"seen": jnp.asarray(data.seen())}
+  for e in range(2):
+    state, metrics = epoch_fn(state, M.epoch_batches(data, 10, (0, e)),
+                              jax.random.fold_in(jax.random.key(1), e), ctx)
+  assert float(jnp.sum(metrics["weights_moved"])) > 0
+  want_p, want_q = _reference(model, jax.tree.map(jnp.asarray, start), data,
+                              config, 2, spec)
+  np.testing.assert_allclose(np.asarray(state.aux["q"]), want_q, rtol=2e-4,
+                             atol=1e-7)
+  assert np.max(np.abs(want_q - 0.25)) > 1e-3  # the weights moved
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_p)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def _drop_cell_f0(ds):
+  """Removes every (F, first genre 0) interaction: an empty cell."""
+  first = np.asarray(ds.item_first_genre)
+  g = np.asarray(ds.user_attrs["gender"])
+  return ds.subset(~((g[ds.user] == 1) & (first[ds.item] == 0)))
+
+
+def test_smoke_run_summary_rerun_and_empty_cell(tmp_path, monkeypatch):
+  """Three methods end to end on synthetic data with one empty cell: it is
+  reported, gets q_g = 0, and training stays defined."""
+  _patched_synthetic(monkeypatch, _drop_cell_f0)
+  config = itfr_config.get_config("smoke,epochs=2")
+  config.methods = "BPR,GroupDRO,ITFR"
+  full = itfr_run.train_and_evaluate(config, tmp_path)
+  assert set(full["test"]) == {"BPR", "GroupDRO", "ITFR"}
+  for m in full["test"].values():
+    assert set(m) == {"ndcg@20", "recall@20", "precision@20", "cv@20",
+                      "min@20", "ucv@20", "icv@20"}
+    assert 0 < m["ndcg@20"] <= 1 and m["cv@20"] >= 0
+  assert all(v > 0 for v in full["seconds_per_epoch"].values())
+  assert np.asarray(full["cells"]["ITFR"]["recall@20"]).shape == (2, 6)
+  assert "ndcg@20_per_user" in full["paired_test"]["ITFR_vs_BPR"]
+  rows = (tmp_path / "metrics.csv").read_text().splitlines()
+  assert rows[0] == "method,seed,epoch,split,group,metric,value"
+  assert any(",test,M|" in r for r in rows)
+  names = full["data"]["empty_cells"]
+  assert len(names) == 1 and names[0].startswith("F|")
+  cell = list(full["data"]["train_per_cell"]).index(names[0])
+  for method in ("ITFR", "GroupDRO"):
+    res = ckpt_lib.read_json(tmp_path / f"methods/{method}/seed0/result.json")
+    assert res["final_q"][cell] == 0.0
+    assert np.isclose(sum(res["final_q"]), 1.0, atol=1e-4)
+    assert max(res["final_q"]) > min(q for q in res["final_q"] if q > 0)
+  # A rerun finds every result and trains nothing.
+  again = itfr_run.train_and_evaluate(config, tmp_path)
+  assert again["test"] == full["test"]
+
+
+def test_killed_run_resumes_identically(tmp_path, monkeypatch):
+  config = itfr_config.get_config("smoke,epochs=3")
+  config.ckpt_every = 1
+  data = itfr_run.prepare_data(config)
+  evaluator = itfr_run.Evaluator(data, config.ks)
+  compiled = itfr_run.Compiled("ITFR", data, config)
+  full = itfr_run.run_one("ITFR", 0, data, config, tmp_path / "a", evaluator,
+                          compiled)
+
+  class Killed(Exception):
+    pass
+
+  save = ckpt_lib.Checkpointer.save
+  def dying_save(self, step, tree):
+    save(self, step, tree)
+    if step == 2:
+      raise Killed()
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", dying_save)
+  with pytest.raises(Killed):
+    itfr_run.run_one("ITFR", 0, data, config, tmp_path / "b", evaluator,
+                     compiled)
+  assert not (tmp_path / "b/methods/ITFR/seed0/result.json").exists()
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+  resumed = itfr_run.run_one("ITFR", 0, data, config, tmp_path / "b",
+                             evaluator, compiled)
+  for key in ("test", "cells", "final_q", "best_epoch", "best_valid_ndcg"):
+    assert resumed[key] == full[key], key
+  hist_a, hist_b = np.array(full["history"], float), np.array(
+      resumed["history"], float)
+  np.testing.assert_array_equal(hist_a[:, :3], hist_b[:, :3])
+
+
+def test_launcher_cli_and_config_errors(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  base = [sys.executable, "-m", "launch.itfr",
+          "--config=configs/itfr.py:smoke,epochs=1"]
+  ok = subprocess.run(base + [f"--workdir={tmp_path / 'w'}",
+                              "--config.methods=BPR", "--config.num_seeds=2"],
+                      cwd=ROOT, env=env, capture_output=True, text=True,
+                      timeout=300)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+  assert set(summary["test"]) == {"BPR"}
+  assert summary["num_seeds"] == {"BPR": 2}
+  assert set(summary["std"]["BPR"]) == set(summary["test"]["BPR"])
+  bad = subprocess.run(base + [f"--workdir={tmp_path / 'b'}",
+                               "--config.itfr.rho=-0.1"],
+                       cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert bad.returncode == 1
+  assert "field 'itfr.rho'" in bad.stderr
+  assert not (tmp_path / "b" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("field,value", [("methods", "BPR,NOPE"),
+                                         ("model", "ncf"),
+                                         ("num_seeds", 0)])
+def test_bad_config_fields(field, value):
+  config = itfr_config.get_config("smoke")
+  setattr(config, field, value)
+  with pytest.raises(ConfigError, match=f"field '{field}'"):
+    M.validate_config(config)
+
+
+def _patched_synthetic(monkeypatch, edit):
+  load = registry.load_dataset
+  def fake(name, data_dir=None, **kw):
+    return edit(load(name, data_dir, **kw))
+  monkeypatch.setattr(itfr_run.registry, "load_dataset", fake)
+
+
+def test_missing_user_attribute(monkeypatch):
+  def edit(ds):
+    g = np.asarray(ds.user_attrs["gender"]).astype(np.int64)
+    g[[3, 10, 11]] = -1
+    return dataclasses.replace(ds, user_attrs={**ds.user_attrs, "gender": g})
+  _patched_synthetic(monkeypatch, edit)
+  config = itfr_config.get_config("smoke")
+  with pytest.raises(DataError, match="gender"):
+    itfr_run.prepare_data(config)
+  config.missing_user_group = "drop"
+  data = itfr_run.prepare_data(config)
+  assert data.stats["users_dropped_missing_attr"] == 3
+  assert data.num_users <= 150 - 3
