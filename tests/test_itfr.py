@@ -251,6 +251,12 @@ def test_launcher_cli_and_config_errors(tmp_path):
   assert set(summary["test"]) == {"BPR"}
   assert summary["num_seeds"] == {"BPR": 2}
   assert set(summary["std"]["BPR"]) == set(summary["test"]["BPR"])
+  rep = subprocess.run([sys.executable, "-m", "launch.report",
+                        f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert rep.returncode == 0, rep.stderr[-2000:]
+  for name in ("cell_recall.png", "cv_vs_accuracy.png"):
+    assert (tmp_path / "w" / name).stat().st_size > 1000
   bad = subprocess.run(base + [f"--workdir={tmp_path / 'b'}",
                                "--config.itfr.rho=-0.1"],
                        cwd=ROOT, env=env, capture_output=True, text=True,

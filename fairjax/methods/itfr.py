@@ -59,7 +59,7 @@ from fairjax import ops
 from fairjax import train
 from fairjax.data import sampling
 from fairjax.errors import ConfigError
-from fairjax.models.lightgcn import LightGCN, normalized_adjacency
+from fairjax.models.lightgcn import normalized_adjacency
 from fairjax.models.mf import MF
 from fairjax.ops import group_sam
 from fairjax.ops import group_weights as gw
@@ -203,10 +203,8 @@ def create_model(config, data: ItfrData, cosine: bool):
                                  data.num_users, data.num_items)
     kw = dict(dim=config.dim, num_layers=config.lightgcn_layers,
               cosine=cosine, init_std=config.lightgcn_init_std, graph=graph)
-    if "lightgcn" in models_lib.available():
-      return models_lib.create("lightgcn", data.num_users, data.num_items,
-                               **kw)
-    return LightGCN(num_users=data.num_users, num_items=data.num_items, **kw)
+    return models_lib.create("lightgcn", data.num_users, data.num_items,
+                             **kw)
   return models_lib.create(name, data.num_users, data.num_items,
                            dim=config.dim, cosine=cosine,
                            init_std=config.init_std)

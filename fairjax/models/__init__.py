@@ -5,11 +5,13 @@ returned by `init_params` is a plain pytree of arrays and is what every
 function below takes as `params`.
 
 Interface every backbone implements (methods call only these functions, so a
-new backbone, e.g. LightGCN or a two-tower model, joins by `register`):
+new backbone, e.g. a two-tower model, joins by `register`):
 
   create(name, num_users, num_items, **kw) -> model
       'mf' -> MF(num_users, num_items, dim=64, cosine=False)
       'ncf' -> NCF(num_users, num_items, gmf_dim=64, mlp_dims=(64,)*4)
+      'lightgcn' -> LightGCN(num_users, num_items, dim=64, num_layers=3,
+                             graph=normalized_adjacency(...))
   init_params(model, rng) -> params
   pair_scores(model, params, users [B], items [B, ...], **kw) -> [B, ...]
       score of users[b] with each of items[b, ...] (pairs [B] or candidate
@@ -34,12 +36,14 @@ import jax.numpy as jnp
 from fairjax.errors import ConfigError
 from fairjax.models.adver import (Discriminator, Filter, adversary_init,
                                   apply_filter, discriminate)
+from fairjax.models.lightgcn import LightGCN
 from fairjax.models.mf import MF
 from fairjax.models.ncf import NCF
 
 Array = jax.Array
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mf": MF, "ncf": NCF}
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "mf": MF, "ncf": NCF, "lightgcn": LightGCN}
 
 
 def register(name: str, constructor: Callable[..., nn.Module]) -> None:
@@ -109,7 +113,7 @@ def item_embeddings(model: nn.Module, params: dict, items: Array) -> Array:
 
 
 __all__ = [
-    "MF", "NCF", "Filter", "Discriminator", "adversary_init", "apply_filter",
+    "MF", "NCF", "LightGCN", "Filter", "Discriminator", "adversary_init", "apply_filter",
     "discriminate", "register", "available", "create", "init_params",
     "pair_scores", "all_scores", "user_embeddings", "item_embeddings",
 ]
