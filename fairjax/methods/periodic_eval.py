@@ -17,6 +17,7 @@ and PD = mean(group 0) - mean(group 1).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ class Evaluator:
 
   def __init__(self, model, eval_negatives: np.ndarray, ks=(20,),
                chunk_size: int = 1024, pair_fn=None, all_fn=None,
-               full_ranking: bool = True):
+               full_ranking: bool = True, sampled_chunk_size: int = 256):
     """`pair_fn(params, users, items)` / `all_fn(params, users)` override the
     backbone's scoring (ADVER scores through its filter)."""
     self.model = model
@@ -71,21 +72,38 @@ class Evaluator:
     self.negatives = jnp.asarray(eval_negatives)
     self.ks = tuple(int(k) for k in ks)
     self.chunk_size = chunk_size
-    self._sampled = jax.jit(self._sampled_impl)
+    self.sampled_chunk_size = sampled_chunk_size
+    self._sampled_scores = jax.jit(self._sampled_scores_impl)
+    self._sampled_metrics = jax.jit(functools.partial(
+        metrics_lib.sampled_rank_metrics, ks=self.ks))
     self._full_scores = jax.jit(self._full_scores_impl)
 
-  def _sampled_impl(self, params, pos_items, pos_mask):
-    users = jnp.arange(pos_items.shape[0])
-    pos = self.pair_fn(params, users, pos_items)
-    neg = self.pair_fn(params, users, self.negatives)
-    return metrics_lib.sampled_rank_metrics(pos, neg, pos_mask, ks=self.ks)
+  def _sampled_scores_impl(self, params, users, pos_items, neg_items):
+    return (self.pair_fn(params, users, pos_items),
+            self.pair_fn(params, users, neg_items))
 
   def _full_scores_impl(self, params, users):
     return self.all_fn(params, users)
 
   def sampled(self, params, es: EvalSet) -> dict[str, np.ndarray]:
-    out = self._sampled(params, jnp.asarray(es.pos_items),
-                        jnp.asarray(es.pos_mask))
+    # Blocks of users of one padded size bound the [users, candidates, d]
+    # gathers (the padded positives of a test period can be ~1,000 wide).
+    num_users = es.pos_items.shape[0]
+    c = min(self.sampled_chunk_size, num_users)
+    pad = -num_users % c
+    users = np.arange(num_users + pad) % num_users
+    pos_items = np.asarray(es.pos_items)[users]
+    negatives = self.negatives[users]
+    pos, neg = [], []
+    for start in range(0, num_users + pad, c):
+      p, n = self._sampled_scores(params, jnp.asarray(users[start:start + c]),
+                                  jnp.asarray(pos_items[start:start + c]),
+                                  negatives[start:start + c])
+      pos.append(p)
+      neg.append(n)
+    out = self._sampled_metrics(jnp.concatenate(pos)[:num_users],
+                                jnp.concatenate(neg)[:num_users],
+                                jnp.asarray(es.pos_mask))
     return {k: np.asarray(v) for k, v in out.items()}
 
   def full(self, params, es: EvalSet) -> dict[str, np.ndarray]:
