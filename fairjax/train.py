@@ -60,12 +60,26 @@ def create_state(params: PyTree, tx: optax.GradientTransformation,
                     opt_state=tx.init(params), aux={} if aux is None else aux)
 
 
-def make_step(loss_fn: LossFn, tx: optax.GradientTransformation):
-  """Returns the pure step `(state, batch, rng, context) -> (state, metrics)`."""
+def step_keys(rng: jax.Array, first_step, num_steps: int) -> jax.Array:
+  """[num_steps] keys fold_in(rng, first_step + i): the keys `make_step`
+  derives for steps first_step, ..., first_step + num_steps - 1."""
+  steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
+  return jax.vmap(lambda s: jax.random.fold_in(rng, s))(steps)
+
+
+def make_step(loss_fn: LossFn, tx: optax.GradientTransformation,
+              keys_in_batch: bool = False):
+  """Returns the pure step `(state, batch, rng, context) -> (state, metrics)`.
+
+  The loss sees the step key rng_t = fold_in(rng, state.step), or with
+  `keys_in_batch` the precomputed `batch['key']` (equal when the epoch's
+  `prepare` stores `step_keys(rng, state.step, steps)` there).
+  """
 
   def step(state: TrainState, batch: PyTree, rng: jax.Array,
            context: PyTree = None):
-    rng_t = jax.random.fold_in(rng, state.step)
+    rng_t = (batch["key"] if keys_in_batch
+             else jax.random.fold_in(rng, state.step))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, aux)), grads = grad_fn(state.params, batch, rng_t,
                                             state.aux, context)
@@ -78,15 +92,19 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation):
   return step
 
 
-def make_epoch(step_fn) -> Callable:
+def make_epoch(step_fn, prepare: Callable | None = None) -> Callable:
   """Jitted `(state, batches, rng, context) -> (state, metrics [steps])`.
 
   A `lax.scan` of the step over `batches`, a pytree whose leaves have a
   leading axis of length = steps; `context` is passed unchanged to every
-  step. The input state is donated.
+  step. `prepare(state, batches, rng, context) -> batches`, if given, runs
+  once before the scan (vectorised per-step work, e.g. `step_keys`). The
+  input state is donated.
   """
 
   def epoch(state, batches, rng, context=None):
+    if prepare is not None:
+      batches = prepare(state, batches, rng, context)
     def body(s, b):
       return step_fn(s, b, rng, context)
     return jax.lax.scan(body, state, batches)

@@ -1,4 +1,7 @@
-"""FairSync online dual control and the serving loop with its baselines."""
+"""FairSync online dual control and the serving loop with its baselines.
+
+Also serving with per-request exclusion (`exclude=`).
+"""
 
 import itertools
 
@@ -7,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fairjax.errors import ConfigError
+from fairjax.errors import ConfigError, DataError
 from fairjax.methods import fairsync
 from fairjax.ops import dual
 from fairjax.retrieval import dual_topk
@@ -70,6 +73,9 @@ def test_group_counts():
   groups = jnp.array([1, 0, 1, 2])
   got = dual.group_counts(ids, groups, 3, jnp.array([1.0, 0.0]))
   np.testing.assert_array_equal(np.asarray(got), [1, 2, 0])
+  # An empty slot (-1) counts nowhere (not as the last item's group).
+  got = dual.group_counts(jnp.array([[3, -1, -1], [0, 2, -1]]), groups, 3)
+  np.testing.assert_array_equal(np.asarray(got), [0, 2, 1])
 
 
 def test_unconstrained_is_plain_topk():
@@ -173,3 +179,113 @@ def test_centralised_on_larger_problem():
   assert c.scores.sum() <= base.scores.sum() + 1e-3
   np.testing.assert_allclose(c.scores, np.take_along_axis(
       u @ v.T, c.item_ids, 1), rtol=1e-5, atol=1e-5)
+
+
+def _exclusion(t, n, seed, first=None, extra=12):
+  """[t, E]: `first` [t, m] ids, then up to `extra` random ones, -1 padded."""
+  rng = np.random.default_rng(seed)
+  m = 0 if first is None else first.shape[1]
+  out = np.full((t, m + extra), -1, np.int32)
+  for r in range(t):
+    row = [] if first is None else list(first[r])
+    rest = np.setdiff1d(rng.permutation(n), row)
+    row += list(rest[:rng.integers(0, extra + 1)])
+    out[r, :len(row)] = rng.permutation(row)
+  return out
+
+
+def _assert_never_served(ids, exclude):
+  hit = (ids[:, :, None] == exclude[:, None, :]) & (ids[:, :, None] >= 0)
+  assert not hit.any()
+
+
+@pytest.mark.parametrize("method", fairsync.METHODS)
+def test_serve_with_exclusion_never_returns_excluded(method):
+  u, v, g = _problem(t=96)
+  k, b = 6, 16
+  m = np.full(5, 0.5 * k * 96 / 5)
+  # Every request excludes what it would get unconstrained, plus noise.
+  base = fairsync.serve("unconstrained", u, v, g, k, m, b)
+  ex = _exclusion(96, 400, 0, base.item_ids)
+  r = fairsync.serve(method, u, v, g, k, m, b, eta=1.0, exclude=ex)
+  _assert_never_served(r.item_ids, ex)
+  assert (r.item_ids >= 0).all()
+  assert all(len(set(row)) == k for row in r.item_ids)
+  # Exposure counts exactly the served items; relevance is <u, v>.
+  np.testing.assert_array_equal(
+      r.exposure, np.bincount(g[r.item_ids].reshape(-1), minlength=5))
+  np.testing.assert_allclose(r.scores, np.take_along_axis(
+      u @ v.T, r.item_ids, 1), rtol=1e-5, atol=1e-5)
+  if method == "centralised":
+    assert r.esp == 1.0
+  r8 = fairsync.serve(method, u, v, g, k, m, b, eta=1.0, exclude=ex,
+                      mesh=_mesh())
+  np.testing.assert_array_equal(r.item_ids, r8.item_ids)
+
+
+def test_serve_exclusion_matches_per_batch_retrieval():
+  u, v, g = _problem(t=50)
+  ex = _exclusion(50, 400, 1, extra=40)
+  m = np.full(5, 20.0)
+  r = fairsync.serve("FairSync", u, v, g, 4, m, 16, exclude=ex)
+  for b in range(4):  # the short last batch included
+    rows = slice(16 * b, min(16 * (b + 1), 50))
+    _, ids = dual_topk(v, g, u[rows], r.mu_history[b], 4, exclude=ex[rows])
+    np.testing.assert_array_equal(r.item_ids[rows], np.asarray(ids))
+  none = fairsync.serve("FairSync", u, v, g, 4, m, 16)
+  empty = fairsync.serve("FairSync", u, v, g, 4, m, 16,
+                         exclude=np.zeros((50, 0), np.int32))
+  np.testing.assert_array_equal(none.item_ids, empty.item_ids)
+  assert not np.array_equal(none.item_ids, r.item_ids)
+
+
+@pytest.mark.parametrize("method", fairsync.METHODS)
+def test_serve_exclusion_short_lists_count_nowhere(method):
+  # 12 items, K = 5: request 0 has only 3 items left, request 1 none.
+  rng = np.random.default_rng(3)
+  v = rng.normal(size=(12, 4)).astype(np.float32)
+  g = np.arange(12, dtype=np.int32) % 3
+  u = rng.normal(size=(8, 4)).astype(np.float32)
+  ex = np.full((8, 12), -1, np.int32)
+  ex[0, :9] = np.arange(9)
+  ex[1] = np.arange(12)
+  ex[2, :2] = [11, 4]
+  m = np.array([4.0, 4.0, 4.0])
+  r = fairsync.serve(method, u, v, g, 5, m, 4, exclude=ex)
+  _assert_never_served(r.item_ids, ex)
+  np.testing.assert_array_equal(np.sort(r.item_ids[0]), [-1, -1, 9, 10, 11])
+  assert (r.item_ids[1] == -1).all() and np.isneginf(r.scores[1]).all()
+  assert (r.item_ids[2:] >= 0).all()
+  served = r.item_ids[r.item_ids >= 0]
+  np.testing.assert_array_equal(r.exposure, np.bincount(g[served],
+                                                        minlength=3))
+  assert r.exposure.sum() == 8 * 5 - 2 - 5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_centralised_with_exclusion_is_the_constrained_optimum(seed):
+  rng = np.random.default_rng(seed)
+  n, d, t, k = 6, 3, 3, 2
+  v = rng.normal(size=(n, d)).astype(np.float32)
+  u = rng.normal(size=(t, d)).astype(np.float32)
+  grp = np.array([0, 0, 1, 1, 2, 2], np.int32)
+  ex = np.array([[0, -1], [2, 5], [-1, -1]], np.int32)
+  need = np.array([2.0, 2.0, 1.0])
+  r = fairsync.serve("centralised", u, v, grp, k, need, 3, exclude=ex)
+  _assert_never_served(r.item_ids, ex)
+  assert r.esp == 1.0
+  s = (u @ v.T).astype(np.float64)
+  for row, e in enumerate(ex):
+    s[row, e[e >= 0]] = -1e9  # brute force: an excluded item is never worth it
+  got = np.take_along_axis(u @ v.T, r.item_ids, 1).sum()
+  np.testing.assert_allclose(got, _brute_optimum(s, grp, k, need), rtol=1e-5)
+
+
+def test_serve_exclusion_errors():
+  u, v, g = _problem(t=16)
+  with pytest.raises(DataError, match="field 'exclude'.*shape"):
+    fairsync.serve("FairSync", u, v, g, 5, np.ones(5), 4,
+                   exclude=np.zeros((15, 2), np.int32))
+  with pytest.raises(DataError, match="field 'exclude'.*item id 400"):
+    fairsync.serve("centralised", u, v, g, 5, np.ones(5), 4,
+                   exclude=np.full((16, 2), 400, np.int32))

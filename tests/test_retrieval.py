@@ -1,4 +1,10 @@
-"""Exact sharded dual top-K: NumPy brute force, 8-device mesh vs 1 device."""
+"""Exact sharded dual top-K: NumPy brute force, 8-device mesh vs 1 device.
+
+Also per-query exclusion (`exclude=`): excluded scores set to -inf in the
+brute force.
+"""
+
+import functools
 
 import jax
 import numpy as np
@@ -13,13 +19,37 @@ def _mesh(s=8):
                        axis_types=(jax.sharding.AxisType.Explicit,))
 
 
-def _brute(u, v, g, mu, k):
-  """Top-k by (score desc, id asc) in float64, plus the scores."""
+def _brute(u, v, g, mu, k, exclude=None):
+  """Top-k by (score desc, id asc) in float64, plus the scores.
+
+  exclude [B, E] (-1 padded): those (row, id) scores are -inf, and a -inf
+  slot gets id -1.
+  """
   s = u.astype(np.float64) @ v.T.astype(np.float64) - mu[g][None].astype(
       np.float64)
+  if exclude is not None:
+    for r, row in enumerate(exclude):  # test reference, not a hot path
+      s[r, row[row >= 0]] = -np.inf
   ids = np.broadcast_to(np.arange(v.shape[0]), s.shape)
   order = np.lexsort((ids, -s), axis=1)[:, :k]
-  return np.take_along_axis(s, order, 1), order
+  top = np.take_along_axis(s, order, 1)
+  return top, np.where(np.isfinite(top), order, -1)
+
+
+def _exclusion(n, b, e, seed, must=None):
+  """[b, e] random distinct ids per row (a random count), -1 padded.
+
+  `must` [b, m]: ids excluded first (e.g. each row's current winners).
+  """
+  rng = np.random.default_rng(seed)
+  out = np.full((b, e), -1, np.int32)
+  for r in range(b):
+    pick = [] if must is None else list(must[r])
+    rest = np.setdiff1d(rng.permutation(n), pick, assume_unique=True)
+    cnt = int(rng.integers(0, e - len(pick) + 1))
+    row = np.concatenate([pick, rest[:cnt]]).astype(np.int32)
+    out[r, :row.size] = rng.permutation(row)
+  return out
 
 
 def _data(n, d=16, b=23, g=5, seed=0, ties=False):
@@ -154,3 +184,108 @@ def test_never_builds_full_score_matrix():
       block=items.block).compile().as_text()
   assert f"f32[{b},{items.block}]" in hlo  # one block of scores ...
   assert f"f32[{b},{n}]" not in hlo  # ... never all of them
+
+
+@pytest.mark.parametrize("n,k,shards,ties", [
+    (1000, 100, 8, False), (1003, 64, 8, True), (777, 37, 8, True),
+    (257, 20, 2, True), (130, 1, 4, False)])
+def test_exclude_matches_brute_force_and_mesh(n, k, shards, ties):
+  u, v, g, mu = _data(n, ties=ties, seed=n + 1)
+  _, winners = _brute(u, v, g, mu, k)
+  # Each row's unconstrained winners are excluded (so the list must change),
+  # plus random ids; some rows exclude little.
+  ex = _exclusion(n, u.shape[0], 3 * k + 5, seed=n, must=winners[:, :max(1, k // 2)])
+  ref_s, ref_i = _brute(u, v, g, mu, k, ex)
+  s1, i1 = dual_topk(v, g, u, mu, k, exclude=ex)
+  sm, im = dual_topk(v, g, u, mu, k, mesh=_mesh(shards), exclude=ex)
+  np.testing.assert_array_equal(np.asarray(s1), np.asarray(sm))
+  np.testing.assert_array_equal(np.asarray(i1), np.asarray(im))
+  i1 = np.asarray(i1)
+  assert not (i1[:, :, None] == ex[:, None, :]).any()  # never excluded
+  assert (i1 >= 0).all()
+  np.testing.assert_allclose(np.asarray(s1), ref_s, rtol=1e-5, atol=1e-5)
+  if ties:  # exact float32 scores: ids must match, lower id first on ties
+    np.testing.assert_array_equal(i1, ref_i)
+    assert (np.diff(ref_s, axis=1) == 0).any()
+  else:
+    assert (i1 == ref_i).mean() > 0.99
+
+
+def test_exclude_pruned_paths_equal_plain_merge_and_brute_force():
+  # 20000 items in blocks of 256 (79 blocks): skip / chunk / full branches
+  # and buffer flushes; each row excludes its top 40 and 500 random items.
+  u, v, g, mu = _data(20000, d=8, b=64, seed=4)
+  _, winners = _brute(u, v, g, mu, 40)
+  ex = _exclusion(20000, 64, 600, seed=4, must=winners)
+  items = shard_items(v, g, block_size=256)
+  kw = dict(mesh=None, k=30, block=items.block)
+  a = sharded.sharded_topk(items.emb, items.group, u, mu, ex, **kw)
+  b = sharded.sharded_topk(items.emb, items.group, u, mu, ex, prune=False,
+                           **kw)
+  np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+  np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+  ids = np.asarray(a[1])
+  assert not (ids[:, :, None] == ex[:, None, :]).any()
+  ref_s, ref_i = _brute(u, v, g, mu, 30, ex)
+  np.testing.assert_allclose(np.asarray(a[0]), ref_s, rtol=1e-5, atol=1e-5)
+  assert (ids == ref_i).mean() > 0.99
+
+
+@pytest.mark.parametrize("mesh_shards", [None, 8])
+def test_exclude_leaves_minus_one_when_too_few_items(mesh_shards):
+  n, k = 100, 40
+  u, v, g, mu = _data(n, b=4, seed=9)
+  ex = np.full((4, 100), -1, np.int32)
+  ex[0] = np.arange(100)  # nothing left
+  ex[1, :70] = np.random.default_rng(0).permutation(100)[:70]  # 30 left
+  ex[2, :60] = np.arange(40, 100)  # exactly 40 left
+  mesh = None if mesh_shards is None else _mesh(mesh_shards)
+  s, i = dual_topk(v, g, u, mu, k, mesh=mesh, exclude=ex)
+  s, i = np.asarray(s), np.asarray(i)
+  ref_s, ref_i = _brute(u, v, g, mu, k, ex)
+  np.testing.assert_array_equal(i, ref_i)
+  np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-5)
+  assert (i[0] == -1).all() and np.isneginf(s[0]).all()
+  assert (i[1, :30] >= 0).all() and (i[1, 30:] == -1).all()
+  assert np.isneginf(s[1, 30:]).all()
+  assert (i[2] >= 0).all() and set(i[2]) == set(range(40))
+  assert (i[3] >= 0).all()
+
+
+def test_exclude_none_or_empty_is_the_plain_program():
+  u, v, g, mu = _data(1000, seed=2)
+  s0, i0 = dual_topk(v, g, u, mu, 20)
+  s1, i1 = dual_topk(v, g, u, mu, 20, exclude=np.zeros((u.shape[0], 0),
+                                                         np.int32))
+  s2, i2 = dual_topk(v, g, u, mu, 20, exclude=np.full((u.shape[0], 3), -1))
+  for s, i in ((s1, i1), (s2, i2)):
+    np.testing.assert_array_equal(np.asarray(i), np.asarray(i0))
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(s0))
+  items = shard_items(v, g)
+  lower = functools.partial(sharded.sharded_topk.lower, items.emb,
+                            items.group, u, mu, mesh=None, k=20,
+                            block=items.block)
+  plain = lower().as_text()
+  assert lower(None).as_text() == plain
+  assert "scatter" not in plain  # the exclusion step is compiled out ...
+  assert "scatter" in lower(np.zeros((u.shape[0], 3), np.int32)).as_text()
+
+
+def test_exclude_errors():
+  u, v, g, mu = _data(50, b=4)
+  with pytest.raises(DataError, match="field 'exclude'.*shape"):
+    dual_topk(v, g, u, mu, 5, exclude=np.zeros(4, np.int32))
+  with pytest.raises(DataError, match="field 'exclude'.*shape"):
+    dual_topk(v, g, u, mu, 5, exclude=np.zeros((3, 2), np.int32))
+  with pytest.raises(DataError, match="field 'exclude'.*dtype"):
+    dual_topk(v, g, u, mu, 5, exclude=np.zeros((4, 2), np.float32))
+  ex = np.full((4, 3), -1, np.int32)
+  ex[2, 1] = 50
+  with pytest.raises(DataError, match=r"field 'exclude'.*query 2, column 1.*"
+                     r"item id 50 is outside \[-1, 50\)"):
+    dual_topk(v, g, u, mu, 5, exclude=ex)
+  ex[2, 1] = -2
+  with pytest.raises(DataError, match="field 'exclude'.*item id -2"):
+    dual_topk(v, g, u, mu, 5, exclude=ex)
+  with pytest.raises(DataError, match="field 'exclude'.*item id -2"):
+    dual_topk(v, g, u, mu, 5, exclude=jax.numpy.asarray(ex))

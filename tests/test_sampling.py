@@ -176,3 +176,30 @@ def test_load_or_create_leaves_nothing_on_failure(tmp_path):
   with pytest.raises(RuntimeError):
     S.load_or_create_eval_negatives(tmp_path / "n.npy", boom)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("rounds", [1, 4])
+def test_presampled_rounds_give_identical_negatives(rounds):
+  """`drawn` (the vectorised first rounds) changes nothing, bit for bit,
+  including the exact fallback (a user who saw nearly everything)."""
+  rng = np.random.default_rng(3)
+  seen = rng.random((20, 30)) < 0.5
+  seen[4, :-1] = True  # one free item: the rejection rounds mostly fail
+  seen[4, -1] = False
+  seen = jnp.asarray(seen)
+  users = jnp.asarray(rng.integers(0, 20, 64).astype(np.int32).clip(0, 19))
+  users = users.at[:8].set(4)
+  keys = jax.random.split(jax.random.key(7), 5)
+  for key in keys:
+    want = S.sample_negatives(key, seen, users, 3, max_rounds=6)
+    drawn = S.draw_rounds(key, 30, (64, 3), rounds)
+    got = S.sample_negatives(key, seen, users, 3, max_rounds=6, drawn=drawn)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not np.asarray(seen)[np.asarray(users)[:, None],
+                                np.asarray(got)].any()
+  batched = jax.vmap(lambda k: S.draw_rounds(k, 30, (64, 3), rounds))(keys)
+  np.testing.assert_array_equal(np.asarray(batched[2]), np.asarray(
+      S.draw_rounds(keys[2], 30, (64, 3), rounds)))
+  with pytest.raises(ValueError, match="drawn has shape"):
+    S.sample_negatives(keys[0], seen, users, 3, max_rounds=6,
+                       drawn=S.draw_rounds(keys[0], 30, (64, 2), rounds))

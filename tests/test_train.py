@@ -74,3 +74,12 @@ def test_epoch_compiles_once():
   for e in range(3):
     state, _ = epoch_fn(state, batches(e), jax.random.key(0))
   assert epoch_fn._cache_size() == 1
+
+
+def test_step_keys_match_the_step_fold_in():
+  rng = jax.random.key(5)
+  keys = train.step_keys(rng, jnp.int32(7), 4)
+  for i in range(4):
+    np.testing.assert_array_equal(
+        jax.random.key_data(keys[i]),
+        jax.random.key_data(jax.random.fold_in(rng, 7 + i)))

@@ -55,9 +55,25 @@ def check_sampleable(seen, users: np.ndarray | None = None) -> None:
                     f"(first: user {int(bad[0])})", field="user")
 
 
+def draw_rounds(rng: jax.Array, num_items: int, shape: tuple[int, int],
+                rounds: int) -> jax.Array:
+  """The first `rounds` candidate draws of `sample_negatives`, [rounds, B, n].
+
+  Round r is `randint(fold_in(rng, r), shape, 0, num_items)`, exactly the
+  draw `sample_negatives(rng, ...)` makes in round r. Vectorised over a
+  leading axis of keys (`jax.vmap`), it moves the per-step PRNG work of a
+  training epoch out of the scanned step (on XLA:CPU each threefry call is
+  a small rolled loop whose fixed cost dominates a step of MF training).
+  """
+  return jnp.stack([
+      jax.random.randint(jax.random.fold_in(rng, r), shape, 0, num_items,
+                         dtype=jnp.int32) for r in range(rounds)])
+
+
 @functools.partial(jax.jit, static_argnames=("n", "max_rounds"))
 def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
-                     n: int, max_rounds: int = 32) -> jax.Array:
+                     n: int, max_rounds: int = 32,
+                     drawn: jax.Array | None = None) -> jax.Array:
   """Draws n negatives per row, uniform over the items the user never saw.
 
   Rejection sampling: draw j ~ U{0..I-1} per slot; in a `lax.while_loop`
@@ -75,6 +91,9 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
     users: int [B] user of each row.
     n: negatives per row (static).
     max_rounds: rejection rounds before the exact fallback (static).
+    drawn: optional [R, B, n] = `draw_rounds(rng, I, (B, n), R)`, R <=
+      max_rounds: the first R rounds read it instead of drawing (same
+      result, bit for bit).
 
   Returns:
     int32 [B, n] item ids; -1 for users with no unseen item (see
@@ -88,8 +107,20 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
     return jax.random.randint(jax.random.fold_in(rng, r), (b, n), 0,
                               num_items, dtype=jnp.int32)
 
-  cand = draw(0)
-  rej = seen[rows, cand]
+  if drawn is None:
+    cand, start = draw(0), 1
+    rej = seen[rows, cand]
+  else:
+    start = drawn.shape[0]
+    if not 1 <= start <= max_rounds or drawn.shape[1:] != (b, n):
+      raise ValueError(f"drawn has shape {drawn.shape}; expected [R, {b}, "
+                       f"{n}] with 1 <= R <= max_rounds = {max_rounds}")
+    # Round r replaces the slots still rejected, as the loop below does.
+    cand = drawn[0]
+    rej = seen[rows, cand]
+    for r in range(1, start):
+      cand = jnp.where(rej, drawn[r], cand)
+      rej = rej & seen[rows, drawn[r]]
 
   def cond(c):
     r, _, rej = c
@@ -101,7 +132,7 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
     cand = jnp.where(rej, new, cand)
     return r + 1, cand, rej & seen[rows, new]
 
-  _, cand, rej = jax.lax.while_loop(cond, body, (1, cand, rej))
+  _, cand, rej = jax.lax.while_loop(cond, body, (start, cand, rej))
 
   def exact(cand):
     free = ~seen[users]  # [B, I]

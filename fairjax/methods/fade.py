@@ -26,6 +26,7 @@ of such batches is reported per period as `one_group_batches`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -146,7 +147,8 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
 
   def loss_fn(params, batch, rng, aux, context):
     users, valid = batch["user"], batch["valid"]
-    neg = sampling.sample_negatives(rng, context["seen"], users, num_negatives)
+    neg = sampling.sample_negatives(rng, context["seen"], users, num_negatives,
+                                    drawn=batch.get("neg_draws"))
     cand = jnp.concatenate([batch["item"][:, None], neg], axis=1)
     s = models_lib.pair_scores(model, params, users, cand)  # [B, 1 + n]
     w = valid.astype(s.dtype)
@@ -184,6 +186,26 @@ def epoch_batches(rows: np.ndarray, data: FadeData, batch_size: int,
           "valid": valid.reshape(steps, batch_size)}
 
 
+PRESAMPLED_ROUNDS = 4
+
+
+def presample(state, batches, rng, context, *, num_items: int,
+              num_negatives: int, rounds: int = PRESAMPLED_ROUNDS):
+  """Adds the epoch's step keys and first negative-sampling rounds.
+
+  batches['key'] [S] = `train.step_keys(rng, state.step, S)` and
+  batches['neg_draws'] [S, rounds, B, n] = those keys' `draw_rounds`: one
+  vectorised PRNG call per epoch instead of several per step. The negatives
+  are bit-identical to sampling inside the step.
+  """
+  del context
+  steps, b = batches["user"].shape
+  keys = train.step_keys(rng, state.step, steps)
+  draws = jax.vmap(lambda k: sampling.draw_rounds(
+      k, num_items, (b, num_negatives), rounds))(keys)
+  return dict(batches, key=keys, neg_draws=draws)
+
+
 @dataclasses.dataclass
 class Trainer:
   """Compiled epochs for one model and optimiser, shared by the methods."""
@@ -199,7 +221,10 @@ class Trainer:
       c = self.config
       loss = make_loss(self.model, kind, lam, c.fade.tau, c.fade.k,
                        c.num_negatives, absolute=c.fade.form == "absolute")
-      self._epochs[key] = train.make_epoch(train.make_step(loss, self.tx))
+      self._epochs[key] = train.make_epoch(
+          train.make_step(loss, self.tx, keys_in_batch=True),
+          prepare=functools.partial(presample, num_items=self.model.num_items,
+                                    num_negatives=c.num_negatives))
     return self._epochs[key]
 
   def init_state(self, rng) -> train.TrainState:

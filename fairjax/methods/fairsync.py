@@ -32,6 +32,13 @@ per batch). Methods (names are exact):
 
 Exposure E_g counts group-g items in all served lists; ESP = share of groups
 with E_g >= m_g.
+
+Exclusion: `exclude` [T, E] (global item ids per request, padded with -1,
+e.g. the request user's training items) is left out of request t's list by
+every method (the retrieval scores those items -inf; the centralised
+re-rank's unconstrained lists and per-group candidates exclude them too).
+A request with fewer than K non-excluded items gets -1 in its last slots,
+which count towards no group's exposure.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ class ServeResult(NamedTuple):
 
   Attributes:
     method: the method name.
-    item_ids: int32 [T, K] served items per request, best first.
-    scores: float32 [T, K] their relevance <u_t, v_i> (without mu).
+    item_ids: int32 [T, K] served items per request, best first (-1: an
+      empty slot, only when fewer than K items are left after exclusion).
+    scores: float32 [T, K] their relevance <u_t, v_i> (without mu; -inf on
+      empty slots).
     exposure_over_time: float32 [ceil(T/B), G] cumulative E_g after each batch.
     mu_history: float32 [ceil(T/B), G] the mu used to serve each batch.
     min_exposure: float32 [G] the minimums m_g.
@@ -90,7 +99,7 @@ def _boost_default(user_emb: np.ndarray, item_emb) -> float:
 
 def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           batch_size: int, eta: float = 1e-2, mesh=None, *,
-          num_groups: int | None = None, lam: float = 1.0,
+          exclude=None, num_groups: int | None = None, lam: float = 1.0,
           num_neighbors: int = 3, boost: float | None = None,
           block_size: int | None = None, check: bool = True) -> ServeResult:
   """Serves T requests in arrival order with one of the `METHODS`.
@@ -106,6 +115,9 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
       A short last batch is served normally (the dual step uses its size).
     eta: FairSync's Adam learning rate.
     mesh: item-shard mesh (axis `shard`) or None.
+    exclude: optional int [T, E] item ids never served to request t
+      (padded with -1), e.g. the user's training items; None or E = 0: no
+      exclusion (the serving program is then the one without it).
     num_groups: G (default len(min_exposure)).
     lam: min-regularizer weight lambda.
     num_neighbors: k-neighbor's number of boosted groups.
@@ -136,10 +148,13 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
   if k > items.num_items:
     raise ConfigError(f"k={k} is larger than the catalog ({items.num_items} "
                       "items)")
+  excl = sharded.check_exclude(exclude, t_total, items.num_items)
+  if excl is not None:
+    excl = np.asarray(excl, np.int32)
   group_host = np.asarray(item_group, np.int32)
   if method == "centralised":
     return _centralised(user_emb, items, group_host, k, m, batch_size, mesh,
-                        g_count)
+                        g_count, excl)
 
   nb = math.ceil(t_total / batch_size)
   pad = nb * batch_size - t_total
@@ -149,6 +164,9 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
                            np.zeros(pad, np.float32)])
   users = sharded.replicate(users.reshape(nb, batch_size, -1), mesh)
   weight = sharded.replicate(weight.reshape(nb, batch_size), mesh)
+  if excl is not None:
+    excl = np.concatenate([excl, np.full((pad, excl.shape[1]), -1, np.int32)])
+    excl = sharded.replicate(excl.reshape(nb, batch_size, -1), mesh)
   groups = sharded.replicate(group_host, mesh)
   ctl = dual_ops.make_dual_control(m, k, t_total, batch_size, eta)
   if boost is None:
@@ -156,7 +174,7 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
   params = dict(method=method, k=int(k), block=items.block, mesh=mesh,
                 num_groups=g_count, num_neighbors=int(num_neighbors))
   ids, rel, expo, mus = _serve_loop(
-      items.emb, items.group, groups, users, weight, ctl,
+      items.emb, items.group, groups, users, weight, excl, ctl,
       jnp.float32(lam), jnp.float32(boost), **params)
   ids = np.asarray(ids).reshape(nb * batch_size, k)[:t_total]
   rel = np.asarray(rel).reshape(nb * batch_size, k)[:t_total]
@@ -183,39 +201,47 @@ def _bias(method, expo, dual_state, ctl, lam, boost, num_neighbors):
 
 @functools.partial(jax.jit, static_argnames=(
     "method", "k", "block", "mesh", "num_groups", "num_neighbors"))
-def _serve_loop(emb, group, groups_rep, users, weight, ctl, lam, boost, *,
-                method, k, block, mesh, num_groups, num_neighbors):
-  """lax.scan over batches: retrieve with mu, count groups, update state."""
+def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
+                boost, *, method, k, block, mesh, num_groups, num_neighbors):
+  """lax.scan over batches: retrieve with mu, count groups, update state.
+
+  `exclude` is None or [nb, B, E] (batch b's rows ride along in the scan).
+  """
 
   def step(carry, xs):
     expo, dstate = carry
-    q, w = xs
+    q, w, x = xs
     mu = _bias(method, expo, dstate, ctl, lam, boost, num_neighbors)
-    s, ids = sharded.sharded_topk(emb, group, q, mu, mesh=mesh, k=k,
+    s, ids = sharded.sharded_topk(emb, group, q, mu, x, mesh=mesh, k=k,
                                   block=block)
-    g = groups_rep[ids]
+    g = groups_rep[jnp.maximum(ids, 0)]
     counts = dual_ops.group_counts(ids, groups_rep, num_groups, w)
-    rel = s + mu[g]
+    rel = s + mu[g]  # -inf stays -inf on an empty (-1) slot
     if method == "FairSync":
       dstate, _ = ctl.update(dstate, counts, jnp.sum(w))
     expo = expo + counts
     return (expo, dstate), (ids, rel, expo, mu)
 
   init = (jnp.zeros((num_groups,), jnp.float32), ctl.init())
-  _, out = lax.scan(step, init, (users, weight))
+  _, out = lax.scan(step, init, (users, weight, exclude))
   return out
 
 
 def _centralised(user_emb, items, group_host, k, m, batch_size, mesh,
-                 num_groups) -> ServeResult:
-  """Offline exact re-rank over the whole horizon (min-cost flow)."""
+                 num_groups, exclude=None) -> ServeResult:
+  """Offline exact re-rank over the whole horizon (min-cost flow).
+
+  `exclude` ([T, E] or None) is applied to the unconstrained lists and to
+  every per-group candidate list, so no excluded item can be swapped in.
+  """
   t_total = user_emb.shape[0]
   q = sharded.replicate(user_emb, mesh)
+  ex = None if exclude is None else sharded.replicate(exclude, mesh)
   top_s, top_i = sharded.sharded_topk(items.emb, items.group, q,
                                       jnp.zeros((num_groups,), jnp.float32)
                                       if mesh is None else sharded.replicate(
                                           np.zeros(num_groups, np.float32),
-                                          mesh),
+                                          mesh), ex,
                                       mesh=mesh, k=k, block=items.block)
   top_s, top_i = np.asarray(top_s), np.asarray(top_i)
   big = _boost_default(user_emb, items.emb)
@@ -225,30 +251,34 @@ def _centralised(user_emb, items, group_host, k, m, batch_size, mesh,
     mu = np.full(num_groups, big, np.float32)
     mu[g] = 0.0
     s, i = sharded.sharded_topk(items.emb, items.group, q,
-                                sharded.replicate(mu, mesh), mesh=mesh, k=k,
-                                block=items.block)
+                                sharded.replicate(mu, mesh), ex, mesh=mesh,
+                                k=k, block=items.block)
     s, i = np.asarray(s), np.asarray(i)
-    ok = group_host[i] == g
+    ok = (i >= 0) & (group_host[np.maximum(i, 0)] == g)
     cand_s.append(np.where(ok, s, -np.inf))
     cand_i.append(np.where(ok, i, -1))
   cs = np.stack(cand_s, axis=1)  # [T, G, K] best-first per group
   ci = np.stack(cand_i, axis=1)
-  alloc = np.stack([(group_host[top_i] == g).sum(1)
+  top_g = np.where(top_i >= 0, group_host[np.maximum(top_i, 0)], -1)
+  alloc = np.stack([(top_g == g).sum(1)
                     for g in range(num_groups)], axis=1)  # n[t, g]
   need = np.ceil(m - 1e-6).astype(np.int64)
   alloc = _min_cost_fill(cs, alloc, need, k)
-  ids = np.zeros((t_total, k), np.int32)
-  rel = np.zeros((t_total, k), np.float32)
+  # A request short of K non-excluded items keeps fewer (the flow moves
+  # units within a request): its last slots are (-1, -inf).
+  ids = np.full((t_total, k), -1, np.int32)
+  rel = np.full((t_total, k), -np.inf, np.float32)
   for t in range(t_total):
     sel = [(cs[t, g, j], ci[t, g, j]) for g in range(num_groups)
            for j in range(alloc[t, g])]
     sel.sort(key=lambda x: (-x[0], x[1]))
-    ids[t] = [i for _, i in sel]
-    rel[t] = [v for v, _ in sel]
+    ids[t, :len(sel)] = [i for _, i in sel]
+    rel[t, :len(sel)] = [v for v, _ in sel]
   nb = math.ceil(t_total / batch_size)
   per_req = np.zeros((nb * batch_size, num_groups), np.float32)
-  np.add.at(per_req, (np.repeat(np.arange(t_total), k),
-                      group_host[ids].reshape(-1)), 1.0)
+  filled = ids >= 0
+  np.add.at(per_req, (np.repeat(np.arange(t_total), k)[filled.reshape(-1)],
+                      group_host[ids[filled]]), 1.0)
   expo_t = np.cumsum(per_req.reshape(nb, batch_size, num_groups).sum(1),
                      axis=0)
   return ServeResult("centralised", ids, rel, expo_t,

@@ -13,9 +13,14 @@ data protocols and how m_g is chosen):
   5. per method: ESP = (1/G) sum_g 1[E_g >= m_g], and Recall/NDCG/HR@K of
      the served lists against the targets (users averaged).
 
-Served lists are the exact (biased) top-K over the whole catalog, the
-user's training items included: recall counts only held-out targets, so it
-is a lower bound of the masked-retrieval recall, equally for every method.
+Training items are excluded (`config.exclude_train_items`, default True):
+on ml1m / ml1m-ts each request's list is the exact (biased) top-K over the
+catalog minus that user's training items (`exclude` of `fairsync.serve`),
+the standard full-ranking protocol, so no slot or exposure goes to an item
+that cannot be a hit. False serves over the whole catalog (the earlier
+behaviour; recall is then a lower bound of the masked one). The synthetic
+requests are fresh query vectors with no interaction history: nothing to
+exclude.
 
 Workdir layout:
   retriever/ckpt/             MF state (train.fit resumes / skips it)
@@ -70,6 +75,8 @@ class Requests(NamedTuple):
     group_names: the G group labels.
     target_ptr: int64 [T + 1], target_items int32: request t's targets are
       target_items[target_ptr[t]:target_ptr[t + 1]] (CSR).
+    exclude: int32 [T, E] items never served to request t (its user's
+      training items, padded with -1), or None.
   """
   name: str
   user_emb: np.ndarray
@@ -78,6 +85,7 @@ class Requests(NamedTuple):
   group_names: tuple[str, ...]
   target_ptr: np.ndarray
   target_items: np.ndarray
+  exclude: np.ndarray | None = None
 
 
 def method_list(config) -> list[str]:
@@ -106,6 +114,8 @@ def validate_config(config) -> None:
        f"must be in (0, 1), got {config.train_frac}")
   need(config.shards >= 1, "shards", f"must be >= 1, got {config.shards}")
   need(config.epochs >= 0, "epochs", f"must be >= 0, got {config.epochs}")
+  need(isinstance(config.exclude_train_items, bool), "exclude_train_items",
+       f"must be True or False, got {config.exclude_train_items!r}")
 
 
 def make_mesh(shards: int):
@@ -189,6 +199,28 @@ def prepare_interactions(config, data_dir=None) -> Interactions:
                       ds.user[is_train], ds.item[is_train],
                       users.astype(np.int32), ptr, items, group,
                       tuple(ds.genre_names))
+
+
+def training_exclusion(train_user: np.ndarray, train_item: np.ndarray,
+                       request_users: np.ndarray,
+                       num_users: int) -> np.ndarray:
+  """int32 [T, E]: row t = the training items of request t's user, -1 padded.
+
+  E = the largest training count among the requests (at least 1); the items
+  of a row keep the order of the train rows. Vectorised (CSR gather).
+  """
+  order = np.argsort(train_user, kind="stable")
+  items = train_item[order].astype(np.int32)
+  cnt = np.bincount(train_user, minlength=num_users)
+  start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+  c = cnt[request_users]
+  out = np.full((request_users.size, max(int(c.max(initial=0)), 1)), -1,
+                np.int32)
+  row = np.repeat(np.arange(request_users.size), c)
+  first = np.concatenate([[0], np.cumsum(c)[:-1]])
+  col = np.arange(row.size) - first[row]
+  out[row, col] = items[start[request_users][row] + col]
+  return out
 
 
 def _bpr_loss(model, num_negatives: int) -> train.LossFn:
@@ -279,9 +311,15 @@ def prepare_requests(config, workdir, data_dir, mesh) -> Requests:
        f"{data.request_users.size} requests, {data.target_items.size} "
        "targets")
   users, items = train_retriever(config, data, workdir)
+  exclude = None
+  if config.exclude_train_items:
+    exclude = training_exclusion(data.train_user, data.train_item,
+                                 data.request_users, data.num_users)
+    _log(f"[fairsync] excluding each request user's training items (up to "
+         f"{exclude.shape[1]} per request)")
   return Requests(data.name, users[data.request_users], items,
                   data.item_group, data.group_names, data.target_ptr,
-                  data.target_items)
+                  data.target_items, exclude)
 
 
 # ----------------------------------------------------------------------------
@@ -369,6 +407,8 @@ def _setting(method, config, m) -> dict:
     s.update(synthetic=config.synthetic.to_dict())
   else:
     s.update(epochs=config.epochs, lr=config.lr, dim=config.dim)
+    if config.exclude_train_items:  # absent = the whole catalog was served
+      s.update(exclude_train_items=True)
   if method == "FairSync":
     s.update(eta=config.eta, headroom=config.headroom)
   elif method == "min-regularizer":
@@ -383,7 +423,8 @@ def _serve(method, req: Requests, config, m, mesh) -> tuple[dict, float]:
   res = fairsync.serve(
       method, req.user_emb, req.item_emb, req.item_group, config.k,
       serving_target(method, m, config.headroom),
-      config.batch_size, config.eta, mesh, num_groups=len(req.group_names),
+      config.batch_size, config.eta, mesh, exclude=req.exclude,
+      num_groups=len(req.group_names),
       lam=config.min_reg_lambda, num_neighbors=config.num_neighbors,
       block_size=config.block_size or None)
   secs = time.perf_counter() - t0
@@ -430,7 +471,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
   Returns:
     The summary: {METHOD: {esp, recall@K, ndcg@K, hr@K}, k, min_exposure,
     unconstrained_esp, exposure_frac, groups, num_requests, batch_size, eta,
-    seconds}.
+    exclude_train_items (whether training items were excluded), seconds}.
 
   Raises:
     ConfigError: bad fields, infeasible minimums (sum m_g > K T), K larger
@@ -497,6 +538,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
                  batch_size=config.batch_size, eta=config.eta,
                  fairsync_headroom=config.headroom,
                  shards=config.shards,
+                 exclude_train_items=req.exclude is not None,
                  seconds={meth: r["seconds"] for meth, r in results.items()})
   ckpt_lib.write_json_atomic(workdir / "summary.json", summary)
   _log(f"[fairsync] wrote {workdir / 'metrics.csv'} and "

@@ -135,14 +135,17 @@ def group_counts(item_ids: jax.Array, item_group: jax.Array, num_groups: int,
   """n_g = number of retrieved items of group g (rows weighted by `weight`).
 
   Args:
-    item_ids: int [B, K] retrieved global ids.
+    item_ids: int [B, K] retrieved global ids; an empty slot (id -1, e.g. a
+      request with fewer than K non-excluded items) counts nowhere.
     item_group: int [N] group of each item.
     num_groups: G.
     weight: optional [B] row weights (0 drops padding rows).
   """
-  g = item_group[item_ids]
+  # Empty slots go to group G, which the scatter drops.
+  g = jnp.where(item_ids >= 0, item_group[jnp.maximum(item_ids, 0)],
+                num_groups)
   w = jnp.ones(item_ids.shape, jnp.float32)
   if weight is not None:
     w = w * weight[:, None]
   return jnp.zeros((num_groups,), jnp.float32).at[g.reshape(-1)].add(
-      w.reshape(-1))
+      w.reshape(-1), mode="drop")

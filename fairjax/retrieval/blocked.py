@@ -28,6 +28,19 @@ vectorised max over c contiguous rows of nc scores). Then
      full with the running list and the buffer.
 XLA:CPU notes: a column slice of a `lax.top_k` result makes the compiler
 fall back to a full sort, hence `jnp.min` for the K-th score.
+
+Exclusion. An optional int32 [B, E] list of global ids per query (padded
+with -1) is removed from that query's candidates: after a block is scored,
+a scatter of -inf at [b, id - block_start] (ids outside the block dropped,
+O(B E) per block, never a dense [B, N] mask) makes an excluded item exactly
+like padding. Such an item never enters the running list: the running list
+starts as (-inf, -1) and precedes every candidate in every merge, so among
+-inf scores the running slots win the positional tie-break; by induction
+every -inf slot of the running list holds id -1. It never passes the
+pruning test either (-inf > tau is false), and chunk maxima ignore it. So
+the result is the exact top-k of the non-excluded items; when a row has
+fewer than k of them, its trailing slots hold (-inf, -1). exclude=None
+traces the program without the scatter (identical to no exclusion).
 """
 
 from __future__ import annotations
@@ -68,6 +81,28 @@ def block_scores(user_q: jax.Array, item_blk: jax.Array,
   return s
 
 
+def exclude_block(s: jax.Array, exclude: jax.Array,
+                  block_start: jax.Array | int) -> jax.Array:
+  """Sets s[b, j] = -inf for every excluded id exclude[b, e] = block_start + j.
+
+  Args:
+    s: float32 [B, blk] scores of one block (column j = id block_start + j).
+    exclude: int32 [B, E] global ids per row, -1 (or any id outside the
+      block) ignored.
+    block_start: global id of the block's first column.
+
+  Returns:
+    s with the excluded in-block entries at -inf: one scatter of B E
+    updates, out-of-block ones dropped (mode="drop").
+  """
+  blk = s.shape[1]
+  col = exclude - block_start
+  col = jnp.where((col >= 0) & (col < blk), col, blk)  # blk: dropped
+  rows = jnp.broadcast_to(
+      jnp.arange(s.shape[0], dtype=jnp.int32)[:, None], col.shape)
+  return s.at[rows, col].set(NEG_INF, mode="drop")
+
+
 def _item_bias(group_blk, mu, valid_blk):
   """bias_i = -mu[g_i] for real items, -inf for padding (group < 0)."""
   if mu is None:
@@ -79,11 +114,15 @@ def _item_bias(group_blk, mu, valid_blk):
 @functools.partial(jax.jit, static_argnames=(
     "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
-               mu: jax.Array | None, id_offset: jax.Array | int, *, k: int,
+               mu: jax.Array | None, id_offset: jax.Array | int,
+               exclude: jax.Array | None = None, *, k: int,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
                flush_every: int = 8,
                prune: bool = True) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of s_bi = <u_b, v_i> - mu[g_i] over a local item range.
+
+  Over the items i not excluded for row b (i not in exclude[b]): excluded
+  scores are -inf (see module doc).
 
   Args:
     user_q: float32 [B, d] queries.
@@ -91,6 +130,9 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     item_group: int32 [n] group of each item; < 0 marks padding (score -inf).
     mu: float32 [G] dual prices, or None for plain <u, v> scores.
     id_offset: global id of local item 0.
+    exclude: int32 [B, E] global ids to leave out per query, padded with -1
+      (ids outside the local range are ignored), or None: no exclusion (the
+      compiled program has no exclusion step).
     k: results per query.
     block: items per GEMM block (a multiple of `chunk`).
     chunk: c, items per pruning chunk.
@@ -101,7 +143,7 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
 
   Returns:
     (scores [B, k] float32, ids [B, k] int32), sorted by (score desc, id asc);
-    slots beyond the local item count hold (-inf, -1).
+    slots beyond the local count of non-excluded items hold (-inf, -1).
   """
   b = user_q.shape[0]
   n = item_emb.shape[0]
@@ -111,6 +153,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   slot = r * chunk  # buffer columns per block
   width = flush_every * slot
   user_q = user_q.astype(jnp.float32)
+  if exclude is not None:
+    exclude = exclude.astype(jnp.int32)
   col = jnp.arange(block, dtype=jnp.int32)
   row_in_chunk = jnp.arange(chunk, dtype=jnp.int32)[None, :, None] * nc
   chunk_ids = jnp.arange(nc, dtype=jnp.int32)
@@ -131,6 +175,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     v = lax.dynamic_slice_in_dim(item_emb, start, block)
     g = lax.dynamic_slice_in_dim(item_group, start, block)
     s = block_scores(user_q, v, _item_bias(g, mu, g >= 0))
+    if exclude is not None:
+      s = exclude_block(s, exclude, id_offset + start)
     blk_ids = id_offset + start + col
 
     if not prune:

@@ -20,6 +20,12 @@ item is always scored by the same GEMM shape at the same column, its float32
 score, hence the result, is bitwise identical for any shard count.
 Ties: (score desc, global id asc), via position-ordered merges (each shard's
 list is id-ordered among ties; lists are concatenated in shard order).
+
+Exclusion: an optional int32 [B, E] list of global item ids per query
+(padded with -1), replicated on every shard, removes those items from that
+query's candidates (each shard drops the ids inside its own blocks; see
+`blocked.exclude_block`). A query with fewer than k non-excluded items gets
+(-inf, -1) in its trailing slots.
 """
 
 from __future__ import annotations
@@ -232,7 +238,8 @@ def _to_host(x) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=(
     "mesh", "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
 def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
-                 mu: jax.Array | None, *, mesh, k: int, block: int,
+                 mu: jax.Array | None, exclude: jax.Array | None = None, *,
+                 mesh, k: int, block: int,
                  chunk: int = DEFAULT_CHUNK, num_chunks_small: int = 8,
                  flush_every: int = 4,
                  prune: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -241,19 +248,22 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   Local top-k per shard (`blocked.local_topk`), all-gather of the S lists,
   merge: top_k over the [B, S k] shard-major concatenation. Usable inside a
   `lax.scan` (FairSync's serving loop). mu=None scores plain <u, v>.
+  `exclude` (int32 [B, E] global ids, -1 padded, replicated) leaves those
+  items out per query; None compiles the program without exclusion.
 
   Returns:
-    (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc).
+    (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc);
+    (-inf, -1) in slots beyond a query's non-excluded item count.
   """
   kw = dict(k=k, block=block, chunk=chunk, num_chunks_small=num_chunks_small,
             flush_every=flush_every, prune=prune)
   if mesh is None:
-    return blocked.local_topk(user_q, emb, group, mu, 0, **kw)
+    return blocked.local_topk(user_q, emb, group, mu, 0, exclude, **kw)
   n_loc = emb.shape[0] // mesh.shape[AXIS]
 
-  def per_shard(e, g, q, m):
+  def per_shard(e, g, q, m, x):
     off = jax.lax.axis_index(AXIS).astype(jnp.int32) * n_loc
-    ls, li = blocked.local_topk(q, e, g, m, off, **kw)
+    ls, li = blocked.local_topk(q, e, g, m, off, x, **kw)
     gs = jax.lax.all_gather(ls, AXIS)  # [S, B, k]
     gi = jax.lax.all_gather(li, AXIS)
     b = q.shape[0]
@@ -262,23 +272,81 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
     return blocked.merge_topk(gs, gi, k)
 
   mu_spec = None if mu is None else P()
+  ex_spec = None if exclude is None else P()
   # check_vma=False: the per-shard loop mixes shard-varying data with
   # constant buffers; the output is replicated by construction (all_gather
   # then the same merge on every device).
   fn = jax.shard_map(per_shard, mesh=mesh,
-                     in_specs=(P(AXIS, None), P(AXIS), P(), mu_spec),
+                     in_specs=(P(AXIS, None), P(AXIS), P(), mu_spec, ex_spec),
                      out_specs=(P(), P()), check_vma=False)
-  return fn(emb, group, user_q, mu)
+  return fn(emb, group, user_q, mu, exclude)
+
+
+@jax.jit
+def _id_stats(x):
+  flat = x.reshape(-1)
+  return jnp.min(flat), jnp.argmin(flat), jnp.max(flat), jnp.argmax(flat)
+
+
+def check_exclude(exclude, num_queries: int, num_items: int,
+                  field: str = "exclude"):
+  """Validates a per-query exclusion list; returns it as int32 or None.
+
+  Args:
+    exclude: int [B, E] global item ids per query, padded with -1; None or
+      E = 0 means no exclusion.
+    num_queries: B, the number of queries (rows) it must have.
+    num_items: N; ids must lie in [-1, N).
+    field: the name used in errors.
+
+  Returns:
+    None (no exclusion) or the ids as int32 (a jax.Array stays on device).
+
+  Raises:
+    DataError naming `field`: not 2-D, B rows mismatch, non-integer dtype, or
+      an id outside [-1, N) (the first offending query and column).
+  """
+  if exclude is None:
+    return None
+  shape = tuple(np.shape(exclude))
+  if len(shape) != 2 or shape[0] != num_queries:
+    raise DataError(f"expected shape [{num_queries}, E] (one row per query, "
+                    f"ids padded with -1), got {shape}", field=field)
+  dtype = np.dtype(exclude.dtype if hasattr(exclude, "dtype") else
+                   np.asarray(exclude).dtype)
+  if not np.issubdtype(dtype, np.integer):
+    raise DataError(f"expected integer item ids, got dtype {dtype}",
+                    field=field)
+  if shape[1] == 0:
+    return None
+  if isinstance(exclude, jax.Array):
+    lo, ilo, hi, ihi = (int(_host_scalar(v)) for v in _id_stats(exclude))
+  else:
+    exclude = np.asarray(exclude)
+    flat = exclude.reshape(-1)
+    lo, ilo, hi, ihi = (int(flat.min()), int(flat.argmin()), int(flat.max()),
+                        int(flat.argmax()))
+  for val, pos in ((lo, ilo), (hi, ihi)):
+    if not -1 <= val < num_items:
+      raise DataError(f"query {pos // shape[1]}, column {pos % shape[1]}: "
+                      f"item id {val} is outside [-1, {num_items}) (-1 pads)",
+                      field=field)
+  if isinstance(exclude, jax.Array):
+    return exclude.astype(jnp.int32)
+  return exclude.astype(np.int32)
 
 
 def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
-              block_size: int | None = None, chunk: int = DEFAULT_CHUNK,
+              exclude=None, block_size: int | None = None,
+              chunk: int = DEFAULT_CHUNK,
               check: bool = True) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of the dual-space scores s_ti = <u_t, v_i> - mu[g_i].
 
   FairSync retrieval (DESIGN.md section 5): <[u_t ; -mu], [v_i ; A_i]>, exact,
   item-sharded over `mesh` axis `shard` (or one device with mesh=None). The
-  result is identical with and without a mesh.
+  result is identical with and without a mesh. With `exclude`, the top-k of
+  row t is taken over the items i not in exclude[t] (s_ti = -inf for them),
+  e.g. a user's training items at serving time.
 
   Args:
     item_emb: float [N, d] item embeddings, or a `ShardedItems` from
@@ -288,18 +356,23 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
     mu: float [G] dual prices (None or zeros: plain inner-product top-k).
     k: results per query, 1 <= k <= N.
     mesh: `jax.make_mesh((S,), ('shard',), axis_types=(Explicit,))` or None.
+    exclude: optional int [B, E] global item ids to leave out of each row's
+      list, padded with -1 (None or E = 0: no exclusion, the same compiled
+      program as before).
     block_size: upper bound on items per block.
     chunk: items per pruning chunk.
     check: validate inputs on host (NaN/inf, groups, sizes): one data pass.
 
   Returns:
     (scores [B, k] float32, item_ids [B, k] int32 global ids), each row sorted
-    by score desc, ties by lower id.
+    by score desc, ties by lower id. A row with fewer than k non-excluded
+    items ends with (-inf, -1) slots.
 
   Raises:
     ConfigError: k < 1 or k > N, bad mesh.
     DataError: NaN/inf in embeddings or mu, an item without a group (< 0) or
-      with a group >= len(mu), shape mismatches.
+      with a group >= len(mu), shape mismatches; `exclude` not [B, E]
+      integers in [-1, N) (field 'exclude').
   """
   if isinstance(item_emb, ShardedItems):
     items = item_emb
@@ -319,9 +392,11 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
     check_finite(user_emb, "user_emb")
     if mu is not None:
       check_finite(_as_f32(mu).reshape(-1, 1), "mu")
+  excl = check_exclude(exclude, int(np.shape(user_emb)[0]), items.num_items)
   user_q = replicate(_as_f32(user_emb), mesh)
   mu_r = None if mu is None else replicate(_as_f32(mu), mesh)
-  return sharded_topk(items.emb, items.group, user_q, mu_r, mesh=mesh,
+  excl = None if excl is None else replicate(excl, mesh)
+  return sharded_topk(items.emb, items.group, user_q, mu_r, excl, mesh=mesh,
                       k=int(k), block=items.block, chunk=chunk)
 
 
