@@ -91,6 +91,16 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict],
   _write_atomic(path, write, newline="")
 
 
+def open_workdir(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
+  """Creates `workdir` (parents too) and records the run's config in
+  `workdir/config.json` (atomically; `config` an ml_collections ConfigDict).
+  Returns the folder as a Path."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(workdir / "config.json", config.to_dict())
+  return workdir
+
+
 def read_json(path: str | os.PathLike) -> Any:
   with open(path) as f:
     return json.load(f)

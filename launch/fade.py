@@ -10,19 +10,11 @@ Writes DIR/metrics.csv and DIR/summary.json; rerun to resume.
 import json
 
 from absl import app
-from absl import flags
-from ml_collections import config_flags
 
 from fairjax.methods import fade_run
-from launch.common import friendly_errors
+from launch.common import friendly_errors, job_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/fade.py", "FADE config file[:variant].",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume folder.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Real data folder (default: $FAIRJAX_DATA_DIR).")
-flags.mark_flag_as_required("workdir")
+_CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/fade.py", "FADE")
 
 
 @friendly_errors

@@ -104,9 +104,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
                        ) -> dict:
   """Runs every method in `config.methods`; writes metrics.csv/summary.json."""
   F.validate_config(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  ckpt_lib.write_json_atomic(workdir / "config.json", config.to_dict())
+  workdir = ckpt_lib.open_workdir(workdir, config)
   data = F.prepare_data(config, data_dir)
   _log(f"[fade] {data.name}: {data.num_users} users, {data.num_items} items, "
        f"period sizes {list(data.period_sizes)}")

@@ -334,9 +334,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
                        ) -> dict:
   """Runs every method x seed; writes metrics.csv and summary.json."""
   M.validate_config(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  ckpt_lib.write_json_atomic(workdir / "config.json", config.to_dict())
+  workdir = ckpt_lib.open_workdir(workdir, config)
   data = prepare_data(config, data_dir)
   ckpt_lib.write_json_atomic(workdir / "data_stats.json", data.stats)
   st = data.stats
