@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairjax import train
 from fairjax.errors import DataError
 
 
@@ -68,6 +69,30 @@ def draw_rounds(rng: jax.Array, num_items: int, shape: tuple[int, int],
   return jnp.stack([
       jax.random.randint(jax.random.fold_in(rng, r), shape, 0, num_items,
                          dtype=jnp.int32) for r in range(rounds)])
+
+
+PRESAMPLED_ROUNDS = 4
+
+
+def presample_negatives(state, batches, rng, context, *, num_items: int,
+                        num_negatives: int,
+                        rounds: int = PRESAMPLED_ROUNDS) -> dict:
+  """An epoch `prepare` (`train.make_epoch`): per-step keys and first
+  negative-sampling rounds, drawn once per epoch.
+
+  Adds batches['key'] [S] = `train.step_keys(rng, state.step, S)` and
+  batches['neg_draws'] [S, rounds, B, n] = `draw_rounds` of those keys. A
+  step built with `train.make_step(..., keys_in_batch=True)` whose loss calls
+  `sample_negatives(rng_t, ..., drawn=batch['neg_draws'])` gets negatives
+  bit-identical to sampling inside the step, with one vectorised PRNG call
+  per epoch instead of several per step.
+  """
+  del context
+  steps, b = batches["user"].shape
+  keys = train.step_keys(rng, state.step, steps)
+  draws = jax.vmap(lambda k: draw_rounds(k, num_items, (b, num_negatives),
+                                         rounds))(keys)
+  return dict(batches, key=keys, neg_draws=draws)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "max_rounds"))

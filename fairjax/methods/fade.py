@@ -186,26 +186,6 @@ def epoch_batches(rows: np.ndarray, data: FadeData, batch_size: int,
           "valid": valid.reshape(steps, batch_size)}
 
 
-PRESAMPLED_ROUNDS = 4
-
-
-def presample(state, batches, rng, context, *, num_items: int,
-              num_negatives: int, rounds: int = PRESAMPLED_ROUNDS):
-  """Adds the epoch's step keys and first negative-sampling rounds.
-
-  batches['key'] [S] = `train.step_keys(rng, state.step, S)` and
-  batches['neg_draws'] [S, rounds, B, n] = those keys' `draw_rounds`: one
-  vectorised PRNG call per epoch instead of several per step. The negatives
-  are bit-identical to sampling inside the step.
-  """
-  del context
-  steps, b = batches["user"].shape
-  keys = train.step_keys(rng, state.step, steps)
-  draws = jax.vmap(lambda k: sampling.draw_rounds(
-      k, num_items, (b, num_negatives), rounds))(keys)
-  return dict(batches, key=keys, neg_draws=draws)
-
-
 @dataclasses.dataclass
 class Trainer:
   """Compiled epochs for one model and optimiser, shared by the methods."""
@@ -223,8 +203,9 @@ class Trainer:
                        c.num_negatives, absolute=c.fade.form == "absolute")
       self._epochs[key] = train.make_epoch(
           train.make_step(loss, self.tx, keys_in_batch=True),
-          prepare=functools.partial(presample, num_items=self.model.num_items,
-                                    num_negatives=c.num_negatives))
+          prepare=functools.partial(
+              sampling.presample_negatives, num_items=self.model.num_items,
+              num_negatives=c.num_negatives))
     return self._epochs[key]
 
   def init_state(self, rng) -> train.TrainState:

@@ -117,7 +117,7 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
     mesh: item-shard mesh (axis `shard`) or None.
     exclude: optional int [T, E] item ids never served to request t
       (padded with -1), e.g. the user's training items; None or E = 0: no
-      exclusion (the serving program is then the one without it).
+      exclusion (no exclusion step is compiled).
     num_groups: G (default len(min_exposure)).
     lam: min-regularizer weight lambda.
     num_neighbors: k-neighbor's number of boosted groups.

@@ -48,6 +48,7 @@ C stored as [K, G, d] over the K = U + I table rows), any other backbone
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -250,8 +251,15 @@ def steps_per_epoch(data: ItfrData, batch_size: int) -> int:
   return -(-data.train_user.size // batch_size)
 
 
-def _negatives(rng, context, users):
-  return sampling.sample_negatives(rng, context["seen"], users, 1)[:, 0]
+def _negatives(rng, context, batch):
+  return sampling.sample_negatives(rng, context["seen"], batch["user"], 1,
+                                   drawn=batch.get("neg_draws"))[:, 0]
+
+
+def _presample(data: ItfrData):
+  """The epoch `prepare`: step keys and first sampling rounds per epoch."""
+  return functools.partial(sampling.presample_negatives,
+                           num_items=data.num_items, num_negatives=1)
 
 
 # ----------------------------------------------------------------------------
@@ -279,7 +287,7 @@ def make_loss(model, spec: MethodSpec, config, data: ItfrData) -> train.LossFn:
 
   def loss_fn(params, batch, rng, aux, context):
     users, valid = batch["user"], batch["valid"]
-    neg = _negatives(rng, context, users)
+    neg = _negatives(rng, context, batch)
     cand = jnp.stack([batch["item"], neg], axis=1)
     s = models_lib.pair_scores(model, params, users, cand, tau=tau)
     rows = ops.bpr_loss(s[:, 0], s[:, 1])
@@ -476,7 +484,10 @@ def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
   """The pure step `(state, batch, rng, context) -> (state, metrics)` of the
   ITFR family (methods with per-cell gradients).
 
-  For the collaborative balance the step expects the buffers of its epoch:
+  The step reads its key (fold_in(rng, state.step)) and first negative
+  draws from the batch (`sampling.presample_negatives`, added by the epoch
+  function). For the collaborative balance the step expects the buffers of
+  its epoch:
   `make_epoch_fn` applies `roll_epoch` at the start of every epoch (a pure
   function of state.step). Rolling inside the scanned step would make XLA
   copy the [K, G, d] buffers on every step.
@@ -490,10 +501,10 @@ def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
   g = data.num_cells
 
   def step(state, batch, rng, context=None):
-    rng_t = jax.random.fold_in(rng, state.step)
+    rng_t = batch["key"]  # fold_in(rng, state.step), from `_presample`.
     aux = state.aux
     epoch = state.step // spe
-    neg = _negatives(rng_t, context, batch["user"])
+    neg = _negatives(rng_t, context, batch)
     out, extra = backend.cells(state.params, batch, neg)
     present = out.count > 0
     updated = jnp.zeros((), bool)
@@ -535,16 +546,19 @@ def make_epoch_fn(model, tx, spec: MethodSpec, config, data: ItfrData):
   the state first passes `roll_epoch` (run it on whole epochs, as `fit` and
   the runner do).
   """
+  prepare = _presample(data)
   if not spec.per_cell:
     return train.make_epoch(
-        train.make_step(make_loss(model, spec, config, data), tx))
+        train.make_step(make_loss(model, spec, config, data), tx,
+                        keys_in_batch=True), prepare=prepare)
   step = make_itfr_step(model, tx, spec, config, data)
   if spec.weighting != "clb":
-    return train.make_epoch(step)
+    return train.make_epoch(step, prepare=prepare)
   spe = steps_per_epoch(data, config.batch_size)
   norms = _backend_class(model).norms
 
   def epoch(state, batches, rng, context=None):
+    batches = prepare(state, batches, rng, context)
     state = state.replace(aux=roll_epoch(state.aux, state.step, spe, norms))
     return jax.lax.scan(lambda s, b: step(s, b, rng, context), state, batches)
 
