@@ -7,6 +7,7 @@ Variants (comma-separated `key=value` after the colon):
   dataset=ml1m|ml1m-ts|synthetic   num_items=1000000 (synthetic catalog)
   num_requests=2000 (synthetic T)   shards=2   k=50   b=64 (batch B)
   eta=0.1   headroom=0.2   frac=0.5 (m_g fraction, 0 = auto)   epochs=20
+  exclude_train=0 (serve training items too: the pre-exclusion protocol)
   smoke (tiny synthetic, seconds)
 Any field can also be overridden as a flag, e.g.
   --config.methods=unconstrained,FairSync --config.eta=0.05
@@ -32,6 +33,13 @@ targets; requests are the users in a seeded random order. `ml1m-ts` (users
 are the retriever); the targets of a request q are the `num_targets` items
 with the highest ground-truth affinity to a noisy copy q + target_noise
 N(0, I/d), found by exact search.
+
+Training items. `exclude_train_items` (default True): on ml1m / ml1m-ts a
+request's list never holds its user's training items (they cannot be hits
+and would take exposure); every method retrieves the exact top-K of the rest
+of the catalog. False reproduces the earlier tables (whole catalog served).
+Synthetic requests have no interaction history, so nothing is excluded there
+either way.
 """
 
 import ml_collections
@@ -70,6 +78,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.block_size = 0  # retrieval block bound; 0 = library default.
   c.min_reg_lambda = float(v.get("lam", 1.0))
   c.num_neighbors = int(v.get("neighbors", 3))
+  # Leave each request user's training items out of its list (real data).
+  c.exclude_train_items = v.get("exclude_train", "1") not in ("0", "false",
+                                                             "False")
 
   # Base retriever (MF + BPR on the platform train loop).
   c.model = "mf"

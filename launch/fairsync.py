@@ -2,7 +2,11 @@ r"""FairSync and its baselines: item-sharded retrieval with exposure control.
 
   python -m launch.fairsync --config=configs/fairsync.py:dataset=ml1m \
       --workdir=runs/fairsync_ml1m [--data_dir=../shared/data] \
-      [--config.methods=unconstrained,FairSync]
+      [--config.methods=unconstrained,FairSync] \
+      [--config.exclude_train_items=False]
+
+Training items are left out of each ML-1M request's list unless
+`exclude_train_items=False` (the earlier protocol).
 
 Writes DIR/metrics.csv and DIR/summary.json; rerun to resume. With
 `shards=S` > 1 on CPU, S emulated devices are requested before JAX starts.
@@ -13,18 +17,10 @@ import os
 import re
 
 from absl import app
-from absl import flags
-from ml_collections import config_flags
 
-from launch.common import friendly_errors
+from launch.common import friendly_errors, job_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/fairsync.py", "FairSync config file[:variant].",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output and resume folder.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Real data folder (default: $FAIRJAX_DATA_DIR).")
-flags.mark_flag_as_required("workdir")
+_CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/fairsync.py", "FairSync")
 
 
 def _emulate_devices(n: int) -> None:

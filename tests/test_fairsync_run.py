@@ -143,8 +143,10 @@ def test_accuracy_matches_python_loop():
   rng = np.random.default_rng(2)
   t, n, k = 13, 40, 5
   ids = np.stack([rng.permutation(n)[:k] for _ in range(t)]).astype(np.int32)
+  ids[0, -2:] = ids[3, -1:] = -1  # empty slots (exclusion): never hits
   targets = [rng.choice(n, rng.integers(0, 8), replace=False)
              for _ in range(t)]
+  targets[0] = np.union1d(targets[0], [n - 1])  # what id -1 would wrap to
   ptr = np.concatenate([[0], np.cumsum([len(x) for x in targets])])
   items = np.concatenate(targets).astype(np.int32)
   got = R.accuracy(ids, ptr, items, n, k, max_cells=3 * n)  # 3-row blocks
@@ -214,3 +216,87 @@ def test_ml1m_ts_protocol_later_interactions_are_targets(data_dir):
     assert min(ts[i] for i in tgt) >= max(ts[i] for i in train)
     first_target.append(min(ts[i] for i in tgt))
   assert first_target == sorted(first_target)  # requests in time order
+  # The exclusion rows are exactly each request user's training items.
+  ex = R.training_exclusion(data.train_user, data.train_item,
+                            data.request_users, data.num_users)
+  for t in range(0, data.request_users.size, 211):
+    train = data.train_item[data.train_user == data.request_users[t]]
+    row = ex[t][ex[t] >= 0]
+    assert sorted(row) == sorted(train) and (ex[t, row.size:] == -1).all()
+
+
+def test_training_exclusion_matches_python_loop():
+  rng = np.random.default_rng(4)
+  user = rng.integers(0, 9, 70).astype(np.int32)
+  item = rng.integers(0, 30, 70).astype(np.int32)
+  req = np.array([3, 0, 8, 5, 7], np.int32)
+  user[user == 7] = 6  # request user 7 has no training item
+  got = R.training_exclusion(user, item, req, 9)
+  want = [list(item[user == u]) for u in req]
+  assert got.shape == (5, max(len(w) for w in want)) and got.dtype == np.int32
+  for row, w in zip(got, want):
+    assert list(row[:len(w)]) == w and (row[len(w):] == -1).all()
+
+
+def _tiny_interactions(num_users=48, num_items=60, seed=0):
+  """A small ML-1M-like cut (3 item groups, random 80/20 split per user)."""
+  rng = np.random.default_rng(seed)
+  users, items = [], []
+  for u in range(num_users):
+    cnt = int(rng.integers(6, 20))
+    users += [u] * cnt
+    items += list(rng.choice(num_items, cnt, replace=False))
+  user, item = np.array(users, np.int32), np.array(items, np.int32)
+  is_train = R.split_per_user(user, rng.random(user.size), num_users, 0.8)
+  tu, ti = user[~is_train], item[~is_train]
+  order = rng.permutation(num_users).astype(np.int32)
+  pos = np.empty(num_users, np.int64)
+  pos[order] = np.arange(num_users)
+  ptr, tgt = R._csr(pos[tu], ti, num_users)
+  group = (np.arange(num_items) % 3).astype(np.int32)
+  return R.Interactions("ml1m", num_users, num_items, user[is_train],
+                        item[is_train], order, ptr, tgt, group,
+                        ("a", "b", "c"))
+
+
+def test_run_excludes_training_items_for_every_method(tmp_path, monkeypatch):
+  data = _tiny_interactions()
+  monkeypatch.setattr(R, "prepare_interactions", lambda *a: data)
+  served = {}
+  real_serve = R.fairsync.serve
+
+  def spy(method, *args, **kw):
+    res = real_serve(method, *args, **kw)
+    served[method] = (res, kw.get("exclude"))
+    return res
+
+  monkeypatch.setattr(R.fairsync, "serve", spy)
+  config = fairsync_config.get_config("dataset=ml1m,k=5,b=8,epochs=2,frac=0.5")
+  assert config.exclude_train_items  # the default
+  summary = R.train_and_evaluate(config, str(tmp_path))
+  assert summary["exclude_train_items"] is True
+  assert set(served) == set(METHODS)
+  train_sets = [set(data.train_item[data.train_user == u])
+                for u in data.request_users]
+  for method, (res, ex) in served.items():
+    assert ex is not None and ex.shape[0] == data.request_users.size
+    for row, train in zip(res.item_ids, train_sets):
+      assert not train & set(row.tolist()), method
+  with_excl = {m: served[m][0].item_ids for m in METHODS}
+  unc_recall = summary["unconstrained"]["recall@5"]
+
+  # exclude_train_items=False: the whole catalog (training items served),
+  # same retriever (restored), every method served again.
+  served.clear()
+  config.exclude_train_items = False
+  summary_all = R.train_and_evaluate(config, str(tmp_path))
+  assert summary_all["exclude_train_items"] is False
+  assert set(served) == set(METHODS)
+  assert all(ex is None for _, ex in served.values())
+  ids = served["unconstrained"][0].item_ids
+  assert any(train & set(row.tolist())
+             for row, train in zip(ids, train_sets))
+  assert not np.array_equal(ids, with_excl["unconstrained"])
+  # Training items are never targets here, so excluding them can only move
+  # targets up: unconstrained recall is at least the unmasked one.
+  assert unc_recall >= summary_all["unconstrained"]["recall@5"]

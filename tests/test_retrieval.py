@@ -194,7 +194,8 @@ def test_exclude_matches_brute_force_and_mesh(n, k, shards, ties):
   _, winners = _brute(u, v, g, mu, k)
   # Each row's unconstrained winners are excluded (so the list must change),
   # plus random ids; some rows exclude little.
-  ex = _exclusion(n, u.shape[0], 3 * k + 5, seed=n, must=winners[:, :max(1, k // 2)])
+  ex = _exclusion(n, u.shape[0], 3 * k + 5, seed=n,
+                  must=winners[:, :max(1, k // 2)])
   ref_s, ref_i = _brute(u, v, g, mu, k, ex)
   s1, i1 = dual_topk(v, g, u, mu, k, exclude=ex)
   sm, im = dual_topk(v, g, u, mu, k, mesh=_mesh(shards), exclude=ex)
