@@ -234,3 +234,63 @@ def test_sort_path_equals_table_path(monkeypatch):
   for k in ("user", "item"):
     np.testing.assert_allclose(ha[k], hb[k], atol=1e-6)
     np.testing.assert_allclose(ga[k], gb[k], atol=1e-6)
+
+
+def _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho, kernel):
+  """Rows of the table P theta (a linear propagation, as LightGCN)."""
+  keys = jnp.concatenate([users, U + pos, U + neg])
+  rows = (p @ theta)[keys]
+  slot_example = jnp.tile(jnp.arange(B), 3)
+
+  def example_loss(x):
+    return _row_losses(x[:B], x[B:2 * B], x[2 * B:])
+
+  k = None if kernel is None else kernel(keys)
+  return group_sam.cell_sam_rows(example_loss, rows, keys, slot_example,
+                                 jnp.asarray(cell), jnp.asarray(valid), G,
+                                 U + I, rho, kernel=k)
+
+
+def test_kernel_path_equals_direct_sam_through_a_linear_map():
+  tables, users, pos, neg, cell, valid = _problem(seed=4)
+  rng = np.random.default_rng(5)
+  theta = jnp.asarray(np.concatenate([tables["user"], tables["item"]]),
+                      jnp.float32)
+  p = jnp.asarray(np.eye(U + I) + 0.3 * rng.normal(size=(U + I, U + I)),
+                  jnp.float32)
+  gram = p @ p.T
+  rho = 0.4
+  out = _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho,
+                          lambda k: gram[k][:, k])
+
+  def cell_loss(th, g):
+    t = p @ th
+    m = (jnp.asarray(cell) == g) & jnp.asarray(valid)
+    l = _row_losses(t[users], t[U + pos], t[U + neg])
+    return jnp.sum(jnp.where(m, l, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+
+  vg = jax.value_and_grad(cell_loss)
+  for g in range(G):
+    loss, grad = vg(theta, g)
+    norm = jnp.linalg.norm(grad)
+    loss_sa, h = vg(theta + rho * grad / (norm + 1e-12), g)
+    np.testing.assert_allclose(out.loss[g], loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.grad_norm[g], norm, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.loss_sa[g], loss_sa, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.h_norm[g], jnp.linalg.norm(h), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_key_equality_kernel_is_the_segment_path():
+  tables, users, pos, neg, cell, valid = _problem(seed=6)
+  theta = jnp.asarray(np.concatenate([tables["user"], tables["item"]]),
+                      jnp.float32)
+  eye = jnp.eye(U + I)
+  plain = _linear_rows_impl(theta, eye, users, pos, neg, cell, valid, 0.3,
+                            None)
+  kern = _linear_rows_impl(
+      theta, eye, users, pos, neg, cell, valid, 0.3,
+      lambda k: (k[:, None] == k[None, :]).astype(jnp.float32))
+  for a, b in zip(plain, kern):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-6)

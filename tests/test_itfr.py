@@ -144,8 +144,14 @@ def _reference(model, params, data, config, epochs, spec):
 
 
 @pytest.mark.parametrize("model_name,method", [("mf", "ITFR"),
-                                               ("lightgcn", "ITFR")])
-def test_step_matches_cell_by_cell_reference(model_name, method):
+                                               ("lightgcn", "ITFR"),
+                                               ("lightgcn-dense", "ITFR")])
+def test_step_matches_cell_by_cell_reference(model_name, method, monkeypatch):
+  """MF: row path; LightGCN: row path with the Gram matrix; lightgcn-dense:
+  the vmap over cells (graphs above GRAM_MAX_NODES)."""
+  if model_name == "lightgcn-dense":
+    monkeypatch.setattr(M, "GRAM_MAX_NODES", 0)
+    model_name = "lightgcn"
   data = _tiny_data()
   config = _config(model=model_name)
   spec = M.METHODS[method]
@@ -154,7 +160,8 @@ def test_step_matches_cell_by_cell_reference(model_name, method):
   state = M.init_state(model, tx, spec, data, jax.random.key(0))
   start = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
   epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
-  ctx = {"seen": jnp.asarray(data.seen())}
+  ctx = M.make_context(data, model, spec)
+  assert ("gram" in ctx) == (M._backend_class(model) is M._Graph)
   for e in range(2):
     state, metrics = epoch_fn(state, M.epoch_batches(data, 10, (0, e)),
                               jax.random.fold_in(jax.random.key(1), e), ctx)

@@ -55,7 +55,7 @@ def _time_epochs(name, config, data, seed, repeats, skip):
   rng = jax.random.key(seed)
   state = M.init_state(model, tx, spec, data, rng)
   epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
-  context = {"seen": jnp.asarray(data.seen(("train",)))}
+  context = M.make_context(data, model, spec)
   times = []
   for e in range(skip + repeats):
     batches = M.epoch_batches(data, config.batch_size, (seed, e))

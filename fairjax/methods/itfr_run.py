@@ -231,6 +231,7 @@ class Compiled:
     self.tx = M.make_optimizer(config)
     self.epoch_fn = M.make_epoch_fn(self.model, self.tx, self.spec, config,
                                     data)
+    self.context = M.make_context(data, self.model, self.spec)
 
 
 def run_one(name: str, seed: int, data: M.ItfrData, config, workdir,
@@ -264,7 +265,7 @@ def run_one(name: str, seed: int, data: M.ItfrData, config, workdir,
   best_params = saved["best_params"]
   best = np.asarray(saved["best"], np.float64).copy()
   hist = np.asarray(saved["hist"], np.float64).copy()
-  context = {"seen": jnp.asarray(data.seen(("train",)))}
+  context = compiled.context
   k = evaluator.ks[0]
   progress = train.Progress(f"{name} seed {seed}", epochs,
                             int(data.train_user.size),

@@ -154,6 +154,38 @@ def propagate(e0: Array, graph: Graph, num_layers: int) -> Array:
   return total / (num_layers + 1)
 
 
+GRAM_MAX_NODES = 16_384  # dense [N, N] Gram matrix: 1 GiB of float32 at most
+
+
+def propagation_gram(graph: Graph, num_nodes: int, num_layers: int) -> Array:
+  """The dense Gram matrix P P^T of the propagation, [N, N] float32.
+
+  P = (1 / (L + 1)) sum_{k=0..L} Â^k maps layer-0 embeddings to the final
+  ones (E = P E^0, `propagate`); Â is symmetric, so P P^T = P^2. ITFR's
+  per-cell sharpness-aware gradients use it to work on the batch's final
+  rows only (`fairjax.ops.group_sam.cell_sam_rows(kernel=...)`): the norm of
+  P^T J is sqrt(J . P^2 J) and moving E^0 by P^T J moves E by P^2 J.
+
+  Cost: three dense N^3 products (seconds for N ~ 7,000 on a CPU), 4 N^2
+  floats of memory; refuses N > GRAM_MAX_NODES.
+  """
+  if num_nodes > GRAM_MAX_NODES:
+    raise ValueError(f"{num_nodes} nodes: the dense propagation Gram matrix "
+                     f"is limited to {GRAM_MAX_NODES}")
+  hi = jax.lax.Precision.HIGHEST
+  a = jnp.zeros((num_nodes, num_nodes), jnp.float32).at[
+      jnp.asarray(graph.dst), jnp.asarray(graph.src)].add(
+          jnp.asarray(graph.weight, jnp.float32))
+  power = a
+  total = jnp.eye(num_nodes, dtype=jnp.float32) + a
+  for _ in range(num_layers - 1):
+    power = jnp.matmul(a, power, precision=hi)
+    total = total + power
+  del a, power
+  p = total / (num_layers + 1)
+  return jnp.matmul(p, p, precision=hi)
+
+
 def _normalize(x: Array) -> Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
                                        _EPS))

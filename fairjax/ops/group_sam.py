@@ -40,6 +40,17 @@ Two implementations of the same quantities:
   each. This is the deviation from "vmap over cell masks" in DESIGN §4: the
   results are those of the vmap (tested against `cell_sam_dense`), without
   its G-fold work on rows that are zero.
+
+  Linear propagation (`kernel`). When the gathered rows are a linear map of
+  the parameters, rows = P theta (LightGCN: the final embeddings are P E^0
+  with P the layer mean of powers of the normalised adjacency), the gradient
+  w.r.t. theta is P^T of the row gradient and the perturbation moves the
+  rows by P eps_g. With J the slot gradients and K[s, s'] = (P P^T)[key_s,
+  key_s'] restricted to pairs of slots of the same cell,
+    ||grad_g||^2 = sum_{s in g} J_s . (K J)_s,   rows'_s = rows_s +
+    rho (K J)_s / (||grad_g|| + 1e-12),
+  and ||h_g|| likewise from the slot gradients at rows'. K = [key_s ==
+  key_s'] (P = I) is the plain segment path.
 """
 
 from __future__ import annotations
@@ -204,8 +215,8 @@ def _cell_weights(cell, valid, num_cells, dtype):
 
 def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
                   keys: Array, slot_example: Array, cell: Array, valid: Array,
-                  num_cells: int, key_space: int, rho: float | Array | None
-                  ) -> RowCellSam:
+                  num_cells: int, key_space: int, rho: float | Array | None,
+                  kernel: Array | None = None) -> RowCellSam:
   """Sharpness-aware loss and gradient of every cell on gathered rows.
 
   The parameters are embedding tables; the batch reads S slots, rows[s] =
@@ -235,6 +246,10 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
     key_space: K, number of distinct keys (static); (G + 1) K must fit int32.
     rho: perturbation radius >= 0; None skips the perturbed pass (one pass,
       L^SA = L and h = grad: the "no SAM" case, equal to rho = 0).
+    kernel: optional [S, S] (P P^T)[keys, keys] when rows = P theta (module
+      docstring): norms and perturbations then use the parameter-space
+      geometry. None: rows are parameter rows (P = I). The segments
+      (grad_seg, h_seg) stay row-space gradients either way.
 
   Returns:
     `RowCellSam`.
@@ -254,22 +269,32 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
   seg_cell = jnp.where(seg_slot >= 0, slot_cell[safe], g)
   seg_key = keys[safe].astype(jnp.int32)
 
+  if kernel is not None:
+    same = (slot_cell[:, None] == slot_cell[None, :]) & (slot_cell < g)[:, None]
+    kernel = jnp.where(same, kernel.astype(rows.dtype), 0.0)
+
   def pass_at(x):
     losses, vjp = jax.vjp(example_loss, x)
     (slot_g,) = vjp(w.astype(losses.dtype))
     per_cell = jax.ops.segment_sum(w * losses, cell, g + 1)[:g]
     grad_seg = jax.ops.segment_sum(slot_g, seg, s)
-    sq = jax.ops.segment_sum(jnp.sum(grad_seg * grad_seg, -1), seg_cell,
-                             g + 1)[:g]
-    return per_cell, slot_g, grad_seg, jnp.sqrt(sq)
+    if kernel is None:
+      coupled = grad_seg[seg]  # the cell's gradient on the slot's row
+      sq = jax.ops.segment_sum(jnp.sum(grad_seg * grad_seg, -1), seg_cell,
+                               g + 1)[:g]
+    else:
+      coupled = kernel @ slot_g  # (P P^T J) at the slot, within its cell
+      sq = jax.ops.segment_sum(jnp.sum(slot_g * coupled, -1), slot_cell,
+                               g + 1)[:g]
+    return per_cell, slot_g, grad_seg, jnp.sqrt(jnp.maximum(sq, 0.0)), coupled
 
-  loss, slot_grad, grad_seg, grad_norm = pass_at(rows)
+  loss, slot_grad, grad_seg, grad_norm, coupled = pass_at(rows)
   if rho is None:
     loss_sa, slot_h, h_seg, h_norm = loss, slot_grad, grad_seg, grad_norm
   else:
     scale = jnp.append(rho / (grad_norm + SAM_EPS), 0.0)  # [G + 1]
-    eps = scale[slot_cell][:, None] * grad_seg[seg]
-    loss_sa, slot_h, h_seg, h_norm = pass_at(rows + eps)
+    eps = scale[slot_cell][:, None] * coupled
+    loss_sa, slot_h, h_seg, h_norm, _ = pass_at(rows + eps)
   return RowCellSam(loss=loss, loss_sa=loss_sa, count=count,
                     grad_norm=grad_norm, h_norm=h_norm, seg=seg,
                     seg_cell=seg_cell, seg_key=seg_key, grad_seg=grad_seg,
