@@ -22,8 +22,9 @@ Two implementations of the same quantities:
 * `cell_sam_dense(cell_loss, params, num_cells, rho)`: any model. A `vmap`
   over the cell index of (gradient, perturbation, gradient) on the whole
   parameter pytree; per-cell results are dense pytrees with a leading [G]
-  axis. Used for LightGCN (whose gradient is dense through the propagation)
-  and as the reference in tests.
+  axis. Used for backbones without the row structure below (LightGCN above
+  `fairjax.models.lightgcn.GRAM_MAX_NODES` nodes) and as the reference in
+  tests.
 
 * `cell_sam_rows(example_loss, rows, keys, cell, valid, ...)`: models whose
   loss of example b depends only on gathered embedding rows of that example
