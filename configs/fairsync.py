@@ -79,8 +79,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.min_reg_lambda = float(v.get("lam", 1.0))
   c.num_neighbors = int(v.get("neighbors", 3))
   # Leave each request user's training items out of its list (real data).
-  c.exclude_train_items = v.get("exclude_train", "1") not in ("0", "false",
-                                                             "False")
+  flag = str(v.get("exclude_train", "1")).lower()
+  if flag not in ("0", "1", "false", "true"):
+    raise ValueError(f"variant exclude_train={flag!r}: use 0/1/false/true")
+  c.exclude_train_items = flag in ("1", "true")
 
   # Base retriever (MF + BPR on the platform train loop).
   c.model = "mf"

@@ -90,6 +90,10 @@ def test_bad_config_values():
   c = _config("FINETUNE,NOPE")
   with pytest.raises(ConfigError, match="methods"):
     F.validate_config(c)
+  c = _config("FINETUNE")
+  c.model = "lightgcn"
+  with pytest.raises(ConfigError, match="field 'model'"):
+    F.validate_config(c)
 
 
 def _bad(field, value):

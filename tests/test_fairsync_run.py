@@ -197,6 +197,10 @@ def test_bad_fields_raise_config_error(tmp_path):
   config.shards = 64
   with pytest.raises(ConfigError, match="shards"):
     R.train_and_evaluate(config, str(tmp_path))
+  config = fairsync_config.get_config("smoke")
+  config.model = "lightgcn"
+  with pytest.raises(ConfigError, match="field 'model'"):
+    R.train_and_evaluate(config, str(tmp_path))
 
 
 def test_ml1m_ts_protocol_later_interactions_are_targets(data_dir):

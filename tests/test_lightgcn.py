@@ -132,3 +132,17 @@ def test_propagation_gradient_matches_dense_transpose():
   a_hat = inv[:, None] * a * inv[None, :]
   p = sum(np.linalg.matrix_power(a_hat, k) for k in range(4)) / 4
   np.testing.assert_allclose(g, p.T @ wts, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_propagation_gram_is_p_p_transpose(layers):
+  from fairjax.models.lightgcn import propagation_gram
+  users, items = _pairs()
+  graph = normalized_adjacency(users, items, U, I)
+  # P from the reference propagation of the identity: column j = P e_j.
+  eye = {"params": {"user": {"embedding": np.eye(U + I)[:U]},
+                    "item": {"embedding": np.eye(U + I)[U:]}}}
+  pu, pi = _dense_final(eye, users, items, layers)
+  p = np.concatenate([pu, pi])
+  np.testing.assert_allclose(np.asarray(propagation_gram(graph, U + I, layers)),
+                             p @ p.T, rtol=1e-5, atol=1e-6)

@@ -75,6 +75,9 @@ class FadeData:
 
 def validate_config(config) -> None:
   """Raises ConfigError naming the field for out-of-range values."""
+  if str(config.model).lower() not in ("mf", "ncf"):
+    raise ConfigError(f"field 'model': FADE runs mf or ncf, got "
+                      f"{config.model!r}")
   if config.fade.lam < 0:
     raise ConfigError(f"field 'fade.lam': lambda must be >= 0, got "
                       f"{config.fade.lam}")

@@ -102,6 +102,8 @@ def validate_config(config) -> None:
   bad = [m for m in method_list(config) if m not in fairsync.METHODS]
   need(not bad and method_list(config), "methods",
        f"unknown method(s) {bad}; choose from {list(fairsync.METHODS)}")
+  need(str(config.model).lower() == "mf", "model",
+       f"the FairSync retriever is mf, got {config.model!r}")
   need(config.k >= 1, "k", f"must be >= 1, got {config.k}")
   need(config.batch_size >= 1, "batch_size",
        f"must be >= 1, got {config.batch_size}")
@@ -478,9 +480,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
       than the catalog, B > T, too few devices for `shards`.
   """
   validate_config(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  ckpt_lib.write_json_atomic(workdir / "config.json", config.to_dict())
+  workdir = ckpt_lib.open_workdir(workdir, config)
   mesh = make_mesh(config.shards)
   if config.dataset == "synthetic" and config.k > config.synthetic.num_items:
     raise ConfigError(f"field 'k': k={config.k} is larger than the catalog "

@@ -136,6 +136,8 @@ def validate_config(config) -> None:
   need(config.l2 >= 0, "l2", "must be >= 0")
   need(str(config.model).lower() in ("mf", "lightgcn"), "model",
        f"ITFR supports mf and lightgcn, got {config.model!r}")
+  need(int(config.lightgcn_layers) >= 0, "lightgcn_layers",
+       f"must be >= 0, got {config.lightgcn_layers}")
   need(config.missing_user_group in ("error", "drop"), "missing_user_group",
        "must be 'error' or 'drop'")
   need(config.item_grouping in ("one_of", "first_genre"), "item_grouping",
@@ -446,11 +448,12 @@ class _Graph(_Rows):
     return propagate(super().table(params), self.graph, self.num_layers)
 
   def kernel(self, keys, context):
-    return context["gram"][keys][:, keys]
+    return context["gram"][keys[:, None], keys[None, :]]
 
   def roll(self, cur, context):
     k, g, d = cur.shape
-    w = (context["gram"] @ cur.reshape(k, g * d)).reshape(k, g, d)
+    w = jnp.matmul(context["gram"], cur.reshape(k, g * d),
+                   precision=jax.lax.Precision.HIGHEST).reshape(k, g, d)
     return w, jnp.sqrt(jnp.maximum(jnp.sum(cur * w, axis=(0, 2)), 0.0))
 
 

@@ -89,6 +89,8 @@ class Evaluator:
     # Blocks of users of one padded size bound the [users, candidates, d]
     # gathers (the padded positives of a test period can be ~1,000 wide).
     num_users = es.pos_items.shape[0]
+    if num_users == 0:
+      raise ValueError("sampled evaluation of an empty user set")
     c = min(self.sampled_chunk_size, num_users)
     pad = -num_users % c
     users = np.arange(num_users + pad) % num_users

@@ -166,8 +166,8 @@ def propagation_gram(graph: Graph, num_nodes: int, num_layers: int) -> Array:
   rows only (`fairjax.ops.group_sam.cell_sam_rows(kernel=...)`): the norm of
   P^T J is sqrt(J . P^2 J) and moving E^0 by P^T J moves E by P^2 J.
 
-  Cost: three dense N^3 products (seconds for N ~ 7,000 on a CPU), 4 N^2
-  floats of memory; refuses N > GRAM_MAX_NODES.
+  Cost: L dense N^3 products (seconds for N ~ 7,000 on a CPU), about 5 N^2
+  floats of memory at the peak; refuses N > GRAM_MAX_NODES.
   """
   if num_nodes > GRAM_MAX_NODES:
     raise ValueError(f"{num_nodes} nodes: the dense propagation Gram matrix "
@@ -176,10 +176,10 @@ def propagation_gram(graph: Graph, num_nodes: int, num_layers: int) -> Array:
   a = jnp.zeros((num_nodes, num_nodes), jnp.float32).at[
       jnp.asarray(graph.dst), jnp.asarray(graph.src)].add(
           jnp.asarray(graph.weight, jnp.float32))
-  power = a
-  total = jnp.eye(num_nodes, dtype=jnp.float32) + a
-  for _ in range(num_layers - 1):
-    power = jnp.matmul(a, power, precision=hi)
+  total = jnp.eye(num_nodes, dtype=jnp.float32)
+  power = None
+  for _ in range(num_layers):
+    power = a if power is None else jnp.matmul(a, power, precision=hi)
     total = total + power
   del a, power
   p = total / (num_layers + 1)

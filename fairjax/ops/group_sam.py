@@ -284,7 +284,8 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
       sq = jax.ops.segment_sum(jnp.sum(grad_seg * grad_seg, -1), seg_cell,
                                g + 1)[:g]
     else:
-      coupled = kernel @ slot_g  # (P P^T J) at the slot, within its cell
+      # (P P^T J) at the slot, within its cell.
+      coupled = jnp.matmul(kernel, slot_g, precision=jax.lax.Precision.HIGHEST)
       sq = jax.ops.segment_sum(jnp.sum(slot_g * coupled, -1), slot_cell,
                                g + 1)[:g]
     return per_cell, slot_g, grad_seg, jnp.sqrt(jnp.maximum(sq, 0.0)), coupled
