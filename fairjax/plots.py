@@ -16,11 +16,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _metrics(workdir: pathlib.Path) -> pd.DataFrame:
-  path = workdir / "metrics.csv"
+def run_file(workdir, name: str) -> pathlib.Path:
+  """workdir/name; FileNotFoundError (naming it) when the job has not run."""
+  path = pathlib.Path(workdir) / name
   if not path.exists():
-    raise FileNotFoundError(f"{path}: no metrics.csv (run the job first)")
-  return pd.read_csv(path)
+    raise FileNotFoundError(f"{path}: no {name} (run the job first)")
+  return path
+
+
+def save(fig, path, dpi: int = 120, **kw) -> pathlib.Path:
+  """Writes `fig` to `path` (PNG) and closes it; returns the path."""
+  path = pathlib.Path(path)
+  fig.savefig(path, dpi=dpi, **kw)
+  plt.close(fig)
+  return path
+
+
+def _metrics(workdir: pathlib.Path) -> pd.DataFrame:
+  return pd.read_csv(run_file(workdir, "metrics.csv"))
 
 
 def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
@@ -40,9 +53,7 @@ def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
          title="User-group gap over time")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  out.append(workdir / "pd_over_time.png")
-  fig.savefig(out[-1], dpi=120)
-  plt.close(fig)
+  out.append(save(fig, workdir / "pd_over_time.png"))
 
   fig, ax = plt.subplots(figsize=(5, 4))
   for method, g in sel.groupby("method"):
@@ -54,9 +65,7 @@ def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
   ax.set(xlabel=f"mean |PD| ({metric})", ylabel=f"mean {metric}",
          title="Accuracy vs disparity")
   fig.tight_layout()
-  out.append(workdir / "tradeoff.png")
-  fig.savefig(out[-1], dpi=120)
-  plt.close(fig)
+  out.append(save(fig, workdir / "tradeoff.png"))
   return out
 
 
@@ -79,7 +88,4 @@ def fade_lambda_sweep(workdirs, out_path, method: str = "FADE",
   ax2.set_ylabel(f"|PD| {metric}")
   fig.legend(fontsize=8, loc="upper center")
   fig.tight_layout()
-  out_path = pathlib.Path(out_path)
-  fig.savefig(out_path, dpi=120)
-  plt.close(fig)
-  return out_path
+  return save(fig, out_path)

@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fairjax import plots  # noqa: E402
+
 
 def _metrics(workdir: pathlib.Path) -> pd.DataFrame:
-  path = workdir / "metrics.csv"
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no metrics.csv (run the job first)")
-  return pd.read_csv(path, keep_default_na=False)
+  return pd.read_csv(plots.run_file(workdir, "metrics.csv"),
+                     keep_default_na=False)
 
 
 def fairsync_figures(workdir) -> list[pathlib.Path]:
@@ -63,9 +63,7 @@ def fairsync_figures(workdir) -> list[pathlib.Path]:
   fig.supxlabel("requests served")
   fig.supylabel("exposure E_g (dashed: m_g)")
   fig.tight_layout()
-  out = [workdir / "exposure_over_time.png"]
-  fig.savefig(out[-1], dpi=110)
-  plt.close(fig)
+  out = [plots.save(fig, workdir / "exposure_over_time.png", dpi=110)]
 
   final = expo.sort_values("requests").groupby(["method", "group"]).last()
   fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(groups)), 3.5))
@@ -82,7 +80,5 @@ def fairsync_figures(workdir) -> list[pathlib.Path]:
   ax.set_yscale("log")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  out.append(workdir / "exposure_ratio.png")
-  fig.savefig(out[-1], dpi=110)
-  plt.close(fig)
+  out.append(plots.save(fig, workdir / "exposure_ratio.png", dpi=110))
   return out

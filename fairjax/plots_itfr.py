@@ -19,13 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fairjax import plots  # noqa: E402
+
 
 def _summary(workdir: pathlib.Path) -> dict:
-  path = workdir / "summary.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no summary.json (run the job first)")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(plots.run_file(workdir, "summary.json").read_text())
 
 
 def _k_of(summary: dict) -> int:
@@ -82,9 +80,8 @@ def itfr_figures(workdir) -> list[pathlib.Path]:
       ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
                  label=f"test recall@{k}")
-    out.append(workdir / "cell_recall.png")
-    fig.savefig(out[-1], dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    out.append(plots.save(fig, workdir / "cell_recall.png", dpi=110,
+                          bbox_inches="tight"))
 
   test = summary["test"]
   std = summary.get("std", {})
@@ -100,7 +97,5 @@ def itfr_figures(workdir) -> list[pathlib.Path]:
          ylabel=f"CV@{k} over cells (lower is fairer)",
          title="Intersectional fairness against accuracy")
   fig.tight_layout()
-  out.append(workdir / "cv_vs_accuracy.png")
-  fig.savefig(out[-1], dpi=110)
-  plt.close(fig)
+  out.append(plots.save(fig, workdir / "cv_vs_accuracy.png", dpi=110))
   return out

@@ -97,14 +97,15 @@ def make_epoch(step_fn, prepare: Callable | None = None) -> Callable:
 
   A `lax.scan` of the step over `batches`, a pytree whose leaves have a
   leading axis of length = steps; `context` is passed unchanged to every
-  step. `prepare(state, batches, rng, context) -> batches`, if given, runs
-  once before the scan (vectorised per-step work, e.g. `step_keys`). The
-  input state is donated.
+  step. `prepare(state, batches, rng, context) -> (state, batches)`, if
+  given, runs once before the scan: vectorised per-step work (e.g.
+  `step_keys`) or an epoch-boundary update of the state. The input state is
+  donated.
   """
 
   def epoch(state, batches, rng, context=None):
     if prepare is not None:
-      batches = prepare(state, batches, rng, context)
+      state, batches = prepare(state, batches, rng, context)
     def body(s, b):
       return step_fn(s, b, rng, context)
     return jax.lax.scan(body, state, batches)

@@ -153,13 +153,18 @@ def _brute_optimum(s, grp, k, need):
   return best
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_centralised_meets_minimums_at_least_score_loss(seed):
+def _tiny_centralised_problem(seed):
+  """6 items in 3 groups, 3 requests, K = 2: small enough to brute-force."""
   rng = np.random.default_rng(seed)
-  n, d, t, k = 6, 3, 3, 2
+  n, d, t = 6, 3, 3
   v = rng.normal(size=(n, d)).astype(np.float32)
   u = rng.normal(size=(t, d)).astype(np.float32)
-  grp = np.array([0, 0, 1, 1, 2, 2], np.int32)
+  return v, u, np.array([0, 0, 1, 1, 2, 2], np.int32), 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_centralised_meets_minimums_at_least_score_loss(seed):
+  v, u, grp, k = _tiny_centralised_problem(seed)
   need = np.array([2.0, 2.0, 2.0])
   r = fairsync.serve("centralised", u, v, grp, k, need, 3)
   assert r.esp == 1.0
@@ -264,11 +269,7 @@ def test_serve_exclusion_short_lists_count_nowhere(method):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_centralised_with_exclusion_is_the_constrained_optimum(seed):
-  rng = np.random.default_rng(seed)
-  n, d, t, k = 6, 3, 3, 2
-  v = rng.normal(size=(n, d)).astype(np.float32)
-  u = rng.normal(size=(t, d)).astype(np.float32)
-  grp = np.array([0, 0, 1, 1, 2, 2], np.int32)
+  v, u, grp, k = _tiny_centralised_problem(seed)
   ex = np.array([[0, -1], [2, 5], [-1, -1]], np.int32)
   need = np.array([2.0, 2.0, 1.0])
   r = fairsync.serve("centralised", u, v, grp, k, need, 3, exclude=ex)

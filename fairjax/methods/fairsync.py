@@ -150,7 +150,7 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
                       "items)")
   excl = sharded.check_exclude(exclude, t_total, items.num_items)
   if excl is not None:
-    excl = np.asarray(excl, np.int32)
+    excl = np.asarray(excl)  # host: padded to whole batches below
   group_host = np.asarray(item_group, np.int32)
   if method == "centralised":
     return _centralised(user_emb, items, group_host, k, m, batch_size, mesh,

@@ -342,7 +342,16 @@ def mf_example_loss(x, batch_size: int, cosine: bool, tau: float):
   return ops.bpr_loss(sp, sn)
 
 
-class _Rows:
+class _Backend:
+  """What the backends share: the plain epoch boundary."""
+
+  def roll(self, cur, context):
+    """Epoch boundary: (C^prev as the dots read it, ||C_j|| [G])."""
+    del context
+    return cur, self.norms(cur)
+
+
+class _Rows(_Backend):
   """Row-sparse per-cell gradients for MF; buffers c_cur, c_prev [K, G, d].
 
   Per step the buffers are touched only at the batch's rows: C^prev is
@@ -369,20 +378,18 @@ class _Rows:
     """[G] ||C_j||."""
     return jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
 
-  def table(self, params):
-    """[K, d] the rows the scores read (MF: the embedding tables)."""
-    return jnp.concatenate([params["params"]["user"]["embedding"],
-                            params["params"]["item"]["embedding"]])
+  def rows(self, params, users, items, neg, keys):
+    """[3B, d] the rows the batch's scores read: e_u, e_i, e_j (MF: rows of
+    the embedding tables; `keys` index them in one U + I key space)."""
+    del keys
+    eu = params["params"]["user"]["embedding"]
+    ei = params["params"]["item"]["embedding"]
+    return jnp.concatenate([eu[users], ei[items], ei[neg]])
 
   def kernel(self, keys, context):
     """(P P^T)[keys, keys] of `group_sam.cell_sam_rows`; None: P = I."""
     del keys, context
     return None
-
-  def roll(self, cur, context):
-    """Epoch boundary: (C^prev as the dots read it, ||C_j|| [G])."""
-    del context
-    return cur, self.norms(cur)
 
   def cells(self, params, batch, neg, context):
     users, items = batch["user"], batch["item"]
@@ -390,10 +397,7 @@ class _Rows:
     keys = jnp.concatenate([users, self.num_users + items,
                             self.num_users + neg])
 
-    def gather(p):
-      return self.table(p)[keys]
-
-    x, pull = jax.vjp(gather, params)
+    x, pull = jax.vjp(lambda p: self.rows(p, users, items, neg, keys), params)
     slot_example = jnp.tile(jnp.arange(b), 3)
     out = group_sam.cell_sam_rows(
         lambda r: mf_example_loss(r, b, self.cosine, self.tau), x, keys,
@@ -444,8 +448,11 @@ class _Graph(_Rows):
     super().__init__(model, spec, config, data)
     self.graph, self.num_layers = model.graph, model.num_layers
 
-  def table(self, params):
-    return propagate(super().table(params), self.graph, self.num_layers)
+  def rows(self, params, users, items, neg, keys):
+    del users, items, neg
+    e0 = jnp.concatenate([params["params"]["user"]["embedding"],
+                          params["params"]["item"]["embedding"]])
+    return propagate(e0, self.graph, self.num_layers)[keys]
 
   def kernel(self, keys, context):
     return context["gram"][keys[:, None], keys[None, :]]
@@ -457,7 +464,7 @@ class _Graph(_Rows):
     return w, jnp.sqrt(jnp.maximum(jnp.sum(cur * w, axis=(0, 2)), 0.0))
 
 
-class _Dense:
+class _Dense(_Backend):
   """Dense per-cell gradients, vmapped over cells (any backbone).
 
   Buffers c_cur, c_prev: pytrees of [G, ...] parameter-shaped sums.
@@ -480,10 +487,6 @@ class _Dense:
   def norms(c):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), 1)
                         for x in jax.tree.leaves(c)))
-
-  def roll(self, cur, context):
-    del context
-    return cur, self.norms(cur)
 
   def cells(self, params, batch, neg, context):
     del context
@@ -553,7 +556,8 @@ def roll_epoch(aux: dict, step, spe: int, roll_buffers) -> dict:
   return jax.lax.cond(new_epoch, roll, lambda a: a, aux)
 
 
-def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
+def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData,
+                   backend: _Backend | None = None):
   """The pure step `(state, batch, rng, context) -> (state, metrics)` of the
   ITFR family (methods with per-cell gradients).
 
@@ -565,7 +569,7 @@ def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData):
   function of state.step). Rolling inside the scanned step would make XLA
   copy the [K, G, d] buffers on every step.
   """
-  backend = _backend_class(model)(model, spec, config, data)
+  backend = backend or _backend_class(model)(model, spec, config, data)
   spe = steps_per_epoch(data, config.batch_size)
   active = jnp.asarray(data.active)
   eta, gamma = float(config.itfr.eta), float(config.itfr.gamma)
@@ -619,24 +623,24 @@ def make_epoch_fn(model, tx, spec: MethodSpec, config, data: ItfrData):
   the state first passes `roll_epoch` (run it on whole epochs, as `fit` and
   the runner do).
   """
-  prepare = _presample(data)
+  presample = _presample(data)
   if not spec.per_cell:
     return train.make_epoch(
         train.make_step(make_loss(model, spec, config, data), tx,
-                        keys_in_batch=True), prepare=prepare)
-  step = make_itfr_step(model, tx, spec, config, data)
-  if spec.weighting != "clb":
-    return train.make_epoch(step, prepare=prepare)
-  spe = steps_per_epoch(data, config.batch_size)
+                        keys_in_batch=True), prepare=presample)
   backend = _backend_class(model)(model, spec, config, data)
+  step = make_itfr_step(model, tx, spec, config, data, backend)
+  if spec.weighting != "clb":
+    return train.make_epoch(step, prepare=presample)
+  spe = steps_per_epoch(data, config.batch_size)
 
-  def epoch(state, batches, rng, context=None):
-    batches = prepare(state, batches, rng, context)
-    state = state.replace(aux=roll_epoch(
-        state.aux, state.step, spe, lambda c: backend.roll(c, context)))
-    return jax.lax.scan(lambda s, b: step(s, b, rng, context), state, batches)
+  def prepare(state, batches, rng, context):
+    state, batches = presample(state, batches, rng, context)
+    return state.replace(aux=roll_epoch(
+        state.aux, state.step, spe,
+        lambda c: backend.roll(c, context))), batches
 
-  return jax.jit(epoch, donate_argnums=(0,))
+  return train.make_epoch(step, prepare=prepare)
 
 
 def init_state(model, tx, spec: MethodSpec, data: ItfrData, rng

@@ -222,6 +222,11 @@ def _copy(tree):
   return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
+def _seed_dir(workdir, name: str, seed: int) -> pathlib.Path:
+  """methods/NAME/seed<seed>/: checkpoints, result.json, per_user.npy."""
+  return pathlib.Path(workdir) / "methods" / name / f"seed{seed}"
+
+
 class Compiled:
   """A method's model, optimiser and jitted epoch, shared by its seeds."""
 
@@ -240,7 +245,7 @@ def run_one(name: str, seed: int, data: M.ItfrData, config, workdir,
 
   Returns the result dict (also in methods/NAME/seed<seed>/result.json).
   """
-  mdir = pathlib.Path(workdir) / "methods" / name / f"seed{seed}"
+  mdir = _seed_dir(workdir, name, seed)
   if (mdir / "result.json").exists():
     return ckpt_lib.read_json(mdir / "result.json")
   mdir.mkdir(parents=True, exist_ok=True)
@@ -347,8 +352,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
   for name in M.method_list(config):
     compiled = None
     for seed in range(int(config.num_seeds)):
-      done = (workdir / "methods" / name / f"seed{seed}" /
-              "result.json").exists()
+      done = (_seed_dir(workdir, name, seed) / "result.json").exists()
       if compiled is None and not done:
         compiled = Compiled(name, data, config)
       results.setdefault(name, []).append(
@@ -440,6 +444,6 @@ def summarise(results, data, workdir, k) -> dict:
 
 
 def _per_user(workdir, name, n) -> np.ndarray:
-  arr = [np.load(pathlib.Path(workdir) / "methods" / name / f"seed{s}" /
-                 "per_user.npy") for s in range(n)]
+  arr = [np.load(_seed_dir(workdir, name, s) / "per_user.npy")
+         for s in range(n)]
   return np.mean(np.stack(arr), axis=0)

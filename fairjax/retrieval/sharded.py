@@ -312,27 +312,25 @@ def check_exclude(exclude, num_queries: int, num_items: int,
   if len(shape) != 2 or shape[0] != num_queries:
     raise DataError(f"expected shape [{num_queries}, E] (one row per query, "
                     f"ids padded with -1), got {shape}", field=field)
-  dtype = np.dtype(exclude.dtype if hasattr(exclude, "dtype") else
-                   np.asarray(exclude).dtype)
+  if not isinstance(exclude, jax.Array):
+    exclude = np.asarray(exclude)
+  dtype = np.dtype(exclude.dtype)
   if not np.issubdtype(dtype, np.integer):
     raise DataError(f"expected integer item ids, got dtype {dtype}",
                     field=field)
   if shape[1] == 0:
     return None
-  if isinstance(exclude, jax.Array):
-    lo, ilo, hi, ihi = (int(_host_scalar(v)) for v in _id_stats(exclude))
-  else:
-    exclude = np.asarray(exclude)
+  if isinstance(exclude, jax.Array):  # stays on device; host reads 4 scalars
+    stats = (_host_scalar(v) for v in _id_stats(exclude))
+  else:  # exact on the host (no int32 cast before the range check)
     flat = exclude.reshape(-1)
-    lo, ilo, hi, ihi = (int(flat.min()), int(flat.argmin()), int(flat.max()),
-                        int(flat.argmax()))
+    stats = (flat.min(), flat.argmin(), flat.max(), flat.argmax())
+  lo, ilo, hi, ihi = (int(v) for v in stats)
   for val, pos in ((lo, ilo), (hi, ihi)):
     if not -1 <= val < num_items:
       raise DataError(f"query {pos // shape[1]}, column {pos % shape[1]}: "
                       f"item id {val} is outside [-1, {num_items}) (-1 pads)",
                       field=field)
-  if isinstance(exclude, jax.Array):
-    return exclude.astype(jnp.int32)
   return exclude.astype(np.int32)
 
 
