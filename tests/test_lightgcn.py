@@ -35,9 +35,10 @@ def _dense_final(params, users, items, layers=3):
   return total[:U], total[U:]
 
 
-def _model(**kw):
+def _model(layout="sparse", **kw):
+  from fairjax.models.lightgcn import adjacency
   users, items = _pairs()
-  graph = normalized_adjacency(users, items, U, I)
+  graph = adjacency(users, items, U, I, layout=layout)
   model = LightGCN(U, I, dim=D, **kw, graph=graph)
   params = models_lib.init_params(model, jax.random.key(0))
   return model, params, graph
@@ -55,9 +56,10 @@ def test_adjacency_weights():
     np.testing.assert_allclose(w, 1 / np.sqrt(deg_u[u] * deg_i[i]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
 @pytest.mark.parametrize("cosine", [False, True])
-def test_scores_match_dense_propagation(cosine):
-  model, params, graph = _model(cosine=cosine)
+def test_scores_match_dense_propagation(cosine, layout):
+  model, params, graph = _model(layout, cosine=cosine)
   eu, ei = _dense_final(params, *_pairs())
   tau = 0.2
   want = eu @ ei.T
@@ -146,3 +148,77 @@ def test_propagation_gram_is_p_p_transpose(layers):
   p = np.concatenate([pu, pi])
   np.testing.assert_allclose(np.asarray(propagation_gram(graph, U + I, layers)),
                              p @ p.T, rtol=1e-5, atol=1e-6)
+
+
+def _random_pairs(num_users, num_items, n, seed):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, num_users, n), rng.integers(0, num_items, n)
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9)])  # Gram on items / users
+@pytest.mark.parametrize("layers", [0, 1, 2, 3, 4])
+def test_dense_layout_equals_segment_sums(shape, layers):
+  """Both layouts of Â give the same propagation and the same gradient."""
+  from fairjax.models.lightgcn import (Bipartite, dense_adjacency,
+                                       propagate)
+  nu, ni = shape
+  users, items = _random_pairs(nu, ni, 20, seed=layers)
+  sparse = normalized_adjacency(users, items, nu, ni)
+  dense = dense_adjacency(users, items, nu, ni)
+  assert isinstance(dense, Bipartite)
+  assert dense.gram.shape == (min(nu, ni),) * 2
+  rng = np.random.default_rng(7)
+  e0 = jnp.asarray(rng.normal(size=(nu + ni, D)).astype(np.float32))
+  wts = jnp.asarray(rng.normal(size=(nu + ni, D)).astype(np.float32))
+  for fn in (lambda g: propagate(e0, g, layers),
+             lambda g: jax.grad(lambda e: jnp.sum(jnp.sin(
+                 propagate(e, g, layers)) * wts))(e0)):
+    np.testing.assert_allclose(jax.jit(fn)(dense), fn(sparse), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [0, 3])
+def test_dense_layout_gram_matches(layers):
+  from fairjax.models.lightgcn import dense_adjacency, propagation_gram
+  users, items = _random_pairs(8, 5, 18, seed=1)
+  want = propagation_gram(normalized_adjacency(users, items, 8, 5), 13, layers)
+  got = propagation_gram(dense_adjacency(users, items, 8, 5), 13, layers)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_adjacency_layout_choice():
+  from fairjax.models import lightgcn
+  users, items = _pairs()
+  assert isinstance(lightgcn.adjacency(users, items, U, I),
+                    lightgcn.Bipartite)
+  assert isinstance(lightgcn.adjacency(users, items, U, I, layout="sparse"),
+                    lightgcn.Graph)
+  with pytest.raises(ValueError, match="layout"):
+    lightgcn.adjacency(users, items, U, I, layout="csr")
+  with pytest.raises(Exception, match="item id"):
+    lightgcn.dense_adjacency(users, items + 10, U, I)
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9)])
+def test_propagate_split_at_users(layout, shape):
+  """User rows asked for equal the full propagation's rows, with gradients."""
+  from fairjax.models.lightgcn import adjacency, propagate, propagate_split
+  nu, ni = shape
+  users, items = _random_pairs(nu, ni, 20, seed=5)
+  graph = adjacency(users, items, nu, ni, layout=layout)
+  rng = np.random.default_rng(2)
+  e0 = jnp.asarray(rng.normal(size=(nu + ni, D)).astype(np.float32))
+  ask = jnp.array([3, 0, 3, 1])  # duplicates allowed
+  full = propagate(e0, graph, 3)
+  e_u, e_i = jax.jit(lambda e: propagate_split(e, graph, 3, nu, ask))(e0)
+  np.testing.assert_allclose(e_u, full[:nu][ask], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(e_i, full[nu:], rtol=1e-5, atol=1e-6)
+  def f_split(e):
+    a, b = propagate_split(e, graph, 3, nu, ask)
+    return jnp.sum(jnp.sin(a)) + jnp.sum(jnp.cos(b))
+  def f_full(e):
+    p = propagate(e, graph, 3)
+    return jnp.sum(jnp.sin(p[:nu][ask])) + jnp.sum(jnp.cos(p[nu:]))
+  np.testing.assert_allclose(jax.grad(f_split)(e0), jax.grad(f_full)(e0),
+                             rtol=1e-5, atol=1e-6)

@@ -63,7 +63,7 @@ from fairjax import train
 from fairjax.data import sampling
 from fairjax.errors import ConfigError
 from fairjax.models.lightgcn import (GRAM_MAX_NODES, LightGCN,
-                                     normalized_adjacency, propagate,
+                                     adjacency, propagate_split,
                                      propagation_gram)
 from fairjax.models.mf import MF
 from fairjax.ops import group_sam
@@ -206,8 +206,8 @@ def create_model(config, data: ItfrData, cosine: bool):
   """The backbone of `config.model` ('mf' or 'lightgcn') for `data`."""
   name = str(config.model).lower()
   if name == "lightgcn":
-    graph = normalized_adjacency(data.train_user, data.train_item,
-                                 data.num_users, data.num_items)
+    graph = adjacency(data.train_user, data.train_item, data.num_users,
+                      data.num_items)
     kw = dict(dim=config.dim, num_layers=config.lightgcn_layers,
               cosine=cosine, init_std=config.lightgcn_init_std, graph=graph)
     return models_lib.create("lightgcn", data.num_users, data.num_items,
@@ -449,10 +449,12 @@ class _Graph(_Rows):
     self.graph, self.num_layers = model.graph, model.num_layers
 
   def rows(self, params, users, items, neg, keys):
-    del users, items, neg
+    del keys
     e0 = jnp.concatenate([params["params"]["user"]["embedding"],
                           params["params"]["item"]["embedding"]])
-    return propagate(e0, self.graph, self.num_layers)[keys]
+    e_u, e_i = propagate_split(e0, self.graph, self.num_layers,
+                               self.num_users, users)
+    return jnp.concatenate([e_u, e_i[items], e_i[neg]])
 
   def kernel(self, keys, context):
     return context["gram"][keys[:, None], keys[None, :]]

@@ -11,7 +11,7 @@ new backbone, e.g. a two-tower model, joins by `register`):
       'mf' -> MF(num_users, num_items, dim=64, cosine=False)
       'ncf' -> NCF(num_users, num_items, gmf_dim=64, mlp_dims=(64,)*4)
       'lightgcn' -> LightGCN(num_users, num_items, dim=64, num_layers=3,
-                             graph=normalized_adjacency(...))
+                             graph=adjacency(...))
   init_params(model, rng) -> params
   pair_scores(model, params, users [B], items [B, ...], **kw) -> [B, ...]
       score of users[b] with each of items[b, ...] (pairs [B] or candidate
