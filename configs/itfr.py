@@ -51,6 +51,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.init_std = 0.01  # MF.
   c.lightgcn_layers = 3
   c.lightgcn_init_std = 0.1
+  # Layout of the normalised adjacency: auto (dense blocks up to 2^25 user x
+  # item entries, else COO), dense or sparse; the same model either way.
+  c.lightgcn_layout = "auto"
 
   # Optimisation.
   c.batch_size = 1024

@@ -48,6 +48,8 @@ _DATA_DIR = flags.DEFINE_string(
 _DEVICES = flags.DEFINE_integer(
     "devices", None, "Emulated CPU devices (read before JAX starts).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_MODEL = flags.DEFINE_enum("model", None, ["mf", "lightgcn"],
+                           "Backbone, for benchmarks that take one (itfr).")
 flags.mark_flag_as_required("bench")
 
 
@@ -57,6 +59,10 @@ def main(argv):
   kwargs = {"seed": _SEED.value}
   if "data_dir" in module.run.__code__.co_varnames:
     kwargs["data_dir"] = _DATA_DIR.value or os.environ.get("FAIRJAX_DATA_DIR")
+  if _MODEL.value is not None:
+    if "model" not in module.run.__code__.co_varnames:
+      raise app.UsageError(f"--model does not apply to --bench={_BENCH.value}")
+    kwargs["model"] = _MODEL.value
   result = module.run(**kwargs)
   print(json.dumps({"bench": _BENCH.value, **result}), flush=True)
 

@@ -145,15 +145,21 @@ def _reference(model, params, data, config, epochs, spec):
 
 @pytest.mark.parametrize("model_name,method", [("mf", "ITFR"),
                                                ("lightgcn", "ITFR"),
+                                               ("lightgcn-coo", "ITFR"),
                                                ("lightgcn-dense", "ITFR")])
 def test_step_matches_cell_by_cell_reference(model_name, method, monkeypatch):
-  """MF: row path; LightGCN: row path with the Gram matrix; lightgcn-dense:
-  the vmap over cells (graphs above GRAM_MAX_NODES)."""
+  """MF: row path; LightGCN: row path with the Gram matrix (dense bipartite
+  or COO adjacency); lightgcn-dense: the vmap over cells (graphs above
+  GRAM_MAX_NODES)."""
+  layout = "auto"
   if model_name == "lightgcn-dense":
     monkeypatch.setattr(M, "GRAM_MAX_NODES", 0)
     model_name = "lightgcn"
+  if model_name == "lightgcn-coo":
+    model_name, layout = "lightgcn", "sparse"
   data = _tiny_data()
   config = _config(model=model_name)
+  config.lightgcn_layout = layout
   spec = M.METHODS[method]
   model = M.create_model(config, data, spec.cosine)
   tx = M.make_optimizer(config)
@@ -275,7 +281,8 @@ def test_launcher_cli_and_config_errors(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("methods", "BPR,NOPE"),
                                          ("model", "ncf"),
-                                         ("num_seeds", 0)])
+                                         ("num_seeds", 0),
+                                         ("lightgcn_layout", "csr")])
 def test_bad_config_fields(field, value):
   config = itfr_config.get_config("smoke")
   setattr(config, field, value)

@@ -14,7 +14,13 @@ Data: ML-1M under `data_dir` (or $FAIRJAX_DATA_DIR); without it, the
 synthetic generator at a similar size (6,000 users, 1,200 items, ~396k
 interactions), which the result names under `data`.
 
-Run: `python -m launch.bench --bench=itfr [--data_dir=DIR]`.
+`model='lightgcn'` (`--model=lightgcn`) times the same two epochs on
+LightGCN (3 layers, dense bipartite adjacency, the Gram-matrix path for
+ITFR) and, side by side, the BPR epoch on the COO adjacency (one segment sum
+per layer) as the layout's baseline: key `bpr_coo_seconds_per_epoch`.
+Fewer repeats there (`repeats` 2): its epochs take seconds.
+
+Run: `python -m launch.bench --bench=itfr [--data_dir=DIR] [--model=lightgcn]`.
 """
 
 from __future__ import annotations
@@ -36,13 +42,13 @@ def _log(msg: str) -> None:
   print(f"[bench.itfr] {msg}", file=sys.stderr, flush=True)
 
 
-def _config(data_dir):
+def _config(data_dir, model="mf"):
   """configs/itfr.py, ML-1M (or synthetic) variant."""
   if data_dir:
-    c = itfr_config.get_config("dataset=ml1m")
+    c = itfr_config.get_config(f"dataset=ml1m,model={model}")
     c.data_dir = str(data_dir)
   else:
-    c = itfr_config.get_config("dataset=synthetic")
+    c = itfr_config.get_config(f"dataset=synthetic,model={model}")
     c.synthetic.num_users = 6000
     c.synthetic.num_items = 1200
   return c
@@ -69,18 +75,31 @@ def _time_epochs(name, config, data, seed, repeats, skip):
   return statistics.median(times)
 
 
-def run(seed: int = 0, data_dir: str | None = None, repeats: int = 3) -> dict:
-  """Seconds per epoch of ITFR and BPR (median of `repeats`) and the ratio."""
+def run(seed: int = 0, data_dir: str | None = None, repeats: int | None = None,
+        model: str = "mf") -> dict:
+  """Seconds per epoch of ITFR and BPR (median of `repeats`) and the ratio;
+  for LightGCN also BPR on the COO adjacency."""
   data_dir = data_dir or os.environ.get("FAIRJAX_DATA_DIR") or None
-  config = _config(data_dir)
+  if model not in ("mf", "lightgcn"):
+    raise ValueError(f"model must be 'mf' or 'lightgcn', got {model!r}")
+  if repeats is None:
+    repeats = 3 if model == "mf" else 2
+  config = _config(data_dir, model)
   data = itfr_run.prepare_data(config, data_dir)
-  _log(f"{data.name}: {data.train_user.size} training interactions, "
+  _log(f"{data.name}, {model}: {data.train_user.size} training interactions, "
        f"{data.num_cells} cells, batch {config.batch_size}, "
        f"{M.steps_per_epoch(data, config.batch_size)} steps per epoch")
   bpr = _time_epochs("BPR", config, data, seed, repeats, skip=1)
   itfr = _time_epochs("ITFR", config, data, seed, repeats, skip=2)
-  return {"data": data.name, "train_interactions": int(data.train_user.size),
-          "batch_size": int(config.batch_size), "cells": data.num_cells,
-          "device": jax.devices()[0].device_kind,
-          "itfr_seconds_per_epoch": itfr, "bpr_seconds_per_epoch": bpr,
-          "itfr_over_bpr": itfr / bpr}
+  out = {"data": data.name, "model": model,
+         "train_interactions": int(data.train_user.size),
+         "batch_size": int(config.batch_size), "cells": data.num_cells,
+         "device": jax.devices()[0].device_kind,
+         "itfr_seconds_per_epoch": itfr, "bpr_seconds_per_epoch": bpr,
+         "itfr_over_bpr": itfr / bpr}
+  if model == "lightgcn":
+    config.lightgcn_layout = "sparse"
+    coo = _time_epochs("BPR", config, data, seed, repeats, skip=1)
+    out["bpr_coo_seconds_per_epoch"] = coo
+    out["coo_over_dense_bpr"] = coo / bpr
+  return out

@@ -138,6 +138,9 @@ def validate_config(config) -> None:
        f"ITFR supports mf and lightgcn, got {config.model!r}")
   need(int(config.lightgcn_layers) >= 0, "lightgcn_layers",
        f"must be >= 0, got {config.lightgcn_layers}")
+  need(config.get("lightgcn_layout", "auto") in ("auto", "dense", "sparse"),
+       "lightgcn_layout", "must be 'auto', 'dense' or 'sparse', got "
+       f"{config.get('lightgcn_layout')!r}")
   need(config.missing_user_group in ("error", "drop"), "missing_user_group",
        "must be 'error' or 'drop'")
   need(config.item_grouping in ("one_of", "first_genre"), "item_grouping",
@@ -207,7 +210,8 @@ def create_model(config, data: ItfrData, cosine: bool):
   name = str(config.model).lower()
   if name == "lightgcn":
     graph = adjacency(data.train_user, data.train_item, data.num_users,
-                      data.num_items)
+                      data.num_items,
+                      layout=str(config.get("lightgcn_layout", "auto")))
     kw = dict(dim=config.dim, num_layers=config.lightgcn_layers,
               cosine=cosine, init_std=config.lightgcn_init_std, graph=graph)
     return models_lib.create("lightgcn", data.num_users, data.num_items,
