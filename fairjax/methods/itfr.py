@@ -138,9 +138,9 @@ def validate_config(config) -> None:
        f"ITFR supports mf and lightgcn, got {config.model!r}")
   need(int(config.lightgcn_layers) >= 0, "lightgcn_layers",
        f"must be >= 0, got {config.lightgcn_layers}")
-  need(config.get("lightgcn_layout", "auto") in ("auto", "dense", "sparse"),
+  need(config.lightgcn_layout in ("auto", "dense", "sparse"),
        "lightgcn_layout", "must be 'auto', 'dense' or 'sparse', got "
-       f"{config.get('lightgcn_layout')!r}")
+       f"{config.lightgcn_layout!r}")
   need(config.missing_user_group in ("error", "drop"), "missing_user_group",
        "must be 'error' or 'drop'")
   need(config.item_grouping in ("one_of", "first_genre"), "item_grouping",
@@ -211,7 +211,7 @@ def create_model(config, data: ItfrData, cosine: bool):
   if name == "lightgcn":
     graph = adjacency(data.train_user, data.train_item, data.num_users,
                       data.num_items,
-                      layout=str(config.get("lightgcn_layout", "auto")))
+                      layout=config.lightgcn_layout)
     kw = dict(dim=config.dim, num_layers=config.lightgcn_layers,
               cosine=cosine, init_std=config.lightgcn_init_std, graph=graph)
     return models_lib.create("lightgcn", data.num_users, data.num_items,

@@ -75,13 +75,6 @@ class Graph(NamedTuple):
   dst: np.ndarray | Array
   weight: np.ndarray | Array
 
-  # Identity hashing: a module holding a graph stays hashable.
-  def __hash__(self):
-    return id(self)
-
-  def __eq__(self, other):
-    return self is other
-
 
 class Bipartite(NamedTuple):
   """Dense bipartite blocks of the normalised adjacency.
@@ -95,18 +88,20 @@ class Bipartite(NamedTuple):
   r: np.ndarray | Array
   gram: np.ndarray | Array
 
-  def __hash__(self):
-    return id(self)
 
-  def __eq__(self, other):
-    return self is other
+# Identity hashing: a module holding a graph of either layout stays hashable.
+for _layout in (Graph, Bipartite):
+  _layout.__hash__ = lambda self: id(self)
+  _layout.__eq__ = lambda self, other: self is other
+del _layout
 
 
 DENSE_MAX_ENTRIES = 1 << 25  # U I above this: the COO layout (`adjacency`).
 
 
-def _distinct_pairs(users, items, num_users: int, num_items: int):
-  """Checked distinct (user, item) training pairs, as two int64 arrays."""
+def _normalized_pairs(users, items, num_users: int, num_items: int):
+  """Checked distinct (user, item) training pairs (int64 u, i) and their
+  weights Â_{u, U+i} = 1 / sqrt(|N_u| |N_i|) (float64 w)."""
   users = np.asarray(users, np.int64).reshape(-1)
   items = np.asarray(items, np.int64).reshape(-1)
   if users.shape != items.shape:
@@ -117,7 +112,10 @@ def _distinct_pairs(users, items, num_users: int, num_items: int):
   if items.size and (items.min() < 0 or items.max() >= num_items):
     raise DataError(f"item id out of [0, {num_items})", field="item")
   pairs = np.unique(users * num_items + items)
-  return pairs // num_items, pairs % num_items
+  u, i = pairs // num_items, pairs % num_items
+  deg_u = np.bincount(u, minlength=num_users).astype(np.float64)
+  deg_i = np.bincount(i, minlength=num_items).astype(np.float64)
+  return u, i, 1.0 / np.sqrt(deg_u[u] * deg_i[i])
 
 
 def adjacency(users, items, num_users: int, num_items: int,
@@ -150,11 +148,9 @@ def dense_adjacency(users, items, num_users: int, num_items: int
 
   Same Â as `normalized_adjacency`; memory 4 (U I + min(U, I)^2) bytes.
   """
-  u, i = _distinct_pairs(users, items, num_users, num_items)
-  deg_u = np.bincount(u, minlength=num_users).astype(np.float64)
-  deg_i = np.bincount(i, minlength=num_items).astype(np.float64)
+  u, i, w = _normalized_pairs(users, items, num_users, num_items)
   r = np.zeros((num_users, num_items), np.float64)
-  r[u, i] = 1.0 / np.sqrt(deg_u[u] * deg_i[i])
+  r[u, i] = w
   gram = r.T @ r if num_items <= num_users else r @ r.T
   return Bipartite(r=r.astype(np.float32), gram=gram.astype(np.float32))
 
@@ -175,10 +171,7 @@ def normalized_adjacency(users, items, num_users: int, num_items: int
   Raises:
     DataError: ids out of range or shapes that differ.
   """
-  u, i = _distinct_pairs(users, items, num_users, num_items)
-  deg_u = np.bincount(u, minlength=num_users).astype(np.float64)
-  deg_i = np.bincount(i, minlength=num_items).astype(np.float64)
-  w = 1.0 / np.sqrt(deg_u[u] * deg_i[i])
+  u, i, w = _normalized_pairs(users, items, num_users, num_items)
   src = np.concatenate([u, num_users + i])
   dst = np.concatenate([num_users + i, u])
   weight = np.concatenate([w, w])
@@ -243,11 +236,8 @@ def _propagate_bipartite(e0: Array, graph: Bipartite, num_layers: int,
       side_b = side_b + x
   scale = 1.0 / (num_layers + 1)
   if users is not None and not swap:
-    e_u = e_a[users]
-    if num_layers:
-      e_u = e_u + r[users] @ inner
-    return e_u * scale, side_b * scale
-  side_a = e_a + r @ inner if num_layers else e_a
+    return (e_a[users] + r[users] @ inner) * scale, side_b * scale
+  side_a = e_a + r @ inner
   if swap:
     side_a, side_b = side_b, side_a
   e_u = side_a if users is None else side_a[users]
@@ -289,8 +279,8 @@ def propagate(e0: Array, graph: Graph | Bipartite, num_layers: int
     [N, d] final embeddings.
   """
   if isinstance(graph, Bipartite):
-    return jnp.concatenate(_propagate_bipartite(
-        e0, jax.lax.stop_gradient(graph), num_layers))
+    return jnp.concatenate(propagate_split(e0, graph, num_layers,
+                                           graph.r.shape[0]))
   return _propagate_coo(e0, graph, num_layers)
 
 
@@ -328,8 +318,7 @@ def propagation_gram(graph: Graph | Bipartite, num_nodes: int,
                      f"is limited to {GRAM_MAX_NODES}")
   hi = jax.lax.Precision.HIGHEST
   if isinstance(graph, Bipartite):
-    p = jax.jit(propagate, static_argnums=2)(
-        jnp.eye(num_nodes, dtype=jnp.float32), graph, num_layers)
+    p = propagate(jnp.eye(num_nodes, dtype=jnp.float32), graph, num_layers)
     return jnp.matmul(p, p, precision=hi)
   a = jnp.zeros((num_nodes, num_nodes), jnp.float32).at[
       jnp.asarray(graph.dst), jnp.asarray(graph.src)].add(
@@ -379,18 +368,15 @@ class LightGCN(nn.Module):
                        users: Array | None = None) -> tuple[Array, Array]:
     """Propagated (E_U, E_I), [U, d] and [I, d]; with `users`, E_U only at
     those rows (`propagate_split`)."""
+    if self.is_initializing():  # the parameters do not depend on the graph.
+      e_u = self.user.embedding
+      return (e_u if users is None else e_u[users]), self.item.embedding
+    g = graph if graph is not None else self.graph
+    if g is None:
+      raise ValueError("LightGCN needs its graph: create it with graph=... "
+                       "or pass graph=... to the call")
     e0 = jnp.concatenate([self.user.embedding, self.item.embedding])
-    if self.is_initializing():
-      e_u, e_i = e0[:self.num_users], e0[self.num_users:]  # no graph needed.
-    else:
-      g = graph if graph is not None else self.graph
-      if g is None:
-        raise ValueError("LightGCN needs its graph: create it with graph=... "
-                         "or pass graph=... to the call")
-      e_u, e_i = propagate_split(e0, g, self.num_layers, self.num_users,
-                                 users)
-      return e_u, e_i
-    return (e_u if users is None else e_u[users]), e_i
+    return propagate_split(e0, g, self.num_layers, self.num_users, users)
 
   def user_embed(self, users: Array, graph: Graph | Bipartite | None = None
                  ) -> Array:
