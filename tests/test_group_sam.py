@@ -245,10 +245,11 @@ def _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho, kernel):
   def example_loss(x):
     return _row_losses(x[:B], x[B:2 * B], x[2 * B:])
 
-  k = None if kernel is None else kernel(keys)
+  coupling = (None if kernel is None
+              else group_sam.dense_coupling(kernel(keys), G))
   return group_sam.cell_sam_rows(example_loss, rows, keys, slot_example,
                                  jnp.asarray(cell), jnp.asarray(valid), G,
-                                 U + I, rho, kernel=k)
+                                 U + I, rho, coupling=coupling)
 
 
 def test_kernel_path_equals_direct_sam_through_a_linear_map():
@@ -294,3 +295,52 @@ def test_key_equality_kernel_is_the_segment_path():
   for a, b in zip(plain, kern):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-6)
+
+
+def _coupling_problem(seed, s=40, g=3, n_keys=25):
+  rng = np.random.default_rng(seed)
+  a = rng.normal(size=(n_keys, n_keys))
+  gram = jnp.asarray(a @ a.T, jnp.float32)
+  keys = jnp.asarray(rng.integers(0, n_keys, s), jnp.int32)
+  slot_cell = rng.choice(g, s, p=[0.6, 0.3, 0.1])
+  slot_cell[-5:] = g  # padding slots
+  j = jnp.asarray(rng.normal(size=(s, 4)), jnp.float32)
+  return gram, keys, jnp.asarray(slot_cell, jnp.int32), j
+
+
+@pytest.mark.parametrize("capacities", [(30, 20, 10), (40, 40, 40),
+                                        (5, 30, 10), (30, 0, 10)])
+def test_blocked_coupling_equals_dense(capacities):
+  """Capacities that fit, generous ones, one cell over its capacity (the
+  dense fallback) and a zero-capacity cell that does occur (fallback)."""
+  gram, keys, slot_cell, j = _coupling_problem(seed=11)
+  s = np.asarray(slot_cell)
+  fits = np.all(np.bincount(s[s < 3], minlength=3) <= np.array(capacities))
+  assert fits == (capacities in ((30, 20, 10), (40, 40, 40)))
+
+  def kernel_at(a, b):
+    return gram[a[:, None], b[None, :]]
+
+  want = group_sam.dense_coupling(kernel_at(keys, keys), 3)(slot_cell)(j)
+  direct = np.zeros(j.shape)
+  for x in range(s.size):
+    for y in range(s.size):
+      if s[x] == s[y] < 3:
+        direct[x] += np.asarray(gram)[keys[x], keys[y]] * np.asarray(j)[y]
+  np.testing.assert_allclose(want, direct, rtol=1e-5, atol=1e-4)
+  got = jax.jit(lambda sc, jj: group_sam.blocked_coupling(
+      kernel_at, keys, capacities)(sc)(jj))(slot_cell, j)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_cell_capacities():
+  counts = np.array([300, 250, 200, 150, 100, 0])
+  caps = group_sam.cell_capacities(counts, 1024, 3)
+  assert len(caps) == 6 and caps[5] == 0
+  p = counts / counts.sum()
+  for c, pg in zip(caps[:5], p[:5]):
+    assert 3 * 1024 * pg < c <= 3 * 1024  # above the mean, within the batch
+  assert list(caps[:5]) == sorted(caps[:5], reverse=True)
+  # One dominant cell or a tiny batch: the blocks save too little.
+  assert group_sam.cell_capacities(np.array([990, 10]), 1024, 3) is None
+  assert group_sam.cell_capacities(counts, 4, 3) is None

@@ -21,6 +21,7 @@ from fairjax.data import sampling
 from fairjax.errors import ConfigError, DataError
 from fairjax.methods import itfr as M
 from fairjax.methods import itfr_run
+from fairjax.ops import group_sam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,12 +147,25 @@ def _reference(model, params, data, config, epochs, spec):
 @pytest.mark.parametrize("model_name,method", [("mf", "ITFR"),
                                                ("lightgcn", "ITFR"),
                                                ("lightgcn-coo", "ITFR"),
+                                               ("lightgcn-blocked", "ITFR"),
                                                ("lightgcn-dense", "ITFR")])
 def test_step_matches_cell_by_cell_reference(model_name, method, monkeypatch):
   """MF: row path; LightGCN: row path with the Gram matrix (dense bipartite
-  or COO adjacency); lightgcn-dense: the vmap over cells (graphs above
-  GRAM_MAX_NODES)."""
+  or COO adjacency); lightgcn-blocked: the Gram product by cell blocks, with
+  capacities that some batches fit and some overflow; lightgcn-dense: the
+  vmap over cells (graphs above GRAM_MAX_NODES)."""
   layout = "auto"
+  caps = None
+  if model_name == "lightgcn-blocked":
+    caps = (9, 9, 9, 9)  # 3 examples per cell and batch
+    monkeypatch.setattr(group_sam, "cell_capacities", lambda *a: caps)
+    over = []
+    for e in range(2):
+      b = M.epoch_batches(_tiny_data(), 10, (0, e))
+      for cell, valid in zip(b["cell"], b["valid"]):
+        over.append(np.any(3 * np.bincount(cell[valid], minlength=4) > 9))
+    assert any(over) and not all(over)
+    model_name = "lightgcn"
   if model_name == "lightgcn-dense":
     monkeypatch.setattr(M, "GRAM_MAX_NODES", 0)
     model_name = "lightgcn"
@@ -168,6 +182,8 @@ def test_step_matches_cell_by_cell_reference(model_name, method, monkeypatch):
   epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
   ctx = M.make_context(data, model, spec)
   assert ("gram" in ctx) == (M._backend_class(model) is M._Graph)
+  if M._backend_class(model) is M._Graph:  # tiny batches: dense product
+    assert M._Graph(model, spec, config, data).capacities == caps
   for e in range(2):
     state, metrics = epoch_fn(state, M.epoch_batches(data, 10, (0, e)),
                               jax.random.fold_in(jax.random.key(1), e), ctx)

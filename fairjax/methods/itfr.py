@@ -390,8 +390,8 @@ class _Rows(_Backend):
     ei = params["params"]["item"]["embedding"]
     return jnp.concatenate([eu[users], ei[items], ei[neg]])
 
-  def kernel(self, keys, context):
-    """(P P^T)[keys, keys] of `group_sam.cell_sam_rows`; None: P = I."""
+  def coupling(self, keys, context):
+    """`group_sam.cell_sam_rows(coupling=)`; None: P = I."""
     del keys, context
     return None
 
@@ -406,7 +406,7 @@ class _Rows(_Backend):
     out = group_sam.cell_sam_rows(
         lambda r: mf_example_loss(r, b, self.cosine, self.tau), x, keys,
         slot_example, batch["cell"], batch["valid"], self.g, self.key_space,
-        self.rho, kernel=self.kernel(keys, context))
+        self.rho, coupling=self.coupling(keys, context))
     cell = jnp.where(batch["valid"], batch["cell"], self.g)
     return out, (cell[slot_example], pull)
 
@@ -439,18 +439,25 @@ class _Graph(_Rows):
 
   The scores read final rows only, and E is linear in the parameters, so
   per-cell norms and perturbations follow from the slot gradients and the
-  Gram matrix P P^T at the batch's rows (`group_sam.cell_sam_rows(kernel=)`,
+  Gram matrix P P^T at the batch's rows (`group_sam.cell_sam_rows(coupling=)`,
   `context['gram']` from `make_context`); sum_g q_g h_g is pulled back
   through the propagation once. The buffers hold row-space sums Z_j (C_j =
   P^T Z_j); at the epoch boundary C^prev is stored as W_j = P P^T Z_j, so
   <h_i, C_j> = <row gradient of h_i, W_j> at the batch's rows and ||C_j||^2
-  = <Z_j, W_j>. Equal to the dense vmap over cells (tested against the
-  official cell-by-cell procedure), at about one propagation per step.
+  = <Z_j, W_j>. The Gram products are taken by cell blocks
+  (`group_sam.blocked_coupling`, capacities from the cell sizes and the
+  batch size) when that at least halves their work. Equal to the dense vmap
+  over cells (tested against the official cell-by-cell procedure), at
+  about one propagation per step.
   """
 
   def __init__(self, model, spec, config, data):
     super().__init__(model, spec, config, data)
     self.graph, self.num_layers = model.graph, model.num_layers
+    # Per-cell slot capacities (3 slots per example) of the blocked Gram
+    # product; None: the dense one.
+    self.capacities = group_sam.cell_capacities(data.cell_counts,
+                                                config.batch_size, 3)
 
   def rows(self, params, users, items, neg, keys):
     del keys
@@ -460,8 +467,15 @@ class _Graph(_Rows):
                                self.num_users, users)
     return jnp.concatenate([e_u, e_i[items], e_i[neg]])
 
-  def kernel(self, keys, context):
-    return context["gram"][keys[:, None], keys[None, :]]
+  def coupling(self, keys, context):
+    gram = context["gram"]
+
+    def kernel_at(a, b):
+      return gram[a[:, None], b[None, :]]
+
+    if self.capacities is None:
+      return group_sam.dense_coupling(kernel_at(keys, keys), self.g)
+    return group_sam.blocked_coupling(kernel_at, keys, self.capacities)
 
   def roll(self, cur, context):
     k, g, d = cur.shape

@@ -305,8 +305,8 @@ def propagation_gram(graph: Graph | Bipartite, num_nodes: int,
   P = (1 / (L + 1)) sum_{k=0..L} Â^k maps layer-0 embeddings to the final
   ones (E = P E^0, `propagate`); Â is symmetric, so P P^T = P^2. ITFR's
   per-cell sharpness-aware gradients use it to work on the batch's final
-  rows only (`fairjax.ops.group_sam.cell_sam_rows(kernel=...)`): the norm of
-  P^T J is sqrt(J . P^2 J) and moving E^0 by P^T J moves E by P^2 J.
+  rows only (`fairjax.ops.group_sam.cell_sam_rows(coupling=...)`): the norm
+  of P^T J is sqrt(J . P^2 J) and moving E^0 by P^T J moves E by P^2 J.
 
   Cost: `Graph`, L dense N^3 products (about 30 s for N ~ 7,000 on two CPU
   cores); `Bipartite`, P is the propagation of the identity and one N^3
