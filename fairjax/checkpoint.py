@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fairjax.errors import ConfigError
+
 
 class Checkpointer:
   """Saves and restores pytrees of arrays under `directory/<step>/`."""
@@ -57,14 +59,15 @@ class Checkpointer:
     self._manager.close()
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable, newline=None
-                  ) -> None:
-  """Calls `write(file)` on a temporary file, then renames it to `path`."""
+def write_atomic(path: str | os.PathLike, write: Callable, mode: str = "w",
+                 newline=None) -> None:
+  """Calls `write(file)` on a temporary file beside `path` (opened with
+  `mode`, "w" or "wb"), then renames it to `path`: never half-written."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
-    with os.fdopen(fd, "w", newline=newline) as f:
+    with os.fdopen(fd, mode, newline=newline) as f:
       write(f)
     os.replace(tmp, path)
   except BaseException:
@@ -78,7 +81,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   def write(f):
     json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
     f.write("\n")
-  _write_atomic(path, write)
+  write_atomic(path, write)
 
 
 def write_csv_atomic(path: str | os.PathLike, rows: list[dict],
@@ -88,17 +91,61 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict],
     w = csv.DictWriter(f, fieldnames=fields)
     w.writeheader()
     w.writerows(rows)
-  _write_atomic(path, write, newline="")
+  write_atomic(path, write, newline="")
 
 
-def open_workdir(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
+def open_workdir(workdir: str | os.PathLike, config: Any,
+                 free_fields: tuple[str, ...] | None = None) -> pathlib.Path:
   """Creates `workdir` (parents too) and records the run's config in
   `workdir/config.json` (atomically; `config` an ml_collections ConfigDict).
-  Returns the folder as a Path."""
+  Returns the folder as a Path.
+
+  With `free_fields` (dotted names, e.g. "methods", "itfr.rho"), a workdir
+  that already holds a config.json must agree with `config` on every other
+  field: results found there were made with the stored values, and a rerun
+  that resumes them under different ones would mix the two in one table.
+  A difference raises `ConfigError` naming the fields (stored -> new), and
+  config.json is left as it was. None: no check.
+  """
   workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  new = _plain(config.to_dict())
+  if free_fields is not None and path.exists():
+    changed = config_changes(read_json(path), new, free_fields)
+    if changed:
+      raise ConfigError(
+          f"{path} holds results made with other values of "
+          + "; ".join(f"field '{k}': {a!r} -> {b!r}" for k, a, b in changed)
+          + ". Use a new --workdir, or rerun with the stored values.")
   workdir.mkdir(parents=True, exist_ok=True)
-  write_json_atomic(workdir / "config.json", config.to_dict())
+  write_json_atomic(path, new)
   return workdir
+
+
+def _plain(tree: Any) -> Any:
+  """JSON round trip: tuples become lists, numpy scalars plain numbers."""
+  return json.loads(json.dumps(tree, default=_json_default))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_changes(stored: dict, new: Any, free_fields: tuple[str, ...] = ()
+                   ) -> list[tuple[str, Any, Any]]:
+  """Fields (dotted) whose value differs between two config dicts, as
+  (field, stored value, new value), leaving out `free_fields` and the
+  fields under them. A field missing on one side shows as None there."""
+  a, b = _flatten(_plain(stored)), _flatten(_plain(new))
+  def free(k):
+    return any(k == f or k.startswith(f + ".") for f in free_fields)
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if not free(k) and a.get(k) != b.get(k)]
 
 
 def read_json(path: str | os.PathLike) -> Any:

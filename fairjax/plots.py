@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fairjax.checkpoint import write_atomic  # noqa: E402
+
 
 def run_file(workdir, name: str) -> pathlib.Path:
   """workdir/name; FileNotFoundError (naming it) when the job has not run."""
@@ -25,10 +27,18 @@ def run_file(workdir, name: str) -> pathlib.Path:
 
 
 def save(fig, path, dpi: int = 120, **kw) -> pathlib.Path:
-  """Writes `fig` to `path` (PNG) and closes it; returns the path."""
+  """Writes `fig` to `path` (PNG) and closes it; returns the path.
+
+  The image goes to a temporary file beside `path`, renamed over it when
+  complete: a crash never leaves a half-written image.
+  """
   path = pathlib.Path(path)
-  fig.savefig(path, dpi=dpi, **kw)
-  plt.close(fig)
+  fmt = path.suffix.lstrip(".") or "png"
+  try:
+    write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt, **kw),
+                 mode="wb")
+  finally:
+    plt.close(fig)
   return path
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from configs import fade as fade_config
+from fairjax import checkpoint as ckpt_lib
 from fairjax.errors import ConfigError, DataError
 from fairjax.methods import fade as F
 from fairjax.methods import fade_run
@@ -80,6 +81,18 @@ def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
   pd.testing.assert_frame_equal(a, b)
   for task in ("task_r", "task_n"):
     assert resumed[task] == full[task]
+
+
+def test_rerun_with_changed_field_is_refused(tmp_path):
+  ckpt_lib.open_workdir(tmp_path, _config("FADE"), fade_run.FREE_FIELDS)
+  ckpt_lib.open_workdir(tmp_path, _config("FADE,REC"), fade_run.FREE_FIELDS)
+  before = (tmp_path / "config.json").read_text()
+  changed = _config("FADE,REC")
+  changed.lr *= 2
+  with pytest.raises(ConfigError, match=r"field 'lr'"):
+    fade_run.train_and_evaluate(changed, str(tmp_path))
+  assert (tmp_path / "config.json").read_text() == before
+  assert json.loads(before)["methods"] == "FADE,REC"
 
 
 def test_bad_config_values():

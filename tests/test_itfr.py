@@ -235,9 +235,30 @@ def test_smoke_run_summary_rerun_and_empty_cell(tmp_path, monkeypatch):
   assert again["test"] == full["test"]
 
 
+def test_rerun_with_changed_fields_is_refused(tmp_path):
+  config = itfr_config.get_config("smoke")
+  ckpt_lib.open_workdir(tmp_path, config, itfr_run.FREE_FIELDS)
+  stored = (tmp_path / "config.json").read_text()
+  free = itfr_config.get_config("smoke")
+  free.methods, free.num_seeds, free.lightgcn_layout = "BPR", 7, "sparse"
+  ckpt_lib.open_workdir(tmp_path, free, itfr_run.FREE_FIELDS)
+  assert json.loads((tmp_path / "config.json").read_text())["num_seeds"] == 7
+  changed = itfr_config.get_config("smoke")
+  changed.itfr.rho, changed.epochs = 0.5, 9
+  before = (tmp_path / "config.json").read_text()
+  with pytest.raises(ConfigError, match=r"field 'epochs': 3 -> 9; field "
+                     r"'itfr.rho': 0.02 -> 0.5"):
+    itfr_run.train_and_evaluate(changed, tmp_path)
+  assert (tmp_path / "config.json").read_text() == before
+  assert not (tmp_path / "data_stats.json").exists()
+  assert stored != before
+
+
 def test_killed_run_resumes_identically(tmp_path, monkeypatch):
-  config = itfr_config.get_config("smoke,epochs=3")
-  config.ckpt_every = 1
+  # Checkpoints after epochs 2 and 4; the run dies at the second save, so the
+  # resumed run replays epochs 3 and 4 (training and best-model tracking).
+  config = itfr_config.get_config("smoke,epochs=4")
+  config.ckpt_every = 2
   data = itfr_run.prepare_data(config)
   evaluator = itfr_run.Evaluator(data, config.ks)
   compiled = itfr_run.Compiled("ITFR", data, config)
@@ -249,9 +270,9 @@ def test_killed_run_resumes_identically(tmp_path, monkeypatch):
 
   save = ckpt_lib.Checkpointer.save
   def dying_save(self, step, tree):
-    save(self, step, tree)
-    if step == 2:
+    if step == 4:
       raise Killed()
+    save(self, step, tree)
   monkeypatch.setattr(ckpt_lib.Checkpointer, "save", dying_save)
   with pytest.raises(Killed):
     itfr_run.run_one("ITFR", 0, data, config, tmp_path / "b", evaluator,
@@ -298,6 +319,8 @@ def test_launcher_cli_and_config_errors(tmp_path):
 @pytest.mark.parametrize("field,value", [("methods", "BPR,NOPE"),
                                          ("model", "ncf"),
                                          ("num_seeds", 0),
+                                         ("ks", ()),
+                                         ("ks", (20, 0)),
                                          ("lightgcn_layout", "csr")])
 def test_bad_config_fields(field, value):
   config = itfr_config.get_config("smoke")
@@ -313,10 +336,12 @@ def _patched_synthetic(monkeypatch, edit):
   monkeypatch.setattr(itfr_run.registry, "load_dataset", fake)
 
 
-def test_missing_user_attribute(monkeypatch):
+@pytest.mark.parametrize("dtype,missing", [(np.int64, -1),
+                                           (np.float64, np.nan)])
+def test_missing_user_attribute(monkeypatch, dtype, missing):
   def edit(ds):
-    g = np.asarray(ds.user_attrs["gender"]).astype(np.int64)
-    g[[3, 10, 11]] = -1
+    g = np.asarray(ds.user_attrs["gender"]).astype(dtype)
+    g[[3, 10, 11]] = missing
     return dataclasses.replace(ds, user_attrs={**ds.user_attrs, "gender": g})
   _patched_synthetic(monkeypatch, edit)
   config = itfr_config.get_config("smoke")

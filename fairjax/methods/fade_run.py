@@ -8,7 +8,10 @@ Layout of the workdir:
   metrics.csv, summary.json, config.json
 A rerun with the same workdir skips finished work and continues from the last
 finished period of each method with the restored state, so its results are
-identical to an uninterrupted run.
+identical to an uninterrupted run. The rerun may change `FREE_FIELDS` (which
+methods, where the data is); any other field that differs from the
+workdir's config.json raises ConfigError, since finished work would
+silently keep the old values.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from fairjax.data import sampling
 from fairjax.methods import fade as F
 from fairjax.methods import periodic_eval as E
 
+# Config fields a rerun of a workdir may change (module docstring).
+FREE_FIELDS = ("methods", "data_dir")
 _FINETUNE_KIND = {"FINETUNE": "bpr", "FADE": "fade", "REC": "rec"}
 _RETRAIN_KIND = {"RETRAIN": "bpr", "FADE-RETRAIN": "fade"}
 SUMMARY_METRICS = ("ndcg", "recall", "f1", "precision", "hr")
@@ -104,7 +109,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
                        ) -> dict:
   """Runs every method in `config.methods`; writes metrics.csv/summary.json."""
   F.validate_config(config)
-  workdir = ckpt_lib.open_workdir(workdir, config)
+  workdir = ckpt_lib.open_workdir(workdir, config, FREE_FIELDS)
   data = F.prepare_data(config, data_dir)
   _log(f"[fade] {data.name}: {data.num_users} users, {data.num_items} items, "
        f"period sizes {list(data.period_sizes)}")

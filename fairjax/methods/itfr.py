@@ -19,7 +19,8 @@ interaction with), with l_b the BPR loss of row b:
   ITFR-noSAM  ITFR with rho = 0 (L^SA = L, h_g = grad_g): no sharpness.
   ITFR-noCLB  ITFR with the collaborative balance replaced by GroupDRO's
               update on the sharpness-aware losses (R = I, no cross-cell
-              terms): the weights still follow L^SA, without collaboration.
+              terms; step size `group_dro_eta`, not `itfr.eta`): the
+              weights still follow L^SA, without collaboration.
   ITFR-noNorm ITFR with dot-product scores (no predicted-score
               normalisation).
 Scores at inference are the plain cosine (tau = 1; the ranking does not
@@ -134,6 +135,9 @@ def validate_config(config) -> None:
   need(config.ckpt_every >= 1, "ckpt_every", "must be >= 1")
   need(config.lr > 0, "lr", "must be > 0")
   need(config.l2 >= 0, "l2", "must be >= 0")
+  ks = list(config.ks)
+  need(ks and all(int(k) >= 1 for k in ks), "ks",
+       f"must be one or more cutoffs >= 1, got {ks}")
   need(str(config.model).lower() in ("mf", "lightgcn"), "model",
        f"ITFR supports mf and lightgcn, got {config.model!r}")
   need(int(config.lightgcn_layers) >= 0, "lightgcn_layers",

@@ -25,7 +25,13 @@ Workdir layout:
   methods/M/seed<s>/result.json, per_user.npy (test NDCG@K per user)
   metrics.csv, summary.json
 A rerun with the same workdir skips finished runs and resumes unfinished
-ones from their last checkpoint (identical results).
+ones from their last checkpoint (identical results on CPU; GPU scatter-adds
+are not bitwise deterministic). The rerun may change `FREE_FIELDS` (which
+methods, how many seeds, where the data is, logging, checkpoint spacing,
+the LightGCN adjacency layout); any other field that differs from the
+workdir's config.json raises ConfigError, since finished results would
+silently keep the old values. `best_epoch` is 0-based in result.json and
+1-based (the epoch count) in summary.json and metrics.csv.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ from fairjax.methods import itfr as M
 
 TEST_METRICS = ("ndcg", "recall", "precision", "cv", "min", "ucv", "icv")
 CSV_FIELDS = ["method", "seed", "epoch", "split", "group", "metric", "value"]
+# Config fields a rerun of a workdir may change (module docstring).
+FREE_FIELDS = ("methods", "num_seeds", "data_dir", "log_every", "ckpt_every",
+               "lightgcn_layout")
 
 
 def _log(msg: str) -> None:
@@ -340,7 +349,7 @@ def train_and_evaluate(config, workdir: str, data_dir: str | None = None
                        ) -> dict:
   """Runs every method x seed; writes metrics.csv and summary.json."""
   M.validate_config(config)
-  workdir = ckpt_lib.open_workdir(workdir, config)
+  workdir = ckpt_lib.open_workdir(workdir, config, FREE_FIELDS)
   data = prepare_data(config, data_dir)
   ckpt_lib.write_json_atomic(workdir / "data_stats.json", data.stats)
   st = data.stats
