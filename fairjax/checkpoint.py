@@ -109,7 +109,7 @@ def open_workdir(workdir: str | os.PathLike, config: Any,
   """
   workdir = pathlib.Path(workdir)
   path = workdir / "config.json"
-  new = _plain(config.to_dict())
+  new = config.to_dict()
   if free_fields is not None and path.exists():
     changed = config_changes(read_json(path), new, free_fields)
     if changed:
