@@ -22,6 +22,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the FADE config; `arg` holds the variant."""
   v = parse_variant(arg)
   c = ml_collections.ConfigDict()
+  c.job = "fade"
   c.dataset = v.get("dataset", "synthetic")
   c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
   c.seed = int(v.get("seed", 0))

@@ -53,6 +53,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the FairSync config; `arg` holds the variant."""
   v = parse_variant(arg)
   c = ml_collections.ConfigDict()
+  c.job = "fairsync"
   c.dataset = v.get("dataset", "ml1m")
   c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
   c.seed = int(v.get("seed", 0))

@@ -26,7 +26,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the ITFR config; `arg` holds the variant."""
   v = parse_variant(arg)
   c = ml_collections.ConfigDict()
-  c.job = "itfr"  # read by launch.report
+  c.job = "itfr"
   c.dataset = v.get("dataset", "synthetic")
   c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
   c.seed = int(v.get("seed", 0))  # seed s of num_seeds uses seed + s.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pathlib
 import tempfile
@@ -82,6 +83,31 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
     f.write("\n")
   write_atomic(path, write)
+
+
+def save_npy_atomic(path: str | os.PathLike, arr: np.ndarray) -> None:
+  """np.save to `path` via a temporary file + rename (no pickles)."""
+  write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), mode="wb")
+
+
+def finite_or_none(x):
+  """Nested dicts / lists of floats with NaN or inf -> None (strict JSON)."""
+  if isinstance(x, dict):
+    return {k: finite_or_none(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [finite_or_none(v) for v in x]
+  if isinstance(x, np.floating):
+    x = float(x)
+  return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def floats(x) -> np.ndarray:
+  """Inverse of `finite_or_none` for numeric nested lists: None -> NaN."""
+  def back(v):
+    if isinstance(v, list):
+      return [back(a) for a in v]
+    return np.nan if v is None else v
+  return np.asarray(back(x), np.float64)
 
 
 def write_csv_atomic(path: str | os.PathLike, rows: list[dict],

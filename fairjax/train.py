@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from fairjax import checkpoint as ckpt_lib
+from fairjax.rng import step_keys  # noqa: F401  (re-exported)
 
 PyTree = Any
 # loss_fn(params, batch, rng, aux, context) -> (loss, (metrics, new aux)).
@@ -58,13 +59,6 @@ def create_state(params: PyTree, tx: optax.GradientTransformation,
                  aux: PyTree = None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params), aux={} if aux is None else aux)
-
-
-def step_keys(rng: jax.Array, first_step, num_steps: int) -> jax.Array:
-  """[num_steps] keys fold_in(rng, first_step + i): the keys `make_step`
-  derives for steps first_step, ..., first_step + num_steps - 1."""
-  steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-  return jax.vmap(lambda s: jax.random.fold_in(rng, s))(steps)
 
 
 def make_step(loss_fn: LossFn, tx: optax.GradientTransformation,

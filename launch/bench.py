@@ -57,6 +57,13 @@ def main(argv):
   del argv
   module = importlib.import_module(BENCHES[_BENCH.value])
   kwargs = {"seed": _SEED.value}
+  # The library never imports configs/: the launcher hands configs over.
+  if _BENCH.value == "fade":
+    from configs import fade as fade_config
+    kwargs["config"] = fade_config.get_config("dataset=synthetic")
+  elif _BENCH.value == "itfr":
+    from configs import itfr as itfr_config
+    kwargs["get_config"] = itfr_config.get_config
   if "data_dir" in module.run.__code__.co_varnames:
     kwargs["data_dir"] = _DATA_DIR.value or os.environ.get("FAIRJAX_DATA_DIR")
   if _MODEL.value is not None:

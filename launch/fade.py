@@ -11,7 +11,7 @@ import json
 
 from absl import app
 
-from fairjax.methods import fade_run
+from fairjax import jobs, runner
 from launch.common import friendly_errors, job_flags
 
 _CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/fade.py", "FADE")
@@ -20,8 +20,8 @@ _CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/fade.py", "FADE")
 @friendly_errors
 def main(argv):
   del argv
-  summary = fade_run.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                        _DATA_DIR.value)
+  summary = runner.train_and_evaluate(jobs.get("fade"), _CONFIG.value,
+                                      _WORKDIR.value, _DATA_DIR.value)
   print(json.dumps(summary))
 
 

@@ -35,9 +35,9 @@ def _emulate_devices(n: int) -> None:
 def main(argv):
   del argv
   _emulate_devices(int(_CONFIG.value.shards))
-  from fairjax.methods import fairsync_run  # after XLA_FLAGS: JAX starts here.
-  summary = fairsync_run.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                            _DATA_DIR.value)
+  from fairjax import jobs, runner  # after XLA_FLAGS: JAX starts here.
+  summary = runner.train_and_evaluate(jobs.get("fairsync"), _CONFIG.value,
+                                      _WORKDIR.value, _DATA_DIR.value)
   print(json.dumps(summary))
 
 

@@ -11,7 +11,7 @@ import json
 
 from absl import app
 
-from fairjax.methods import itfr_run
+from fairjax import jobs, runner
 from launch.common import friendly_errors, job_flags
 
 _CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/itfr.py", "ITFR")
@@ -20,8 +20,8 @@ _CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/itfr.py", "ITFR")
 @friendly_errors
 def main(argv):
   del argv
-  summary = itfr_run.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                        _DATA_DIR.value)
+  summary = runner.train_and_evaluate(jobs.get("itfr"), _CONFIG.value,
+                                      _WORKDIR.value, _DATA_DIR.value)
   print(json.dumps({"test": summary["test"],
                     "seconds_per_epoch": summary["seconds_per_epoch"]}))
 

@@ -15,9 +15,14 @@ from configs import fade as fade_config
 from fairjax import checkpoint as ckpt_lib
 from fairjax.errors import ConfigError, DataError
 from fairjax.methods import fade as F
-from fairjax.methods import fade_run
+from fairjax import runner
+from fairjax.jobs import fade as fade_job
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(config, workdir):
+  return runner.train_and_evaluate(fade_job, config, workdir)
 
 
 def _config(methods, periods=3, **overrides):
@@ -30,7 +35,7 @@ def _config(methods, periods=3, **overrides):
 
 def test_all_methods_smoke(tmp_path):
   c = _config(",".join(F.METHODS), periods=2)
-  summary = fade_run.train_and_evaluate(c, str(tmp_path))
+  summary = run(c, str(tmp_path))
   for task in ("task_r", "task_n"):
     assert set(summary[task]) == set(F.METHODS)
     for m in F.METHODS:
@@ -40,24 +45,23 @@ def test_all_methods_smoke(tmp_path):
   assert set(summary["full"]["task_r"]) == set(F.METHODS)
   assert set(summary["seconds_per_period"]) == set(F.METHODS)
   df = pd.read_csv(tmp_path / "metrics.csv")
-  assert set(df.columns) == {"method", "snapshot", "task", "protocol", "group",
-                             "metric", "value"}
+  assert list(df.columns) == runner.CSV_FIELDS
   # 7 methods x 2 periods x 2 tasks x 2 protocols x 4 groups x 5 metrics.
   assert len(df) == 7 * 2 * 2 * 2 * 4 * 5
   assert json.loads((tmp_path / "summary.json").read_text()) == summary
   # Metrics are averaged within group; PD = group 0 - group 1.
-  sel = df[(df.method == "FADE") & (df.snapshot == 1) & (df.task == "task_r")
-           & (df.protocol == "sampled") & (df.metric == "ndcg@20")]
+  sel = df[(df.method == "FADE") & (df.step == 1) &
+           (df.split == "task_r/sampled") & (df.metric == "ndcg@20")]
   v = dict(zip(sel.group, sel.value))
   assert v["pd"] == pytest.approx(v["M"] - v["F"])
 
 
 def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
   methods = "FINETUNE,FADE"
-  full = fade_run.train_and_evaluate(_config(methods, periods=6),
+  full = run(_config(methods, periods=6),
                                      str(tmp_path / "a"))
 
-  real_eval = fade_run._eval_rows
+  real_eval = fade_job.eval_rows
 
   class Killed(Exception):
     pass
@@ -67,14 +71,14 @@ def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
       raise Killed()
     return real_eval(evaluator, params, data, snapshot, method, ks)
 
-  monkeypatch.setattr(fade_run, "_eval_rows", killing_eval)
+  monkeypatch.setattr(fade_job, "eval_rows", killing_eval)
   with pytest.raises(Killed):
-    fade_run.train_and_evaluate(_config(methods, periods=6),
+    run(_config(methods, periods=6),
                                 str(tmp_path / "b"))
-  monkeypatch.setattr(fade_run, "_eval_rows", real_eval)
+  monkeypatch.setattr(fade_job, "eval_rows", real_eval)
   rows_b = json.loads((tmp_path / "b/methods/FADE/rows.json").read_text())
   assert sorted(rows_b["periods"]) == ["1", "2", "3", "4"]
-  resumed = fade_run.train_and_evaluate(_config(methods, periods=6),
+  resumed = run(_config(methods, periods=6),
                                         str(tmp_path / "b"))
   a = pd.read_csv(tmp_path / "a/metrics.csv")
   b = pd.read_csv(tmp_path / "b/metrics.csv")
@@ -84,13 +88,13 @@ def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
 
 
 def test_rerun_with_changed_field_is_refused(tmp_path):
-  ckpt_lib.open_workdir(tmp_path, _config("FADE"), fade_run.FREE_FIELDS)
-  ckpt_lib.open_workdir(tmp_path, _config("FADE,REC"), fade_run.FREE_FIELDS)
+  ckpt_lib.open_workdir(tmp_path, _config("FADE"), fade_job.FREE_FIELDS)
+  ckpt_lib.open_workdir(tmp_path, _config("FADE,REC"), fade_job.FREE_FIELDS)
   before = (tmp_path / "config.json").read_text()
   changed = _config("FADE,REC")
   changed.lr *= 2
   with pytest.raises(ConfigError, match=r"field 'lr'"):
-    fade_run.train_and_evaluate(changed, str(tmp_path))
+    run(changed, str(tmp_path))
   assert (tmp_path / "config.json").read_text() == before
   assert json.loads(before)["methods"] == "FADE,REC"
 
@@ -118,7 +122,7 @@ def _bad(field, value):
 def test_missing_sensitive_attribute_is_a_data_error(tmp_path):
   c = _config("FINETUNE", user_attr="religion")
   with pytest.raises(DataError, match="religion"):
-    fade_run.train_and_evaluate(c, str(tmp_path))
+    run(c, str(tmp_path))
 
 
 def test_one_group_batch_has_no_fairness_term():
@@ -199,5 +203,5 @@ def test_ncf_backbone_runs(tmp_path):
   c = fade_config.get_config("dataset=synthetic,smoke,periods=1,model=ncf")
   c.methods = "FADE"
   c.dim = 8
-  summary = fade_run.train_and_evaluate(c, str(tmp_path))
+  summary = run(c, str(tmp_path))
   assert np.isfinite(summary["task_r"]["FADE"]["ndcg@20"])

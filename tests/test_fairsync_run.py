@@ -12,11 +12,19 @@ import pytest
 
 from configs import fairsync as fairsync_config
 from fairjax.errors import ConfigError
-from fairjax.methods import fairsync_run as R
+from fairjax import runner
+from fairjax.data import requests as requests_data
+from fairjax.evaluators import exposure
+from fairjax.jobs import fairsync as fairsync_job
+from fairjax.methods import fairsync as fairsync_method
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("unconstrained", "FairSync", "k-neighbor", "min-regularizer",
            "centralised")
+
+
+def run(config, workdir):
+  return runner.train_and_evaluate(fairsync_job, config, workdir)
 
 
 def _launch(workdir, variant="smoke", *extra):
@@ -59,7 +67,7 @@ def test_launcher_writes_summary_and_metrics(smoke_run):
   import pandas as pd
   df = pd.read_csv(workdir / "metrics.csv", keep_default_na=False)
   assert set(df.method) == set(METHODS)
-  final = df[(df.metric == "exposure")].sort_values("requests").groupby(
+  final = df[(df.metric == "exposure")].sort_values("step").groupby(
       ["method", "group"]).value.last()
   # Final exposure sums to K T for every method (every list has K items).
   for method in METHODS:
@@ -76,7 +84,7 @@ def test_rerun_resumes(smoke_run):
   proc = _launch(workdir)
   assert proc.returncode == 0, proc.stderr[-2000:]
   for method in METHODS:
-    assert f"[{method}] done earlier" in proc.stderr
+    assert f"{method}: done earlier" in proc.stderr
   assert (workdir / "summary.json").read_text() == before
 
 
@@ -85,7 +93,7 @@ def test_sharded_library_run_equals_single_device(smoke_run, tmp_path):
   config = fairsync_config.get_config("smoke")
   config.methods = "unconstrained,FairSync"
   config.shards = 2
-  summary = R.train_and_evaluate(config, str(tmp_path))
+  summary = run(config, str(tmp_path))
   single = json.loads((workdir / "summary.json").read_text())
   for method in ("unconstrained", "FairSync"):
     assert summary[method] == single[method]
@@ -99,12 +107,12 @@ def test_changed_setting_reserves_only_that_method(smoke_run, tmp_path,
   shutil.copytree(workdir, copy)
   config = fairsync_config.get_config("smoke")
   config.eta = 0.07
-  summary = R.train_and_evaluate(config, str(copy))
+  summary = run(config, str(copy))
   err = capsys.readouterr().err
-  assert "[FairSync] settings changed" in err
+  assert "FairSync: settings changed" in err
   for method in ("unconstrained", "k-neighbor", "min-regularizer",
                  "centralised"):
-    assert f"[{method}] done earlier" in err
+    assert f"{method}: done earlier" in err
   assert summary["eta"] == 0.07
 
 
@@ -112,7 +120,7 @@ def test_split_per_user_matches_brute_force():
   rng = np.random.default_rng(0)
   user = rng.integers(0, 7, 60).astype(np.int32)
   key = rng.random(60)
-  got = R.split_per_user(user, key, 7, 0.8)
+  got = requests_data.split_per_user(user, key, 7, 0.8)
   for u in range(7):
     rows = np.nonzero(user == u)[0]
     if not rows.size:
@@ -128,7 +136,7 @@ def test_auto_min_exposure_leaves_unconstrained_esp_at_most_target():
   rng = np.random.default_rng(1)
   sizes = rng.integers(1, 50, 18)
   e0 = rng.multinomial(50 * 300, sizes / sizes.sum()).astype(float)
-  m, f, base = R.choose_min_exposure(e0, 50, 300, sizes, 0.0, 0.25, 0.6)
+  m, f, base = fairsync_method.choose_min_exposure(e0, 50, 300, sizes, 0.0, 0.25, 0.6)
   np.testing.assert_allclose(base, np.minimum(50 * 300 / 18,
                                               0.25 * 300 * sizes))
   np.testing.assert_allclose(m, f * base, rtol=1e-6)
@@ -149,7 +157,7 @@ def test_accuracy_matches_python_loop():
   targets[0] = np.union1d(targets[0], [n - 1])  # what id -1 would wrap to
   ptr = np.concatenate([[0], np.cumsum([len(x) for x in targets])])
   items = np.concatenate(targets).astype(np.int32)
-  got = R.accuracy(ids, ptr, items, n, k, max_cells=3 * n)  # 3-row blocks
+  got = exposure.accuracy(ids, ptr, items, n, k, max_cells=3 * n)  # 3-row blocks
   rec, ndcg, hr = [], [], []
   for row, tgt in zip(ids, targets):
     if not len(tgt):
@@ -183,7 +191,7 @@ def test_infeasible_minimums_one_line_error_from_launcher(tmp_path):
 def test_bad_input_raises_config_error(tmp_path, variant, needle):
   config = fairsync_config.get_config(variant)
   with pytest.raises(ConfigError) as err:
-    R.train_and_evaluate(config, str(tmp_path))
+    run(config, str(tmp_path))
   assert needle in str(err.value) and "\n" not in str(err.value)
   assert not (tmp_path / "summary.json").exists()
 
@@ -192,21 +200,21 @@ def test_bad_fields_raise_config_error(tmp_path):
   config = fairsync_config.get_config("smoke")
   config.methods = "unconstrained,FairSink"
   with pytest.raises(ConfigError, match="FairSink"):
-    R.train_and_evaluate(config, str(tmp_path))
+    run(config, str(tmp_path))
   config = fairsync_config.get_config("smoke")
   config.shards = 64
   with pytest.raises(ConfigError, match="shards"):
-    R.train_and_evaluate(config, str(tmp_path))
+    run(config, str(tmp_path))
   config = fairsync_config.get_config("smoke")
   config.model = "lightgcn"
   with pytest.raises(ConfigError, match="field 'model'"):
-    R.train_and_evaluate(config, str(tmp_path))
+    run(config, str(tmp_path))
 
 
 def test_ml1m_ts_protocol_later_interactions_are_targets(data_dir):
   from fairjax.data.registry import load_dataset
   config = fairsync_config.get_config("dataset=ml1m-ts")
-  data = R.prepare_interactions(config, str(data_dir))
+  data = requests_data.prepare_interactions(config, str(data_dir))
   ds = load_dataset("ml1m-ts", data_dir)
   assert data.request_users.size == ds.num_users == 2999
   assert data.train_user.size + data.target_items.size == ds.num_interactions
@@ -221,7 +229,7 @@ def test_ml1m_ts_protocol_later_interactions_are_targets(data_dir):
     first_target.append(min(ts[i] for i in tgt))
   assert first_target == sorted(first_target)  # requests in time order
   # The exclusion rows are exactly each request user's training items.
-  ex = R.training_exclusion(data.train_user, data.train_item,
+  ex = requests_data.training_exclusion(data.train_user, data.train_item,
                             data.request_users, data.num_users)
   for t in range(0, data.request_users.size, 211):
     train = data.train_item[data.train_user == data.request_users[t]]
@@ -235,7 +243,7 @@ def test_training_exclusion_matches_python_loop():
   item = rng.integers(0, 30, 70).astype(np.int32)
   req = np.array([3, 0, 8, 5, 7], np.int32)
   user[user == 7] = 6  # request user 7 has no training item
-  got = R.training_exclusion(user, item, req, 9)
+  got = requests_data.training_exclusion(user, item, req, 9)
   want = [list(item[user == u]) for u in req]
   assert got.shape == (5, max(len(w) for w in want)) and got.dtype == np.int32
   for row, w in zip(got, want):
@@ -251,33 +259,33 @@ def _tiny_interactions(num_users=48, num_items=60, seed=0):
     users += [u] * cnt
     items += list(rng.choice(num_items, cnt, replace=False))
   user, item = np.array(users, np.int32), np.array(items, np.int32)
-  is_train = R.split_per_user(user, rng.random(user.size), num_users, 0.8)
+  is_train = requests_data.split_per_user(user, rng.random(user.size), num_users, 0.8)
   tu, ti = user[~is_train], item[~is_train]
   order = rng.permutation(num_users).astype(np.int32)
   pos = np.empty(num_users, np.int64)
   pos[order] = np.arange(num_users)
-  ptr, tgt = R._csr(pos[tu], ti, num_users)
+  ptr, tgt = requests_data._csr(pos[tu], ti, num_users)
   group = (np.arange(num_items) % 3).astype(np.int32)
-  return R.Interactions("ml1m", num_users, num_items, user[is_train],
+  return requests_data.Interactions("ml1m", num_users, num_items, user[is_train],
                         item[is_train], order, ptr, tgt, group,
                         ("a", "b", "c"))
 
 
 def test_run_excludes_training_items_for_every_method(tmp_path, monkeypatch):
   data = _tiny_interactions()
-  monkeypatch.setattr(R, "prepare_interactions", lambda *a: data)
+  monkeypatch.setattr(requests_data, "prepare_interactions", lambda *a: data)
   served = {}
-  real_serve = R.fairsync.serve
+  real_serve = fairsync_method.serve
 
   def spy(method, *args, **kw):
     res = real_serve(method, *args, **kw)
     served[method] = (res, kw.get("exclude"))
     return res
 
-  monkeypatch.setattr(R.fairsync, "serve", spy)
+  monkeypatch.setattr(fairsync_method, "serve", spy)
   config = fairsync_config.get_config("dataset=ml1m,k=5,b=8,epochs=2,frac=0.5")
   assert config.exclude_train_items  # the default
-  summary = R.train_and_evaluate(config, str(tmp_path))
+  summary = run(config, str(tmp_path))
   assert summary["exclude_train_items"] is True
   assert set(served) == set(METHODS)
   train_sets = [set(data.train_item[data.train_user == u])
@@ -293,7 +301,7 @@ def test_run_excludes_training_items_for_every_method(tmp_path, monkeypatch):
   # same retriever (restored), every method served again.
   served.clear()
   config.exclude_train_items = False
-  summary_all = R.train_and_evaluate(config, str(tmp_path))
+  summary_all = run(config, str(tmp_path))
   assert summary_all["exclude_train_items"] is False
   assert set(served) == set(METHODS)
   assert all(ex is None for _, ex in served.values())

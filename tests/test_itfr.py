@@ -20,7 +20,9 @@ from fairjax.data import registry
 from fairjax.data import sampling
 from fairjax.errors import ConfigError, DataError
 from fairjax.methods import itfr as M
-from fairjax.methods import itfr_run
+from fairjax import runner
+from fairjax.data import cells as cells_data
+from fairjax.jobs import itfr as itfr_job
 from fairjax.ops import group_sam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +212,7 @@ def test_smoke_run_summary_rerun_and_empty_cell(tmp_path, monkeypatch):
   _patched_synthetic(monkeypatch, _drop_cell_f0)
   config = itfr_config.get_config("smoke,epochs=2")
   config.methods = "BPR,GroupDRO,ITFR"
-  full = itfr_run.train_and_evaluate(config, tmp_path)
+  full = runner.train_and_evaluate(itfr_job, config, tmp_path)
   assert set(full["test"]) == {"BPR", "GroupDRO", "ITFR"}
   for m in full["test"].values():
     assert set(m) == {"ndcg@20", "recall@20", "precision@20", "cv@20",
@@ -220,7 +222,7 @@ def test_smoke_run_summary_rerun_and_empty_cell(tmp_path, monkeypatch):
   assert np.asarray(full["cells"]["ITFR"]["recall@20"]).shape == (2, 6)
   assert "ndcg@20_per_user" in full["paired_test"]["ITFR_vs_BPR"]
   rows = (tmp_path / "metrics.csv").read_text().splitlines()
-  assert rows[0] == "method,seed,epoch,split,group,metric,value"
+  assert rows[0] == ",".join(runner.CSV_FIELDS)
   assert any(",test,M|" in r for r in rows)
   names = full["data"]["empty_cells"]
   assert len(names) == 1 and names[0].startswith("F|")
@@ -231,24 +233,24 @@ def test_smoke_run_summary_rerun_and_empty_cell(tmp_path, monkeypatch):
     assert np.isclose(sum(res["final_q"]), 1.0, atol=1e-4)
     assert max(res["final_q"]) > min(q for q in res["final_q"] if q > 0)
   # A rerun finds every result and trains nothing.
-  again = itfr_run.train_and_evaluate(config, tmp_path)
+  again = runner.train_and_evaluate(itfr_job, config, tmp_path)
   assert again["test"] == full["test"]
 
 
 def test_rerun_with_changed_fields_is_refused(tmp_path):
   config = itfr_config.get_config("smoke")
-  ckpt_lib.open_workdir(tmp_path, config, itfr_run.FREE_FIELDS)
+  ckpt_lib.open_workdir(tmp_path, config, itfr_job.FREE_FIELDS)
   stored = (tmp_path / "config.json").read_text()
   free = itfr_config.get_config("smoke")
   free.methods, free.num_seeds, free.lightgcn_layout = "BPR", 7, "sparse"
-  ckpt_lib.open_workdir(tmp_path, free, itfr_run.FREE_FIELDS)
+  ckpt_lib.open_workdir(tmp_path, free, itfr_job.FREE_FIELDS)
   assert json.loads((tmp_path / "config.json").read_text())["num_seeds"] == 7
   changed = itfr_config.get_config("smoke")
   changed.itfr.rho, changed.epochs = 0.5, 9
   before = (tmp_path / "config.json").read_text()
   with pytest.raises(ConfigError, match=r"field 'epochs': 3 -> 9; field "
                      r"'itfr.rho': 0.02 -> 0.5"):
-    itfr_run.train_and_evaluate(changed, tmp_path)
+    runner.train_and_evaluate(itfr_job, changed, tmp_path)
   assert (tmp_path / "config.json").read_text() == before
   assert not (tmp_path / "data_stats.json").exists()
   assert stored != before
@@ -259,11 +261,12 @@ def test_killed_run_resumes_identically(tmp_path, monkeypatch):
   # resumed run replays epochs 3 and 4 (training and best-model tracking).
   config = itfr_config.get_config("smoke,epochs=4")
   config.ckpt_every = 2
-  data = itfr_run.prepare_data(config)
-  evaluator = itfr_run.Evaluator(data, config.ks)
-  compiled = itfr_run.Compiled("ITFR", data, config)
-  full = itfr_run.run_one("ITFR", 0, data, config, tmp_path / "a", evaluator,
-                          compiled)
+  ctx = itfr_job.prepare(config, tmp_path, None)
+  unit = runner.Unit("ITFR/seed0", "ITFR", 0)
+  def run_one(workdir):
+    return itfr_job.run_unit(config, ctx, unit,
+                             runner.unit_dir(workdir, unit), {})
+  full = run_one(tmp_path / "a")
 
   class Killed(Exception):
     pass
@@ -275,12 +278,10 @@ def test_killed_run_resumes_identically(tmp_path, monkeypatch):
     save(self, step, tree)
   monkeypatch.setattr(ckpt_lib.Checkpointer, "save", dying_save)
   with pytest.raises(Killed):
-    itfr_run.run_one("ITFR", 0, data, config, tmp_path / "b", evaluator,
-                     compiled)
+    run_one(tmp_path / "b")
   assert not (tmp_path / "b/methods/ITFR/seed0/result.json").exists()
   monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
-  resumed = itfr_run.run_one("ITFR", 0, data, config, tmp_path / "b",
-                             evaluator, compiled)
+  resumed = run_one(tmp_path / "b")
   for key in ("test", "cells", "final_q", "best_epoch", "best_valid_ndcg"):
     assert resumed[key] == full[key], key
   hist_a, hist_b = np.array(full["history"], float), np.array(
@@ -333,7 +334,7 @@ def _patched_synthetic(monkeypatch, edit):
   load = registry.load_dataset
   def fake(name, data_dir=None, **kw):
     return edit(load(name, data_dir, **kw))
-  monkeypatch.setattr(itfr_run.registry, "load_dataset", fake)
+  monkeypatch.setattr(cells_data.registry, "load_dataset", fake)
 
 
 @pytest.mark.parametrize("dtype,missing", [(np.int64, -1),
@@ -346,8 +347,8 @@ def test_missing_user_attribute(monkeypatch, dtype, missing):
   _patched_synthetic(monkeypatch, edit)
   config = itfr_config.get_config("smoke")
   with pytest.raises(DataError, match="gender"):
-    itfr_run.prepare_data(config)
+    cells_data.prepare_data(config)
   config.missing_user_group = "drop"
-  data = itfr_run.prepare_data(config)
+  data = cells_data.prepare_data(config)
   assert data.stats["users_dropped_missing_attr"] == 3
   assert data.num_users <= 150 - 3

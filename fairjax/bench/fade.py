@@ -18,7 +18,6 @@ import sys
 import jax
 import numpy as np
 
-from configs import fade as fade_config
 from fairjax import models as models_lib
 from fairjax.methods import fade as F
 
@@ -37,8 +36,9 @@ def _data(seed: int) -> F.FadeData:
                     (PRETRAIN, PERIOD), group, ("M", "F"))
 
 
-def run(seed: int = 0, repeats: int = 3) -> dict:
-  config = fade_config.get_config("dataset=synthetic")
+def run(config, seed: int = 0, repeats: int = 3) -> dict:
+  """Times one period; `config` a `configs/fade.py` ConfigDict (its
+  optimiser and loss fields are used; the data shape is fixed above)."""
   data = _data(seed)
   model = models_lib.create("mf", NUM_USERS, NUM_ITEMS, dim=64)
   trainer = F.Trainer(model, F.make_optimizer(config), config)

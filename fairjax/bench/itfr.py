@@ -33,22 +33,21 @@ import time
 import jax
 import jax.numpy as jnp
 
-from configs import itfr as itfr_config
 from fairjax.methods import itfr as M
-from fairjax.methods import itfr_run
+from fairjax.data import cells as cells_data
 
 
 def _log(msg: str) -> None:
   print(f"[bench.itfr] {msg}", file=sys.stderr, flush=True)
 
 
-def _config(data_dir, model="mf"):
-  """configs/itfr.py, ML-1M (or synthetic) variant."""
+def _config(get_config, data_dir, model="mf"):
+  """configs/itfr.py (`get_config`), ML-1M (or synthetic) variant."""
   if data_dir:
-    c = itfr_config.get_config(f"dataset=ml1m,model={model}")
+    c = get_config(f"dataset=ml1m,model={model}")
     c.data_dir = str(data_dir)
   else:
-    c = itfr_config.get_config(f"dataset=synthetic,model={model}")
+    c = get_config(f"dataset=synthetic,model={model}")
     c.synthetic.num_users = 6000
     c.synthetic.num_items = 1200
   return c
@@ -75,17 +74,19 @@ def _time_epochs(name, config, data, seed, repeats, skip):
   return statistics.median(times)
 
 
-def run(seed: int = 0, data_dir: str | None = None, repeats: int | None = None,
-        model: str = "mf") -> dict:
+def run(get_config, seed: int = 0, data_dir: str | None = None,
+        repeats: int | None = None, model: str = "mf") -> dict:
   """Seconds per epoch of ITFR and BPR (median of `repeats`) and the ratio;
-  for LightGCN also BPR on the COO adjacency."""
+  for LightGCN also BPR on the COO adjacency. `get_config` is
+  `configs/itfr.py`'s (the launcher passes it: the library never imports
+  the configs folder)."""
   data_dir = data_dir or os.environ.get("FAIRJAX_DATA_DIR") or None
   if model not in ("mf", "lightgcn"):
     raise ValueError(f"model must be 'mf' or 'lightgcn', got {model!r}")
   if repeats is None:
     repeats = 3 if model == "mf" else 2
-  config = _config(data_dir, model)
-  data = itfr_run.prepare_data(config, data_dir)
+  config = _config(get_config, data_dir, model)
+  data = cells_data.prepare_data(config, data_dir)
   _log(f"{data.name}, {model}: {data.train_user.size} training interactions, "
        f"{data.num_cells} cells, batch {config.batch_size}, "
        f"{M.steps_per_epoch(data, config.batch_size)} steps per epoch")

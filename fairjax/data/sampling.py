@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax import train
+from fairjax.checkpoint import save_npy_atomic
+from fairjax.rng import step_keys
 from fairjax.errors import DataError
 
 
@@ -80,7 +80,7 @@ def presample_negatives(state, batches, rng, context, *, num_items: int,
   """An epoch `prepare` (`train.make_epoch`): per-step keys and first
   negative-sampling rounds, drawn once per epoch.
 
-  Adds batches['key'] [S] = `train.step_keys(rng, state.step, S)` and
+  Adds batches['key'] [S] = `step_keys(rng, state.step, S)` and
   batches['neg_draws'] [S, rounds, B, n] = `draw_rounds` of those keys. A
   step built with `train.make_step(..., keys_in_batch=True)` whose loss calls
   `sample_negatives(rng_t, ..., drawn=batch['neg_draws'])` gets negatives
@@ -90,7 +90,7 @@ def presample_negatives(state, batches, rng, context, *, num_items: int,
   """
   del context
   steps, b = batches["user"].shape
-  keys = train.step_keys(rng, state.step, steps)
+  keys = step_keys(rng, state.step, steps)
   draws = jax.vmap(lambda k: draw_rounds(k, num_items, (b, num_negatives),
                                          rounds))(keys)
   return state, dict(batches, key=keys, neg_draws=draws)
@@ -260,19 +260,7 @@ def load_or_create_eval_negatives(
       raise DataError(f"cannot read saved negatives: {e}", path=path) from e
   else:
     arr = np.asarray(make_fn())
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npy")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+    save_npy_atomic(path, arr)
   if expected_shape is not None and tuple(arr.shape) != tuple(expected_shape):
     raise DataError(f"saved negatives have shape {arr.shape}, expected "
                     f"{tuple(expected_shape)}", path=path)

@@ -3,7 +3,7 @@
 Yoo et al., "Ensuring User-side Fairness in Dynamic Recommender Systems",
 WWW 2024. The recommender is pretrained on D_0 and then updated period by
 period on D_1..D_9; after each period it is evaluated on Task-R and Task-N
-(see `periodic_eval`). Methods:
+(see `fairjax.evaluators.periodic`). Methods:
 
   PRE-TRAIN     the snapshot after pretraining, evaluated at every period.
   RETRAIN       re-initialise and train on D_0..D_t (plain BPR) each period.

@@ -345,3 +345,44 @@ def _min_cost_fill(cs: np.ndarray, alloc: np.ndarray, need: np.ndarray,
       n[t, g] += 1
       n[t, h] -= 1
       g = h
+
+
+def choose_min_exposure(unconstrained_exposure, k: int, horizon: int,
+                        group_sizes, frac: float, item_cap: float,
+                        target_esp: float = 0.6
+                        ) -> tuple[np.ndarray, float, np.ndarray]:
+  """m_g = f base_g, base_g = min(K T / G, item_cap T |I_g|).
+
+  f = `frac` when > 0; otherwise the smallest f with unconstrained ESP <=
+  `target_esp`: with r_g = E0_g / base_g sorted descending and a =
+  floor(target_esp G) the groups allowed to be met, f = r_(a+1) (1 + 1e-6)
+  (capped at 1), so only the a groups with the largest r_g can satisfy
+  E0_g >= m_g.
+
+  Returns:
+    (m [G] float32, f, base [G]).
+  """
+  e0 = np.asarray(unconstrained_exposure, np.float64)
+  sizes = np.asarray(group_sizes, np.float64)
+  g = e0.size
+  base = np.minimum(k * horizon / g, item_cap * horizon * sizes)
+  if frac > 0:
+    f = float(frac)
+  else:
+    r = np.sort(e0 / np.maximum(base, 1e-12))[::-1]
+    allowed = int(math.floor(target_esp * g + 1e-9))
+    f = float(min(r[min(allowed, g - 1)] * (1 + 1e-6), 1.0))
+  return (f * base).astype(np.float32), f, base
+
+
+def serving_target(method: str, m: np.ndarray, headroom: float) -> np.ndarray:
+  """The minimums a method serves towards: FairSync aims at (1 + h) m_g.
+
+  The online dual lags (mu starts at 0 and moves one Adam step per batch),
+  so aiming exactly at m_g leaves some groups just short at the horizon;
+  FairSync's dual gets the target (1 + headroom) m_g and is scored against
+  m_g. The baselines get m_g itself.
+  """
+  if method == "FairSync":
+    return (np.asarray(m, np.float64) * (1.0 + headroom)).astype(np.float32)
+  return np.asarray(m, np.float32)

@@ -62,6 +62,7 @@ from fairjax import models as models_lib
 from fairjax import ops
 from fairjax import train
 from fairjax.data import sampling
+from fairjax.data.cells import ItfrData
 from fairjax.errors import ConfigError
 from fairjax.models.lightgcn import (GRAM_MAX_NODES, LightGCN,
                                      adjacency, propagate_split,
@@ -149,60 +150,6 @@ def validate_config(config) -> None:
        "must be 'error' or 'drop'")
   need(config.item_grouping in ("one_of", "first_genre"), "item_grouping",
        "must be 'one_of' or 'first_genre'")
-
-
-@dataclasses.dataclass(frozen=True)
-class ItfrData:
-  """The random-split protocol with intersectional cells (built by
-  `fairjax.methods.itfr_run.prepare_data`).
-
-  Cell g = a * J + j for user group a in [0, A) and item group j in [0, J).
-  """
-
-  name: str
-  num_users: int
-  num_items: int
-  user_group: np.ndarray  # int32 [U]
-  item_group: np.ndarray  # int32 [I]
-  user_group_names: tuple[str, ...]
-  item_group_names: tuple[str, ...]
-  train_user: np.ndarray  # int32 [N_train]
-  train_item: np.ndarray
-  train_cell: np.ndarray  # int32 [N_train]
-  valid_user: np.ndarray
-  valid_item: np.ndarray
-  test_user: np.ndarray
-  test_item: np.ndarray
-  cell_counts: np.ndarray  # int64 [G] training interactions per cell
-  stats: dict
-
-  @property
-  def num_user_groups(self) -> int:
-    return len(self.user_group_names)
-
-  @property
-  def num_item_groups(self) -> int:
-    return len(self.item_group_names)
-
-  @property
-  def num_cells(self) -> int:
-    return self.num_user_groups * self.num_item_groups
-
-  @property
-  def active(self) -> np.ndarray:
-    """bool [G]: cells with at least one training interaction."""
-    return self.cell_counts > 0
-
-  def cell_names(self) -> list[str]:
-    return [f"{a}|{j}" for a in self.user_group_names
-            for j in self.item_group_names]
-
-  def seen(self, parts=("train",)) -> np.ndarray:
-    """bool [U, I]: interactions of the given parts."""
-    m = np.zeros((self.num_users, self.num_items), bool)
-    for p in parts:
-      m[getattr(self, f"{p}_user"), getattr(self, f"{p}_item")] = True
-    return m
 
 
 # ----------------------------------------------------------------------------

@@ -402,3 +402,15 @@ def num_blocks(items: ShardedItems, mesh=None) -> int:
   """Blocks per shard (for FLOP accounting)."""
   return items.emb.shape[0] // (_num_shards(mesh) * items.block)
 
+
+def make_mesh(shards: int):
+  """The item-shard mesh over the first `shards` devices (None for 1)."""
+  if shards == 1:
+    return None
+  devs = jax.devices()
+  if len(devs) < shards:
+    raise ConfigError(
+        f"field 'shards': {shards} shards but only {len(devs)} device(s); on "
+        f"CPU set XLA_FLAGS=--xla_force_host_platform_device_count={shards}")
+  return jax.make_mesh((shards,), (AXIS,), devices=devs[:shards],
+                       axis_types=(jax.sharding.AxisType.Explicit,))

@@ -19,11 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fairjax import plots  # noqa: E402
+from fairjax.report import common  # noqa: E402
 
 
 def _summary(workdir: pathlib.Path) -> dict:
-  return json.loads(plots.run_file(workdir, "summary.json").read_text())
+  return json.loads(common.run_file(workdir, "summary.json").read_text())
 
 
 def _k_of(summary: dict) -> int:
@@ -80,7 +80,7 @@ def itfr_figures(workdir) -> list[pathlib.Path]:
       ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
                  label=f"test recall@{k}")
-    out.append(plots.save(fig, workdir / "cell_recall.png", dpi=110,
+    out.append(common.save(fig, workdir / "cell_recall.png", dpi=110,
                           bbox_inches="tight"))
 
   test = summary["test"]
@@ -97,5 +97,5 @@ def itfr_figures(workdir) -> list[pathlib.Path]:
          ylabel=f"CV@{k} over cells (lower is fairer)",
          title="Intersectional fairness against accuracy")
   fig.tight_layout()
-  out.append(plots.save(fig, workdir / "cv_vs_accuracy.png", dpi=110))
+  out.append(common.save(fig, workdir / "cv_vs_accuracy.png", dpi=110))
   return out

@@ -1,6 +1,4 @@
-"""Figures from a run's workdir (metrics.csv, summary.json), as PNG.
-
-FADE: PD over time per method (paper Fig. 3), accuracy vs |PD| trade-off
+"""FADE figures from a run's workdir (metrics.csv, summary.json), as PNG: PD over time per method (paper Fig. 3), accuracy vs |PD| trade-off
 (Fig. 2), and a lambda sweep over several workdirs (Fig. 4).
 """
 
@@ -13,51 +11,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from fairjax.checkpoint import write_atomic  # noqa: E402
-
-
-def run_file(workdir, name: str) -> pathlib.Path:
-  """workdir/name; FileNotFoundError (naming it) when the job has not run."""
-  path = pathlib.Path(workdir) / name
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no {name} (run the job first)")
-  return path
-
-
-def save(fig, path, dpi: int = 120, **kw) -> pathlib.Path:
-  """Writes `fig` to `path` (PNG) and closes it; returns the path.
-
-  The image goes to a temporary file beside `path`, renamed over it when
-  complete: a crash never leaves a half-written image.
-  """
-  path = pathlib.Path(path)
-  fmt = path.suffix.lstrip(".") or "png"
-  try:
-    write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt, **kw),
-                 mode="wb")
-  finally:
-    plt.close(fig)
-  return path
-
-
-def _metrics(workdir: pathlib.Path) -> pd.DataFrame:
-  return pd.read_csv(run_file(workdir, "metrics.csv"))
+from fairjax.report.common import metrics, run_file, save  # noqa: E402
 
 
 def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
                  protocol: str = "sampled") -> list[pathlib.Path]:
   """Draws pd_over_time.png and tradeoff.png into `workdir`."""
   workdir = pathlib.Path(workdir)
-  df = _metrics(workdir)
-  sel = df[(df.task == task) & (df.protocol == protocol) &
-           (df.metric == metric)]
+  df = metrics(workdir)
+  sel = df[(df.split == f"{task}/{protocol}") & (df.metric == metric)]
   out = []
   fig, ax = plt.subplots(figsize=(6, 4))
   for method, g in sel[sel.group == "pd"].groupby("method"):
-    g = g.sort_values("snapshot")
-    ax.plot(g.snapshot, g.value, marker="o", label=method)
+    g = g.sort_values("step")
+    ax.plot(g.step, g.value, marker="o", label=method)
   ax.axhline(0, color="grey", lw=0.8)
   ax.set(xlabel="period", ylabel=f"PD ({metric}, {task})",
          title="User-group gap over time")

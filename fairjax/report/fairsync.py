@@ -8,6 +8,7 @@ exposure_ratio.png: final E_g / m_g per group and method (1 = minimum met).
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 
@@ -16,14 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from fairjax import plots  # noqa: E402
-
-
-def _metrics(workdir: pathlib.Path) -> pd.DataFrame:
-  return pd.read_csv(plots.run_file(workdir, "metrics.csv"),
-                     keep_default_na=False)
+from fairjax.report import common  # noqa: E402
 
 
 def fairsync_figures(workdir) -> list[pathlib.Path]:
@@ -36,13 +31,15 @@ def fairsync_figures(workdir) -> list[pathlib.Path]:
     The paths written.
   """
   workdir = pathlib.Path(workdir)
-  df = _metrics(workdir)
-  expo = df[df.metric == "exposure"]
+  df = common.metrics(workdir)
+  summary = json.loads(common.run_file(workdir, "summary.json").read_text())
+  horizon, b = summary["num_requests"], summary["batch_size"]
+  expo = df[df.metric == "exposure"].copy()
+  expo["requests"] = np.minimum((expo.step + 1) * b, horizon)
   mins = df[df.metric == "min_exposure"].drop_duplicates("group")
   m = dict(zip(mins.group, mins.value.astype(float)))
   groups = list(dict.fromkeys(expo.group))
   methods = list(dict.fromkeys(expo.method))
-  horizon = float(expo.requests.max())
   cols = min(6, len(groups))
   rows = math.ceil(len(groups) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows),
@@ -63,7 +60,7 @@ def fairsync_figures(workdir) -> list[pathlib.Path]:
   fig.supxlabel("requests served")
   fig.supylabel("exposure E_g (dashed: m_g)")
   fig.tight_layout()
-  out = [plots.save(fig, workdir / "exposure_over_time.png", dpi=110)]
+  out = [common.save(fig, workdir / "exposure_over_time.png", dpi=110)]
 
   final = expo.sort_values("requests").groupby(["method", "group"]).last()
   fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(groups)), 3.5))
@@ -80,5 +77,5 @@ def fairsync_figures(workdir) -> list[pathlib.Path]:
   ax.set_yscale("log")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  out.append(plots.save(fig, workdir / "exposure_ratio.png", dpi=110))
+  out.append(common.save(fig, workdir / "exposure_ratio.png", dpi=110))
   return out

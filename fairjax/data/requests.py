@@ -1,0 +1,157 @@
+"""Request streams for retrieval experiments (FairSync, DESIGN §5).
+
+ML-1M (`prepare_interactions`): each user's ratings are split into train
+rows and target rows (`split_per_user`: the first round(train_frac n_u) by
+time on ml1m-ts, by a seeded random key on ml1m); the users with targets
+are the requests, in order of their first target's time (ml1m-ts) or in a
+seeded random order (ml1m). Item group = first genre. Synthetic
+(`synthetic_requests`): a generated catalog and queries; a request's
+targets are the exact top-`num_targets` items of a noisy copy of its query.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from fairjax.data import protocols, synthetic
+from fairjax.data.registry import load_dataset
+from fairjax.errors import ConfigError
+from fairjax.retrieval import sharded
+
+
+class Requests(NamedTuple):
+  """What serving and evaluation need.
+
+  Attributes:
+    name: dataset name.
+    user_emb: float32 [T, d] request vectors in arrival order.
+    item_emb: float32 [N, d] item vectors.
+    item_group: int32 [N] item groups in [0, G).
+    group_names: the G group labels.
+    target_ptr: int64 [T + 1], target_items int32: request t's targets are
+      target_items[target_ptr[t]:target_ptr[t + 1]] (CSR).
+    exclude: int32 [T, E] items never served to request t (its user's
+      training items, padded with -1), or None.
+  """
+  name: str
+  user_emb: np.ndarray
+  item_emb: np.ndarray
+  item_group: np.ndarray
+  group_names: tuple[str, ...]
+  target_ptr: np.ndarray
+  target_items: np.ndarray
+  exclude: np.ndarray | None = None
+
+
+def split_per_user(user: np.ndarray, order_key: np.ndarray, num_users: int,
+                   train_frac: float) -> np.ndarray:
+  """bool [N]: True for each user's first round(train_frac n_u) rows.
+
+  Rows are ranked within each user by `order_key` (time, or a random key);
+  every user with n_u >= 2 keeps >= 1 train and >= 1 target row.
+  """
+  n = user.shape[0]
+  order = np.lexsort((order_key, user))
+  cnt = np.bincount(user, minlength=num_users)
+  start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+  rank = np.empty(n, np.int64)
+  rank[order] = np.arange(n) - start[user[order]]
+  n_train = np.clip(np.round(train_frac * cnt), 1, np.maximum(cnt - 1, 1))
+  return rank < n_train[user]
+
+
+def _csr(rows: np.ndarray, items: np.ndarray, num_rows: int):
+  order = np.argsort(rows, kind="stable")
+  ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=num_rows))])
+  return ptr.astype(np.int64), items[order].astype(np.int32)
+
+
+class Interactions(NamedTuple):
+  """A real dataset cut for retrieval: train rows and ordered requests."""
+  name: str
+  num_users: int
+  num_items: int
+  train_user: np.ndarray
+  train_item: np.ndarray
+  request_users: np.ndarray  # int32 [T], arrival order
+  target_ptr: np.ndarray
+  target_items: np.ndarray
+  item_group: np.ndarray
+  group_names: tuple[str, ...]
+
+
+def prepare_interactions(config, data_dir=None) -> Interactions:
+  """ML-1M protocols (see configs/fairsync.py): train rows and requests."""
+  ds = load_dataset(config.dataset, data_dir or config.data_dir or None)
+  rng = np.random.default_rng(config.seed)
+  if config.dataset == "ml1m-ts":
+    key = ds.timestamp.astype(np.float64) + rng.random(ds.num_interactions
+                                                       ) * 1e-3
+  else:
+    key = rng.random(ds.num_interactions)
+  is_train = split_per_user(ds.user, key, ds.num_users, config.train_frac)
+  tu, ti = ds.user[~is_train], ds.item[~is_train]
+  has = np.bincount(tu, minlength=ds.num_users) > 0
+  users = np.nonzero(has)[0]
+  if config.dataset == "ml1m-ts":
+    first = np.full(ds.num_users, np.inf)
+    np.minimum.at(first, tu, key[~is_train])
+    users = users[np.argsort(first[users], kind="stable")]
+  else:
+    users = np.random.default_rng([config.seed, 1]).permutation(users)
+  pos = np.full(ds.num_users, -1, np.int64)
+  pos[users] = np.arange(users.size)
+  ptr, items = _csr(pos[tu], ti, users.size)
+  group = protocols.item_groups_first_genre(ds)
+  return Interactions(config.dataset, ds.num_users, ds.num_items,
+                      ds.user[is_train], ds.item[is_train],
+                      users.astype(np.int32), ptr, items, group,
+                      tuple(ds.genre_names))
+
+
+def training_exclusion(train_user: np.ndarray, train_item: np.ndarray,
+                       request_users: np.ndarray,
+                       num_users: int) -> np.ndarray:
+  """int32 [T, E]: row t = the training items of request t's user, -1 padded.
+
+  E = the largest training count among the requests (at least 1); the items
+  of a row keep the order of the train rows. Vectorised (CSR gather).
+  """
+  order = np.argsort(train_user, kind="stable")
+  items = train_item[order].astype(np.int32)
+  cnt = np.bincount(train_user, minlength=num_users)
+  start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+  c = cnt[request_users]
+  out = np.full((request_users.size, max(int(c.max(initial=0)), 1)), -1,
+                np.int32)
+  row = np.repeat(np.arange(request_users.size), c)
+  first = np.concatenate([[0], np.cumsum(c)[:-1]])
+  col = np.arange(row.size) - first[row]
+  out[row, col] = items[start[request_users][row] + col]
+  return out
+
+
+def synthetic_requests(config, mesh) -> Requests:
+  """Generated catalog and queries; targets by exact search (config doc)."""
+  s = config.synthetic
+  emb, group = synthetic.generate_catalog(s.num_items, config.dim,
+                                          s.num_groups, seed=config.seed)
+  q = synthetic.generate_queries(s.num_requests, config.dim,
+                                 seed=config.seed + 1)
+  if s.num_targets > s.num_items:
+    raise ConfigError(f"field 'synthetic.num_targets': {s.num_targets} > "
+                      f"num_items {s.num_items}")
+  noise = np.random.default_rng([config.seed, 2]).standard_normal(
+      q.shape, dtype=np.float32) * np.float32(s.target_noise /
+                                              math.sqrt(config.dim))
+  _, tgt = sharded.dual_topk(emb, group, q + noise,
+                             np.zeros(s.num_groups, np.float32),
+                             s.num_targets, mesh=mesh)
+  tgt = np.asarray(tgt, np.int32)
+  ptr = np.arange(s.num_requests + 1, dtype=np.int64) * s.num_targets
+  return Requests("synthetic", q, emb, group,
+                  tuple(f"group{g}" for g in range(s.num_groups)), ptr,
+                  tgt.reshape(-1))

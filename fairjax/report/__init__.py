@@ -1,0 +1,47 @@
+"""Report figures of a finished run, as PNG beside its metrics.
+
+`figures(workdir, sweep=())` reads the job from `workdir/config.json` (the
+config field `job`) and draws that job's figures:
+  fade      pd_over_time.png, tradeoff.png (+ lambda_sweep.png with `sweep`)
+  itfr      cell_recall*.png, cv_vs_accuracy.png
+  fairsync  exposure_over_time.png, exposure_ratio.png
+  system    pareto.png, hypervolume.png, group_utility.png
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+
+from fairjax.report.common import run_file
+
+_DRAW = {"fade": "fade_figures", "itfr": "itfr_figures",
+         "fairsync": "fairsync_figures", "system": "system_figures"}
+
+
+def job_of(workdir) -> str:
+  """The job that made `workdir` (config.json's `job`; older FADE and
+  FairSync workdirs, written before the field existed, by their fields)."""
+  cfg = json.loads(run_file(workdir, "config.json").read_text())
+  if "job" in cfg:
+    return cfg["job"]
+  if "fade" in cfg:
+    return "fade"
+  if "headroom" in cfg:
+    return "fairsync"
+  raise FileNotFoundError(f"{pathlib.Path(workdir) / 'config.json'}: "
+                          "field 'job' missing: not a fairjax run folder")
+
+
+def figures(workdir, sweep=()) -> list[pathlib.Path]:
+  """Draws the figures of the job that made `workdir`; returns the paths."""
+  job = job_of(workdir)
+  if job not in _DRAW:
+    raise FileNotFoundError(f"{workdir}: no report for job {job!r}")
+  module = importlib.import_module(f"fairjax.report.{job}")
+  paths = list(getattr(module, _DRAW[job])(workdir))
+  if sweep and job == "fade":
+    paths.append(module.fade_lambda_sweep(
+        sweep, pathlib.Path(workdir) / "lambda_sweep.png"))
+  return paths
