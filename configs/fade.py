@@ -6,7 +6,8 @@ Launch (the ml1m-ts table, MF):
 Variants (comma-separated `key=value` after the colon):
   dataset=synthetic|ml1m-ts|ml100k   model=mf|ncf   smoke (tiny, seconds)
   lambda=0.5   tau=3   form=signed|absolute   epochs=10 (per period)
-  pretrain_epochs=100
+  pretrain_epochs=100   rec_lambda=0.5   gamma=10   disc_steps=10
+  periods=9 (changes only num_periods)
 Any field can also be overridden as a flag, e.g.
   --config.methods=FINETUNE,FADE --config.fade.lam=1.0
 """
@@ -59,13 +60,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # 'signed': L_fair = softplus(PD_diff) (DESIGN §3, the official 'log');
   # 'absolute': softplus(|PD_diff|) (the official code's 'absolute' option).
   c.fade.form = v.get("form", "signed")
-  c.rec_lam = float(v.get("rec_lambda", c.fade.lam))
+
+  # REC: FADE with the mean positive score as the group statistic.
+  c.rec = ml_collections.ConfigDict()
+  c.rec.lam = float(v.get("rec_lambda", c.fade.lam))
 
   # ADVER.
   c.adver = ml_collections.ConfigDict()
   c.adver.gamma = float(v.get("gamma", 10.0))
   c.adver.hidden = 64
-  c.adver.disc_steps = 10
+  c.adver.disc_steps = int(v.get("disc_steps", 10))
   c.adver.disc_lr = 1e-3
 
   # Evaluation.
@@ -88,5 +92,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.num_periods = int(v.get("periods", 3))
   elif "periods" in v:
     c.num_periods = int(v["periods"])
-    c.adver.disc_steps = 2
   return c

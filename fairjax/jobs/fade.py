@@ -40,7 +40,7 @@ validate = F.validate_config
 
 
 def _lam(config, kind: str) -> float:
-  return {"bpr": 0.0, "fade": config.fade.lam, "rec": config.rec_lam}[kind]
+  return {"bpr": 0.0, "fade": config.fade.lam, "rec": config.rec.lam}[kind]
 
 
 def eval_negatives_for(data: F.FadeData, path, seed: int, n: int) -> np.ndarray:

@@ -87,8 +87,8 @@ def validate_config(config) -> None:
   if config.fade.form not in ("signed", "absolute"):
     raise ConfigError(f"field 'fade.form': 'signed' or 'absolute', got "
                       f"{config.fade.form!r}")
-  if config.rec_lam < 0:
-    raise ConfigError(f"field 'rec_lam': must be >= 0, got {config.rec_lam}")
+  if config.rec.lam < 0:
+    raise ConfigError(f"field 'rec.lam': must be >= 0, got {config.rec.lam}")
   unknown = [m for m in method_list(config) if m not in METHODS]
   if unknown:
     raise ConfigError(f"field 'methods': unknown {unknown}; valid: "
