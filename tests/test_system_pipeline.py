@@ -239,7 +239,7 @@ def test_user_auc_against_brute_force():
   s = np.round(rng.normal(size=(30, 25)), 1).astype(np.float32)  # ties
   pos = rng.random((30, 25)) < 0.2
   ex = rng.random((30, 25)) < 0.2
-  got = sd.user_auc(s, pos, ex, chunk_size=16)
+  got = sd.user_auc(s, pos, ex)
   for u in range(30):
     p, n = pos[u] & ~ex[u], ~(pos[u] | ex[u])
     if not p.any() or not n.any():
@@ -340,11 +340,23 @@ def test_pipeline_synthetic_end_to_end(small_synth):
                        d.truth("valid"), pipe.weights, d.user_group)
   assert float(direct["welfare"]) == pytest.approx(r["welfare"])
   assert 0 <= r["der"] <= 1 and r["welfare"] > 0
-  # Exposure constraint: s = 1 moves exposure towards the catalog shares.
-  e0, e1 = pipe.retrieval(60, 0.0), pipe.retrieval(60, 1.0)
-  assert e1.shortfall < 0.5 * pipe.shortfall(e0.candidates, 60, 1.0)
-  rt = pipe.evaluate_knobs(dict(kn, s=1.0), split="test")
+  rt = pipe.evaluate_knobs(kn, split="test")
   assert rt["split"] == "test" and math.isfinite(rt["welfare"])
+  assert rt["retrieval_hit"]
+  summary = pipe.stage_summary()
+  assert set(summary["calibration"]) == {"like", "love"} | {
+      f"interact@{j}" for j in range(5)}
+
+
+def test_pipeline_fairsync_moves_exposure(small_synth):
+  pipe = sy.Pipeline(small_synth, batch_size=30, verbose=False)
+  m = pipe.min_exposure(100, 1.0)
+  assert abs(m.sum() - 100 * small_synth.num_users) < 1e-3 * m.sum()
+  np.testing.assert_allclose(pipe.min_exposure(100, 0.5), 0.5 * m, rtol=1e-6)
+  e0, e1 = pipe.retrieval(100, 0.0), pipe.retrieval(100, 1.0)
+  before = pipe.shortfall(e0.candidates, 100, 1.0)
+  assert before > 0.05
+  assert e1.shortfall < 0.25 * before
 
 
 def test_pipeline_errors(small_synth):

@@ -1,0 +1,101 @@
+"""The system job end to end on tiny synthetic data: outputs, resume from a
+killed optimiser, failed evaluations, bad config."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import system as system_config
+from fairjax import runner
+from fairjax.errors import ConfigError
+from fairjax.jobs import system as job
+
+
+def _config(**overrides):
+  c = system_config.get_config("smoke")
+  c.synthetic.num_users, c.synthetic.num_items = 150, 100
+  c.optimizers, c.budget, c.num_init = "bo,random", 9, 4
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("system_smoke")
+  summary = runner.train_and_evaluate(job, _config(), workdir)
+  return workdir, summary
+
+
+@pytest.mark.slow
+def test_summary_contract(smoke):
+  workdir, summary = smoke
+  assert json.loads((workdir / "summary.json").read_text()) == summary
+  assert set(summary["hypervolume"]) == {"bo", "random"}
+  assert all(v >= 0 for v in summary["hypervolume"].values())
+  assert "der_reduction@2%" in summary
+  for name in ("welfare_optimal", "model_level", "single_knob"):
+    b = summary["baselines"][name]
+    assert {"welfare", "der", "max_min_gap", "group_utility"} <= set(b)
+    assert len(b["group_utility"]) == 2
+    # DER from the group utilities (p_g = U_g / sum U_h, G = 2).
+    u = np.asarray(b["group_utility"])
+    p = u / u.sum()
+    assert b["der"] == pytest.approx(2 * np.sum((p - 0.5) ** 2), rel=1e-4)
+  for o in ("bo", "random"):
+    front = np.asarray(summary["pareto"][o], float)
+    assert front.ndim == 2 and front.shape[1] == 8
+    assert np.allclose(front[:, 2:5].sum(1), 1.0)  # alpha on the simplex
+    lines = (workdir / f"methods/{o}/seed0/evaluations.jsonl").read_text()
+    assert len(lines.splitlines()) == 9
+  df = pd.read_csv(workdir / "metrics.csv", keep_default_na=False)
+  assert list(df.columns) == runner.CSV_FIELDS
+  assert set(df.split) == {"valid", "test"}
+
+
+@pytest.mark.slow
+def test_killed_optimiser_resumes_to_the_same_front(smoke, tmp_path):
+  workdir, summary = smoke
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  unit = copy / "methods/bo/seed0"
+  lines = (unit / "evaluations.jsonl").read_text().splitlines(keepends=True)
+  # Killed while writing the 6th evaluation: 5 whole lines and half a line.
+  (unit / "evaluations.jsonl").write_text("".join(lines[:5]) + lines[5][:20])
+  (unit / "result.json").unlink()
+  (copy / "summary.json").unlink()
+  again = runner.train_and_evaluate(job, _config(), copy)
+  assert again == summary
+  assert (unit / "evaluations.jsonl").read_text() == "".join(lines)
+
+
+def test_failed_evaluation_is_recorded_and_skipped():
+  class Broken:
+    def evaluate_knobs(self, knobs, split):
+      raise ConfigError("field 's': infeasible exposure minimums")
+
+  class NaNs:
+    def evaluate_knobs(self, knobs, split):
+      return {"welfare": float("nan"), "der": 0.1, "max_min_gap": 0.0,
+              "group_utility": np.zeros(2)}
+
+  knobs = {"alpha": (1.0, 0.0, 0.0), "K": 50, "s": 0.0, "lam_index": 0}
+  broken = job._evaluate(Broken(), knobs, "valid")
+  assert not broken["ok"] and "field 's'" in broken["error"]
+  nan = job._evaluate(NaNs(), knobs, "valid")
+  assert not nan["ok"] and nan["error"] == "NaN objective"
+  ok = {"valid": {"ok": True, "welfare": 1.0, "der": 0.2}}
+  y = job._objectives([ok, {"valid": broken}, {"valid": nan}])
+  assert y[0].tolist() == [1.0, -0.2] and np.isnan(y[1:]).all()
+
+
+@pytest.mark.parametrize("field,value", [("rho", 1.5), ("optimizers", "bo,x"),
+                                         ("groups", "height"),
+                                         ("budget", 3)])
+def test_bad_config_names_the_field(field, value):
+  c = _config(**{field: value})
+  with pytest.raises(ConfigError, match=f"field '{field}'"):
+    job.validate(c)
