@@ -34,12 +34,11 @@ Pareto settings with test welfare >= 0.98 W_B1) / DER_B1 (NaN if none).
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import numpy as np
 
 from fairjax import bo
+from fairjax.bo import loop
 from fairjax import metrics as metrics_lib
 from fairjax import checkpoint as ckpt_lib
 from fairjax import runner
@@ -141,57 +140,30 @@ def _evaluate(pipe, knobs, split) -> dict:
             "ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
-class EvalLog:
-  """`evaluations.jsonl` of a unit: one JSON line per evaluation, flushed
-  and fsynced as it is written; a truncated last line is dropped."""
-
-  def __init__(self, udir):
-    self.path = udir / "evaluations.jsonl"
-    self.records = []
-    if self.path.exists():
-      for line in self.path.read_text().splitlines():
-        try:
-          self.records.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-  def add(self, record: dict) -> dict:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    self.records.append(record)
-    return record
-
-
 def _knobs_of(x) -> dict:
   return S.knobs_from_unit(np.asarray(x)).as_dict()
 
 
-def _add(pipe, log: EvalLog, p, tag: str, total: int) -> None:
-  """Evaluates point p (a unit-box x or a knob dict) on validation."""
-  knobs = p if isinstance(p, dict) else _knobs_of(p)
-  x = None if isinstance(p, dict) else np.asarray(p).tolist()
-  n = len(log.records)
-  log.add({"n": n, "x": x, "knobs": knobs,
-           "valid": _evaluate(pipe, knobs, "valid")})
-  _progress(tag, n, total, log.records)
+def _evaluator(pipe):
+  """(n, point) -> log record of the point (a unit-box x or knob dict)."""
+  def evaluate(n, p):
+    knobs = p if isinstance(p, dict) else _knobs_of(p)
+    x = None if isinstance(p, dict) else np.asarray(p).tolist()
+    return {"n": n, "x": x, "knobs": knobs,
+            "valid": _evaluate(pipe, knobs, "valid")}
+  return evaluate
 
 
-def _run_points(pipe, log: EvalLog, points, tag: str) -> list[dict]:
-  """Evaluates the fixed design `points` in order, resuming from the log."""
-  for p in points[len(log.records):]:
-    _add(pipe, log, p, tag, len(points))
-  return log.records
+def _progress(tag):
+  def show(n, total, records):
+    if (n + 1) % 10 and n + 1 != total:
+      return
 
-
-def _progress(tag, n, total, records) -> None:
-  if (n + 1) % 10 == 0 or n + 1 == total:
     best = max((r["valid"]["welfare"] for r in records if r["valid"]["ok"]),
                default=float("nan"))
     runner.log(f"[{tag}] evaluation {n + 1}/{total} best valid welfare "
                f"{best:.4f}")
+  return show
 
 
 def _objectives(records) -> np.ndarray:
@@ -208,22 +180,14 @@ def _front(pipe, records, upto=None) -> list[dict]:
   """The validation-Pareto records among the first `upto`, with test
   figures."""
   recs = records[:upto]
-  y = _objectives(recs)
-  ok = np.isfinite(y).all(1)
-  idx = np.nonzero(ok)[0][bo.pareto_mask(y[ok])] if ok.any() else []
   return [{**recs[i], "test": _evaluate(pipe, recs[i]["knobs"], "test")}
-          for i in idx]
-
-
-def _hv_points(y: np.ndarray, ref: np.ndarray) -> float:
-  y = y[np.isfinite(y).all(1)]
-  return float(bo.hypervolume(y, ref)) if y.size else 0.0
+          for i in loop.pareto_indices(_objectives(recs))]
 
 
 def _hv(front, b1_test) -> float:
-  pts = np.array([[r["test"]["welfare"], -r["test"]["der"]] for r in front
-                  if r["test"]["ok"]]).reshape(-1, 2)
-  return _hv_points(pts, _ref(b1_test))
+  pts = [[r["test"]["welfare"], -r["test"]["der"]] for r in front
+         if r["test"]["ok"]]
+  return loop.finite_hypervolume(np.array(pts), _ref(b1_test))
 
 
 # ----------------------------------------------------------------------------
@@ -238,7 +202,7 @@ def _lattice(h: int) -> list[tuple[float, float, float]]:
 def _baselines(config, pipe, log) -> dict:
   dflt = dict(K=int(config.default_k), s=0.0, lam_index=0)
   alphas = [dict(dflt, alpha=a) for a in _lattice(9)]
-  recs = _run_points(pipe, log, alphas, "B1")
+  recs = loop.run_points(log, alphas, _evaluator(pipe), _progress("B1"))
   ok = [r for r in recs if r["valid"]["ok"]]
   b1 = max(ok, key=lambda r: r["valid"]["welfare"])
   a1 = b1["knobs"]["alpha"]
@@ -247,7 +211,8 @@ def _baselines(config, pipe, log) -> dict:
   b2 = dict(dflt, alpha=a1, s=1.0, lam_index=lam_b2)
   singles = ([dict(dflt, alpha=a1, lam_index=j) for j in range(len(LAMBDAS))]
              + [dict(dflt, alpha=a1, s=s) for s in S.S_GRID])
-  recs = _run_points(pipe, log, alphas + [b2] + singles, "B2/B3")
+  recs = loop.run_points(log, alphas + [b2] + singles, _evaluator(pipe),
+                         _progress("B2/B3"))
   w_min = (1 - config.welfare_tolerance) * b1["valid"]["welfare"]
   single = [r for r in recs[:len(alphas)] + recs[len(alphas) + 1:]
             if r["valid"]["ok"] and r["valid"]["welfare"] >= w_min]
@@ -273,29 +238,26 @@ def _grid_points() -> np.ndarray:
 
 def run_unit(config, ctx: Context, unit, udir, results) -> dict:
   pipe = ctx.pipe(unit.seed)
-  log = EvalLog(udir)
-  tag = f"{unit.method} seed {unit.seed}"
+  log = loop.EvalLog(udir)
+  show = _progress(f"{unit.method} seed {unit.seed}")
   if unit.method == "baselines":
     return _baselines(config, pipe, log)
   base = results[f"baselines/seed{unit.seed}"]
   ref = _ref(base["welfare_optimal"]["valid"])
   if unit.method == "grid":
-    _run_points(pipe, log, list(_grid_points()), tag)
+    loop.run_points(log, list(_grid_points()), _evaluator(pipe), show)
   else:
-    budget = int(config.budget)
-    for n in range(len(log.records), budget):
-      hist = log.records
-      x = bo.propose(unit.method, [r["x"] for r in hist], _objectives(hist),
-                     n, S.NUM_KNOBS, int(config.seed) + unit.seed, budget,
-                     int(config.num_init), ref=ref)
-      _add(pipe, log, x, tag, budget)
+    loop.run_optimizer(unit.method, log, _evaluator(pipe), _objectives,
+                       budget=int(config.budget), dim=S.NUM_KNOBS,
+                       seed=int(config.seed) + unit.seed,
+                       num_init=int(config.num_init), ref=ref, on_record=show)
   records, b1_test = log.records, base["welfare_optimal"]["test"]
   y = _objectives(records)
   front = _front(pipe, records)
   half = _front(pipe, records, upto=len(records) // 2)
   return {"evaluations": records, "front": front,
           "group_names": list(pipe.data.group_names),
-          "valid_hypervolume_curve": [_hv_points(y[:n], ref)
+          "valid_hypervolume_curve": [loop.finite_hypervolume(y[:n], ref)
                                       for n in range(1, len(records) + 1)],
           "hypervolume": _hv(front, b1_test),
           "hypervolume_half_budget": _hv(half, b1_test),
