@@ -33,6 +33,7 @@ def _config(methods, periods=3, **overrides):
   return c
 
 
+@pytest.mark.slow
 def test_all_methods_smoke(tmp_path):
   c = _config(",".join(F.METHODS), periods=2)
   summary = run(c, str(tmp_path))
@@ -56,6 +57,7 @@ def test_all_methods_smoke(tmp_path):
   assert v["pd"] == pytest.approx(v["M"] - v["F"])
 
 
+@pytest.mark.slow
 def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
   methods = "FINETUNE,FADE"
   full = run(_config(methods, periods=6),
@@ -146,6 +148,7 @@ def test_one_group_batch_has_no_fairness_term():
   assert float(m2["fair"]) > 0.0 and float(m2["one_group"]) == 0.0
 
 
+@pytest.mark.slow
 def test_launcher_and_report(tmp_path):
   wd = tmp_path / "run"
   cmd = [sys.executable, "-m", "launch.fade",
@@ -199,6 +202,7 @@ def test_absolute_form_is_symmetric_and_signed_is_not():
     F.validate_config(c)
 
 
+@pytest.mark.slow
 def test_ncf_backbone_runs(tmp_path):
   c = fade_config.get_config("dataset=synthetic,smoke,periods=1,model=ncf")
   c.methods = "FADE"

@@ -43,6 +43,7 @@ def smoke_run(tmp_path_factory):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_launcher_writes_summary_and_metrics(smoke_run):
   workdir, proc = smoke_run
   summary = json.loads((workdir / "summary.json").read_text())
@@ -78,6 +79,7 @@ def test_launcher_writes_summary_and_metrics(smoke_run):
   assert esp == summary["FairSync"]["esp"]
 
 
+@pytest.mark.slow
 def test_rerun_resumes(smoke_run):
   workdir, _ = smoke_run
   before = (workdir / "summary.json").read_text()
@@ -88,6 +90,7 @@ def test_rerun_resumes(smoke_run):
   assert (workdir / "summary.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_sharded_library_run_equals_single_device(smoke_run, tmp_path):
   workdir, _ = smoke_run
   config = fairsync_config.get_config("smoke")
@@ -100,6 +103,7 @@ def test_sharded_library_run_equals_single_device(smoke_run, tmp_path):
   assert summary["min_exposure"] == single["min_exposure"]
 
 
+@pytest.mark.slow
 def test_changed_setting_reserves_only_that_method(smoke_run, tmp_path,
                                                    capsys):
   workdir, _ = smoke_run
@@ -173,6 +177,7 @@ def test_accuracy_matches_python_loop():
   np.testing.assert_allclose(got[f"hr@{k}"], np.mean(hr), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_infeasible_minimums_one_line_error_from_launcher(tmp_path):
   proc = _launch(tmp_path / "w", "smoke,frac=100")
   assert proc.returncode == 1
@@ -271,6 +276,7 @@ def _tiny_interactions(num_users=48, num_items=60, seed=0):
                         ("a", "b", "c"))
 
 
+@pytest.mark.slow
 def test_run_excludes_training_items_for_every_method(tmp_path, monkeypatch):
   data = _tiny_interactions()
   monkeypatch.setattr(requests_data, "prepare_interactions", lambda *a: data)

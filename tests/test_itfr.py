@@ -206,6 +206,7 @@ def _drop_cell_f0(ds):
   return ds.subset(~((g[ds.user] == 1) & (first[ds.item] == 0)))
 
 
+@pytest.mark.slow
 def test_smoke_run_summary_rerun_and_empty_cell(tmp_path, monkeypatch):
   """Three methods end to end on synthetic data with one empty cell: it is
   reported, gets q_g = 0, and training stays defined."""
@@ -256,6 +257,7 @@ def test_rerun_with_changed_fields_is_refused(tmp_path):
   assert stored != before
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_identically(tmp_path, monkeypatch):
   # Checkpoints after epochs 2 and 4; the run dies at the second save, so the
   # resumed run replays epochs 3 and 4 (training and best-model tracking).
@@ -289,6 +291,7 @@ def test_killed_run_resumes_identically(tmp_path, monkeypatch):
   np.testing.assert_array_equal(hist_a[:, :3], hist_b[:, :3])
 
 
+@pytest.mark.slow
 def test_launcher_cli_and_config_errors(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   base = [sys.executable, "-m", "launch.itfr",

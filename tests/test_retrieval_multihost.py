@@ -12,8 +12,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from fairjax.retrieval import dual_topk
+
+pytestmark = pytest.mark.slow  # two processes on loopback
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
