@@ -8,6 +8,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One OpenBLAS thread (SciPy's LAPACK under JAX's Cholesky): threads that spin
+# on the 2 busy cores make the GP fits of the BO tests ~10x slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Many tests compile the same programs (each run builds fresh jitted
 # closures); a persistent compilation cache shared by the whole session, and
 # by the launcher subprocesses it starts, compiles each program once.

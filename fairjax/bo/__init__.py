@@ -4,8 +4,14 @@ and equal-budget optimisers behind one ask/tell-by-history `propose`."""
 from fairjax.bo import gp
 from fairjax.bo.ehvi import ehvi
 from fairjax.bo.hypervolume import hypervolume, pareto_front, pareto_mask
-from fairjax.bo.optimizers import (OPTIMIZERS, BOConfig, default_ref,
-                                   optimize, propose, sobol_point)
+from fairjax.bo.optimizers import (
+    OPTIMIZERS,
+    BOConfig,
+    default_ref,
+    optimize,
+    propose,
+    sobol_point,
+)
 
 __all__ = ["OPTIMIZERS", "BOConfig", "default_ref", "ehvi", "gp",
            "hypervolume", "optimize", "pareto_front", "pareto_mask",

@@ -44,6 +44,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from fairjax.errors import ConfigError
+
 _INV_SQRT_2PI = 0.3989422804014327
 _SQRT_HALF = 0.7071067811865476
 
@@ -97,16 +99,30 @@ def ehvi(mean: jax.Array, std: jax.Array, front: jax.Array, ref: jax.Array,
   Returns:
     [n] expected hypervolume improvement (>= 0), in the units of
     objective 1 times objective 2.
+
+  Raises:
+    ConfigError: shapes other than mean, std [n, 2], front [m, 2], ref [2].
   """
   mean = jnp.asarray(mean)
+  if mean.ndim != 2 or mean.shape[1] != 2 or jnp.shape(std) != mean.shape:
+    raise ConfigError(f"mean and std must both be [n, 2], got "
+                      f"{mean.shape} and {jnp.shape(std)}")
+  if jnp.shape(ref) != (2,):
+    raise ConfigError(f"ref must be [2], got {jnp.shape(ref)}")
   dtype = jnp.result_type(mean.dtype, jnp.float32)
   mean = mean.astype(dtype)
   sigma = jnp.maximum(jnp.asarray(std, dtype), min_std)
-  front = jnp.asarray(front, dtype).reshape(-1, 2)
+  front = jnp.asarray(front, dtype)
+  if front.size == 0:
+    front = front.reshape(0, 2)
+  if front.ndim != 2 or front.shape[1] != 2:
+    raise ConfigError(f"front must be [m, 2], got {front.shape}")
   ref = jnp.asarray(ref, dtype)
   a, h = ehvi_cells(front, ref)
-  psi1 = _psi(mean[:, 0:1], sigma[:, 0:1], a[None, :])      # [n, m + 1]
-  psi2 = _psi(mean[:, 1:2], sigma[:, 1:2], h[None, :])      # [n, m]
-  strips = jnp.sum((psi1[:, :-1] - psi1[:, 1:]) * psi2, axis=1)
-  last = psi1[:, -1] * _psi(mean[:, 1], sigma[:, 1], ref[1])
-  return jnp.maximum(strips + last, 0.0)
+  # One psi call for both objectives: levels a_0..a_m for objective 1 and
+  # h_1..h_m, r_2 for objective 2 (the last strip's height).
+  levels = jnp.stack([a, jnp.concatenate([h, ref[1:]])])     # [2, m + 1]
+  psi = _psi(mean[:, :, None], sigma[:, :, None], levels[None])  # [n, 2, m+1]
+  # psi_1(a_{i-1}) - psi_1(a_i), with psi_1(a_{m+1} = inf) = 0 at the end.
+  width = psi[:, 0] - jnp.pad(psi[:, 0, 1:], ((0, 0), (0, 1)))
+  return jnp.maximum(jnp.sum(width * psi[:, 1], axis=1), 0.0)

@@ -21,11 +21,12 @@ differentiable acquisition lives in `fairjax.bo.ehvi`.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fairjax.errors import ConfigError
 
 
-def _as_points(points, field: str = "points") -> np.ndarray:
+def _as_points(points: ArrayLike, field: str = "points") -> np.ndarray:
   p = np.asarray(points, np.float64)
   if p.ndim == 1 and p.size == 0:
     p = p.reshape(0, 2)
@@ -35,7 +36,7 @@ def _as_points(points, field: str = "points") -> np.ndarray:
   return p
 
 
-def _as_ref(ref) -> np.ndarray:
+def _as_ref(ref: ArrayLike) -> np.ndarray:
   r = np.asarray(ref, np.float64)
   if r.shape != (2,):
     raise ConfigError(f"ref must have shape [2], got shape {r.shape}")
@@ -44,7 +45,7 @@ def _as_ref(ref) -> np.ndarray:
   return r
 
 
-def pareto_mask(points) -> np.ndarray:
+def pareto_mask(points: ArrayLike) -> np.ndarray:
   """Marks the non-dominated rows (maximisation).
 
   Row i is kept when no row j dominates it (p_j >= p_i everywhere, > once);
@@ -70,7 +71,7 @@ def pareto_mask(points) -> np.ndarray:
   return finite & ~dominated & ~earlier_dup
 
 
-def pareto_front(points) -> np.ndarray:
+def pareto_front(points: ArrayLike) -> np.ndarray:
   """The non-dominated points, sorted by the first objective (ascending).
 
   Args:
@@ -84,7 +85,7 @@ def pareto_front(points) -> np.ndarray:
   return front[np.argsort(front[:, 0], kind="stable")]
 
 
-def hypervolume(points, ref) -> float:
+def hypervolume(points: ArrayLike, ref: ArrayLike) -> float:
   """HV(P; r), the area dominated by `points` and bounded below by `ref`.
 
   HV = sum_i (a_i - a_{i-1}) (b_i - r_2) over the Pareto front beyond r
