@@ -105,12 +105,7 @@ def _item_groups(ds, config) -> tuple[np.ndarray, tuple[str, ...]]:
 
 def prepare_data(config, data_dir: str | None = None) -> ItfrData:
   """Loads the dataset and builds the ITFR protocol (module docstring)."""
-  kwargs = {}
-  if config.dataset == "synthetic":
-    kwargs = dict(seed=config.split_seed, num_users=config.synthetic.num_users,
-                  num_items=config.synthetic.num_items)
-  ds = registry.load_dataset(config.dataset, data_dir or config.data_dir or None,
-                             **kwargs)
+  ds = registry.load_configured(config, data_dir, seed=config.split_seed)
   attr = config.user_attr
   stats: dict = {"dataset": ds.name}
   if config.min_rating > 0:

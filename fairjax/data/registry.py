@@ -91,6 +91,19 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
       "file")
 
 
+def load_configured(config, data_dir: str | os.PathLike | None = None,
+                    seed: int | None = None) -> Dataset:
+  """The dataset a job config names: `config.dataset` from `data_dir`, else
+  `config.data_dir`, else $FAIRJAX_DATA_DIR; the synthetic generator gets
+  `seed` and the sizes `config.synthetic.num_users` / `num_items`."""
+  kwargs = {}
+  if config.dataset == "synthetic":
+    kwargs = dict(seed=seed, num_users=config.synthetic.num_users,
+                  num_items=config.synthetic.num_items)
+  return load_dataset(config.dataset, data_dir or config.data_dir or None,
+                      **kwargs)
+
+
 def _renamed(ds: Dataset, name: str) -> Dataset:
   return dataclasses.replace(ds, name=str(name))
 

@@ -103,12 +103,7 @@ def method_list(config) -> list[str]:
 
 def prepare_data(config, data_dir: str | None = None) -> FadeData:
   """Loads the dataset, binarises it and cuts the chronological periods."""
-  kwargs = {}
-  if config.dataset == "synthetic":
-    kwargs = dict(seed=config.seed, num_users=config.synthetic.num_users,
-                  num_items=config.synthetic.num_items)
-  ds = registry.load_dataset(config.dataset, data_dir or config.data_dir or None,
-                             **kwargs)
+  ds = registry.load_configured(config, data_dir, seed=config.seed)
   user_group = protocols.user_groups(ds, config.user_attr)
   ds = protocols.binarize(ds, config.positive_threshold)
   split = protocols.chronological_periods(
