@@ -383,7 +383,6 @@ def test_stats_on_fixture(tmp_path):
 
 
 def test_synthetic_via_registry():
-  pytest.importorskip("fairjax.data.synthetic")
   ds = registry.load_dataset("synthetic", seed=3, num_users=60, num_items=40,
                               interactions_per_user=10)
   assert ds.num_users <= 60
@@ -423,10 +422,6 @@ def test_real_ml1m(data_dir):
 
 @pytest.mark.real_data
 def test_real_ml1m_ts_periods(data_dir):
-  try:
-    import fairjax.data.protocols  # noqa: F401 pylint: disable=unused-import
-  except ImportError as e:
-    pytest.skip(f"fairjax.data.protocols not importable yet ({e})")
   ds = registry.load_dataset("ml1m-ts", data_dir)
   stats = registry.dataset_stats(ds, with_periods=True)
   assert len(stats["period_sizes"]) == 11

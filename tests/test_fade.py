@@ -208,4 +208,14 @@ def test_ncf_backbone_runs(tmp_path):
   c.methods = "FADE"
   c.dim = 8
   summary = run(c, str(tmp_path))
-  assert np.isfinite(summary["task_r"]["FADE"]["ndcg@20"])
+  # The summary against the metrics rows: x@K = mean over periods of the
+  # all-user value, pd_x@K = mean over periods of |mean(M) - mean(F)|.
+  df = pd.read_csv(tmp_path / "metrics.csv")
+  sel = df[(df.split == "task_r/sampled") & (df.metric == "ndcg@20")]
+  by = {g: sel[sel.group == g].sort_values("step").value.to_numpy()
+        for g in ("all", "M", "F")}
+  got = summary["task_r"]["FADE"]
+  assert got["ndcg@20"] == pytest.approx(by["all"].mean())
+  assert got["pd_ndcg@20"] == pytest.approx(np.abs(by["M"] - by["F"]).mean(),
+                                            abs=1e-6)
+  assert 0 < got["ndcg@20"] <= 1

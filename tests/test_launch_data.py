@@ -58,21 +58,9 @@ def test_errors_are_one_line(tmp_path):
     assert len(err) == 1 and err[0].startswith("error: ") and want in err[0]
 
 
-def _have_protocols() -> bool:
-  try:
-    import fairjax.data.protocols  # noqa: F401 pylint: disable=unused-import
-  except ImportError:
-    return False
-  return True
-
-
 @pytest.mark.real_data
 def test_ml100k_stats_json(data_dir):
-  # Period sizes need fairjax.data.protocols (written separately); without it
-  # the run asks for no periods rather than failing here.
-  periods = _have_protocols()
-  out = _run("--dataset=ml100k", f"--data_dir={data_dir}",
-             "--periods" if periods else "--noperiods")
+  out = _run("--dataset=ml100k", f"--data_dir={data_dir}", "--periods")
   assert out.returncode == 0, out.stderr
   stats = json.loads(out.stdout.strip().splitlines()[-1])
   assert stats["dataset"] == "ml100k"
@@ -81,6 +69,5 @@ def test_ml100k_stats_json(data_dir):
   assert stats["user_groups"]["gender"] == {"M": 670, "F": 273}
   assert stats["rating_counts"] == {"1": 6110, "2": 11370, "3": 27145,
                                     "4": 34174, "5": 21201}
-  if periods:
-    assert len(stats["period_sizes"]) == 11
-    assert sum(stats["period_sizes"]) == stats["positives"]
+  assert len(stats["period_sizes"]) == 11
+  assert sum(stats["period_sizes"]) == stats["positives"]
