@@ -169,7 +169,8 @@ def test_step_matches_cell_by_cell_reference(model_name, method, monkeypatch):
     assert any(over) and not all(over)
     model_name = "lightgcn"
   if model_name == "lightgcn-dense":
-    monkeypatch.setattr(M, "GRAM_MAX_NODES", 0)
+    from fairjax.models import lightgcn
+    monkeypatch.setattr(lightgcn, "GRAM_MAX_NODES", 0)
     model_name = "lightgcn"
   if model_name == "lightgcn-coo":
     model_name, layout = "lightgcn", "sparse"

@@ -64,10 +64,8 @@ from fairjax import train
 from fairjax.data import sampling
 from fairjax.data.cells import ItfrData
 from fairjax.errors import ConfigError
-from fairjax.models.lightgcn import (GRAM_MAX_NODES, LightGCN,
-                                     adjacency, propagate_split,
+from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
-from fairjax.models.mf import MF
 from fairjax.ops import group_sam
 from fairjax.ops import group_weights as gw
 
@@ -323,7 +321,7 @@ class _Rows(_Backend):
   @staticmethod
   def init_buffers(params, data):
     k = data.num_users + data.num_items
-    d = params["params"]["user"]["embedding"].shape[-1]
+    d = models_lib.embedding_tables(params)[0].shape[-1]
     shape = (k, data.num_cells, d)
     # Two distinct buffers (the epoch donates them).
     return {"c_cur": jnp.zeros(shape), "c_prev": jnp.zeros(shape)}
@@ -337,8 +335,7 @@ class _Rows(_Backend):
     """[3B, d] the rows the batch's scores read: e_u, e_i, e_j (MF: rows of
     the embedding tables; `keys` index them in one U + I key space)."""
     del keys
-    eu = params["params"]["user"]["embedding"]
-    ei = params["params"]["item"]["embedding"]
+    eu, ei = models_lib.embedding_tables(params)
     return jnp.concatenate([eu[users], ei[items], ei[neg]])
 
   def coupling(self, keys, context):
@@ -412,8 +409,7 @@ class _Graph(_Rows):
 
   def rows(self, params, users, items, neg, keys):
     del keys
-    e0 = jnp.concatenate([params["params"]["user"]["embedding"],
-                          params["params"]["item"]["embedding"]])
+    e0 = jnp.concatenate(models_lib.embedding_tables(params))
     e_u, e_i = propagate_split(e0, self.graph, self.num_layers,
                                self.num_users, users)
     return jnp.concatenate([e_u, e_i[items], e_i[neg]])
@@ -488,12 +484,9 @@ class _Dense(_Backend):
 
 
 def _backend_class(model):
-  if isinstance(model, MF):
-    return _Rows
-  if (isinstance(model, LightGCN) and model.graph is not None
-      and model.num_users + model.num_items <= GRAM_MAX_NODES):
-    return _Graph
-  return _Dense
+  """The per-cell gradient backend of the model's `gradient_layout`."""
+  return {"rows": _Rows, "graph": _Graph}.get(
+      models_lib.gradient_layout(model), _Dense)
 
 
 def make_context(data: ItfrData, model, spec: MethodSpec) -> dict:

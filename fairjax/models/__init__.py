@@ -112,8 +112,34 @@ def item_embeddings(model: nn.Module, params: dict, items: Array) -> Array:
   return model.apply(params, items, method="item_embed")
 
 
+def embedding_tables(params: dict) -> tuple[Array, Array]:
+  """(E_U [U, d], E_I [I, d]): the layer-0 tables of a model whose
+  parameters hold `user` and `item` embeddings (MF, LightGCN). The rows a
+  batch touches are rows of these tables; gradients reach them by the
+  gather's transpose."""
+  p = params["params"]
+  return p["user"]["embedding"], p["item"]["embedding"]
+
+
+def gradient_layout(model: nn.Module) -> str:
+  """How a per-example gradient maps onto the parameters (ITFR's per-cell
+  backends):
+
+    'rows'   the scores read rows of `embedding_tables` only (MF);
+    'graph'  rows of the final embeddings, linear in the tables through a
+             propagation whose Gram matrix fits in memory (LightGCN with a
+             graph of at most GRAM_MAX_NODES nodes);
+    'dense'  anything else: whole-parameter gradients.
+
+  A model states its layout with a `gradient_layout()` method.
+  """
+  layout = getattr(model, "gradient_layout", None)
+  return layout() if callable(layout) else "dense"
+
+
 __all__ = [
     "MF", "NCF", "LightGCN", "Filter", "Discriminator", "adversary_init", "apply_filter",
     "discriminate", "register", "available", "create", "init_params",
     "pair_scores", "all_scores", "user_embeddings", "item_embeddings",
+    "embedding_tables", "gradient_layout",
 ]

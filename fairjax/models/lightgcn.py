@@ -364,6 +364,13 @@ class LightGCN(nn.Module):
     self.user = nn.Embed(self.num_users, self.dim, embedding_init=init)
     self.item = nn.Embed(self.num_items, self.dim, embedding_init=init)
 
+  def gradient_layout(self) -> str:
+    """'graph' when the default graph's Gram matrix fits (GRAM_MAX_NODES),
+    else 'dense' (`models.gradient_layout`)."""
+    fits = (self.graph is not None
+            and self.num_users + self.num_items <= GRAM_MAX_NODES)
+    return "graph" if fits else "dense"
+
   def final_embeddings(self, graph: Graph | Bipartite | None = None,
                        users: Array | None = None) -> tuple[Array, Array]:
     """Propagated (E_U, E_I), [U, d] and [I, d]; with `users`, E_U only at

@@ -59,6 +59,10 @@ class MF(nn.Module):
     self.user = nn.Embed(self.num_users, self.dim, embedding_init=init)
     self.item = nn.Embed(self.num_items, self.dim, embedding_init=init)
 
+  def gradient_layout(self) -> str:
+    """Scores read rows of the two tables (`models.gradient_layout`)."""
+    return "rows"
+
   def user_embed(self, users: Array) -> Array:
     """Raw user embeddings e_u, [..., d]."""
     return self.user(users)
