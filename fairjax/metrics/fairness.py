@@ -205,7 +205,7 @@ def esp(exposure: Array, min_exposure: Array) -> Array:
 
 @jax.jit
 def der(group_utilities: Array) -> Array:
-  """Disparity of expected returns (Hsu et al. 2025, DESIGN §6).
+  """DER, deviation from equal representation (Hsu et al. 2025, DESIGN §6).
 
   DER = G / (G - 1) * sum_g (p_g - 1/G)^2 with p_g = Ubar_g / sum_h Ubar_h:
   0 when every group gets the same utility, 1 when one group gets all.
