@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fairjax import models, ops
 
@@ -135,3 +136,14 @@ def test_adversary_shapes_and_gradients():
   g = jax.grad(loss)(adv)
   for leaf in jax.tree.leaves(g):
     assert np.any(np.asarray(leaf) != 0)
+
+
+def test_masked_bpr_mean_against_a_loop():
+  rng = np.random.default_rng(3)
+  s = rng.standard_normal((6, 5)).astype(np.float32)
+  valid = np.array([1, 0, 1, 1, 0, 1], bool)
+  want = np.mean([np.mean(np.log1p(np.exp(s[b, 1:] - s[b, 0])))
+                  for b in range(6) if valid[b]])
+  got = float(ops.masked_bpr_mean(jnp.asarray(s), jnp.asarray(valid)))
+  assert got == pytest.approx(want, rel=1e-5)
+  assert float(ops.masked_bpr_mean(jnp.asarray(s), jnp.zeros(6, bool))) == 0.0

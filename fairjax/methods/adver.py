@@ -127,8 +127,7 @@ class AdverRunner:
     def rec_loss(params, filt):
       p = {"model": params, "filter": filt}
       s = self.pair_scores(p, users, cand)
-      l_rec = jnp.sum(ops.bpr_loss(s[:, 0], s[:, 1:]) * w) / jnp.maximum(
-          jnp.sum(w), 1.0)
+      l_rec = ops.masked_bpr_mean(s, w)
       e_u = _filtered(filt)(models_lib.user_embeddings(self.model, params,
                                                        users))
       l_d = ops.discriminator_loss(models_lib.discriminate(disc, e_u), group,

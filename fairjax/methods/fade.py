@@ -149,9 +149,7 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
                                     drawn=batch.get("neg_draws"))
     cand = jnp.concatenate([batch["item"][:, None], neg], axis=1)
     s = models_lib.pair_scores(model, params, users, cand)  # [B, 1 + n]
-    w = valid.astype(s.dtype)
-    l_rec = jnp.sum(ops.bpr_loss(s[:, 0], s[:, 1:]) * w) / jnp.maximum(
-        jnp.sum(w), 1.0)
+    l_rec = ops.masked_bpr_mean(s, valid)
     group = context["user_group"][users]
     if kind == "fade":
       dh = ops.diff_hit(s, None, tau, k=k)

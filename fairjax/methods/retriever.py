@@ -27,10 +27,7 @@ def _bpr_loss(model, num_negatives: int) -> train.LossFn:
                                     num_negatives)
     cand = jnp.concatenate([batch["item"][:, None], neg], axis=1)
     s = models_lib.pair_scores(model, params, users, cand)
-    w = batch["valid"].astype(s.dtype)
-    loss = jnp.sum(ops.bpr_loss(s[:, 0], s[:, 1:]) * w) / jnp.maximum(
-        jnp.sum(w), 1.0)
-    return loss, ({}, aux)
+    return ops.masked_bpr_mean(s, batch["valid"]), ({}, aux)
   return loss_fn
 
 

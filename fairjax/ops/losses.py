@@ -43,6 +43,23 @@ def bpr_loss(pos_scores: Array, neg_scores: Array) -> Array:
   return jnp.mean(jax.nn.softplus(neg - pos[..., None]), axis=-1)
 
 
+def masked_bpr_mean(scores: Array, valid: Array) -> Array:
+  """Mean BPR over the valid rows of a padded batch.
+
+      L = sum_b v_b L_b / max(sum_b v_b, 1),  L_b = `bpr_loss`(s_b0, s_b1:)
+
+  Args:
+    scores: [B, 1 + n] scores of the positive (column 0) and n negatives.
+    valid: [B] 1/0 (or bool): padding rows get 0.
+
+  Returns:
+    Scalar loss (0 for a batch with no valid row).
+  """
+  w = valid.astype(scores.dtype)
+  return jnp.sum(bpr_loss(scores[:, 0], scores[:, 1:]) * w) / jnp.maximum(
+      jnp.sum(w), 1.0)
+
+
 def group_means(stat: Array, group: Array, valid: Array | None = None
                 ) -> tuple[Array, Array, Array]:
   """Mean of `stat` over valid rows of group 0 and of group 1.
