@@ -59,16 +59,18 @@ def pareto_mask(points: ArrayLike) -> np.ndarray:
     bool [n].
   """
   p = _as_points(points)
-  finite = np.all(np.isfinite(p), axis=1)
-  q = np.where(finite[:, None], p, -np.inf)
-  # geq[j, i]: p_j >= p_i everywhere; gt[j, i]: p_j > p_i somewhere.
-  geq = np.all(q[:, None, :] >= q[None, :, :], axis=2)
-  gt = np.any(q[:, None, :] > q[None, :, :], axis=2)
-  dominated = np.any(geq & gt & finite[:, None], axis=0)
-  same = geq & ~gt & finite[:, None]
-  # np.tril(same, -1)[i, j] = same[i, j] for j < i: an earlier exact copy.
-  earlier_dup = np.any(np.tril(same, k=-1), axis=1)
-  return finite & ~dominated & ~earlier_dup
+  finite = np.nonzero(np.all(np.isfinite(p), axis=1))[0]
+  q = p[finite]
+  # Sweep in order of the first objective descending, then the second
+  # descending, then the row index: row i is dominated (or an exact copy of
+  # an earlier row) iff some row before it has a second objective >= its
+  # own. O(n log n).
+  order = np.lexsort((finite, -q[:, 1], -q[:, 0]))
+  b = q[order, 1]
+  before = np.concatenate([[-np.inf], np.maximum.accumulate(b)[:-1]])
+  keep = np.zeros(p.shape[0], bool)
+  keep[finite[order[b > before]]] = True
+  return keep
 
 
 def pareto_front(points: ArrayLike) -> np.ndarray:
