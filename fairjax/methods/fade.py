@@ -38,6 +38,7 @@ import optax
 from fairjax import models as models_lib
 from fairjax import ops
 from fairjax import train
+from fairjax.data import batching
 from fairjax.data import protocols
 from fairjax.data import registry
 from fairjax.data import sampling
@@ -168,18 +169,10 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
 
 def epoch_batches(rows: np.ndarray, data: FadeData, batch_size: int,
                   seed_parts: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """Shuffled rows as [steps, batch] arrays, the last batch padded (invalid).
-
-  The shuffle is a pure function of `seed_parts`, so reruns see equal data.
-  """
-  perm = np.random.default_rng(list(seed_parts)).permutation(rows)
-  steps = -(-perm.size // batch_size)
-  pad = steps * batch_size - perm.size
-  valid = np.concatenate([np.ones(perm.size, bool), np.zeros(pad, bool)])
-  idx = np.concatenate([perm, np.zeros(pad, perm.dtype)])
-  return {"user": data.user[idx].reshape(steps, batch_size),
-          "item": data.item[idx].reshape(steps, batch_size),
-          "valid": valid.reshape(steps, batch_size)}
+  """The given rows shuffled as [steps, batch] arrays, the last batch padded
+  (invalid); a pure function of `seed_parts` (`data.batching`)."""
+  return batching.shuffled_batches({"user": data.user, "item": data.item},
+                                   batch_size, seed_parts, rows=rows)
 
 
 @dataclasses.dataclass

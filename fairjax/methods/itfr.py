@@ -61,6 +61,7 @@ import optax
 from fairjax import models as models_lib
 from fairjax import ops
 from fairjax import train
+from fairjax.data import batching
 from fairjax.data import sampling
 from fairjax.data.cells import ItfrData
 from fairjax.errors import ConfigError
@@ -193,17 +194,9 @@ def epoch_batches(data: ItfrData, batch_size: int, seed_parts
   Keys: user, item, cell (int32) and valid (bool; False on padding). The
   shuffle is a pure function of `seed_parts`.
   """
-  n = data.train_user.size
-  perm = np.random.default_rng(list(seed_parts)).permutation(n)
-  steps = -(-n // batch_size)
-  pad = steps * batch_size - n
-  idx = np.concatenate([perm, np.zeros(pad, perm.dtype)])
-  valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
-  shape = (steps, batch_size)
-  return {"user": data.train_user[idx].reshape(shape),
-          "item": data.train_item[idx].reshape(shape),
-          "cell": data.train_cell[idx].reshape(shape),
-          "valid": valid.reshape(shape)}
+  return batching.shuffled_batches(
+      {"user": data.train_user, "item": data.train_item,
+       "cell": data.train_cell}, batch_size, seed_parts)
 
 
 def steps_per_epoch(data: ItfrData, batch_size: int) -> int:

@@ -17,6 +17,7 @@ import optax
 from fairjax import models as models_lib
 from fairjax import ops
 from fairjax import train
+from fairjax.data import batching
 from fairjax.data import sampling
 
 
@@ -47,16 +48,12 @@ def train_retriever(config, data, workdir, name: str = "retriever"
   seen = sampling.interaction_matrix(data.train_user, data.train_item,
                                      data.num_users, data.num_items)
   sampling.check_sampleable(seen)
-  n, bs = data.train_user.size, config.train_batch_size
+  bs = config.train_batch_size
 
   def batches(epoch):
-    perm = np.random.default_rng([config.seed, 7, epoch]).permutation(n)
-    steps = -(-n // bs)
-    idx = np.concatenate([perm, np.zeros(steps * bs - n, perm.dtype)])
-    valid = np.arange(steps * bs) < n
-    return {"user": data.train_user[idx].reshape(steps, bs),
-            "item": data.train_item[idx].reshape(steps, bs),
-            "valid": valid.reshape(steps, bs)}
+    return batching.shuffled_batches(
+        {"user": data.train_user, "item": data.train_item}, bs,
+        (config.seed, 7, epoch))
 
   epoch_fn = train.make_epoch(train.make_step(
       _bpr_loss(model, config.num_negatives), tx))

@@ -32,6 +32,7 @@ import optax
 
 from fairjax import models as models_lib
 from fairjax import train
+from fairjax.data import batching
 from fairjax.data import sampling
 from fairjax.data.system_data import LAMBDAS, OUTCOMES, SystemData
 from fairjax.errors import DataError
@@ -75,17 +76,6 @@ class StageConfig:
   seed: int = 0
 
 
-def _epoch_batches(user, item, batch_size, seed_parts):
-  perm = np.random.default_rng(list(seed_parts)).permutation(user.size)
-  steps = -(-perm.size // batch_size)
-  pad = steps * batch_size - perm.size
-  idx = np.concatenate([perm, np.zeros(pad, perm.dtype)])
-  valid = np.arange(steps * batch_size) < perm.size
-  return {"user": user[idx].reshape(steps, batch_size),
-          "item": item[idx].reshape(steps, batch_size),
-          "valid": valid.reshape(steps, batch_size)}
-
-
 def train_head(model, params, user, item, seen, user_group, *, kind: str,
                lam: float, epochs: int, num_negatives: int,
                config: StageConfig, seed_parts, checkpoint_dir=None,
@@ -113,8 +103,9 @@ def train_head(model, params, user, item, seen, user_group, *, kind: str,
   state = train.create_state(params, tx)
   state, _ = train.fit(
       state, epoch_fn,
-      lambda e: _epoch_batches(user, item, config.batch_size,
-                               (*seed_parts, e)),
+      lambda e: batching.shuffled_batches({"user": user, "item": item},
+                                          config.batch_size,
+                                          (*seed_parts, e)),
       epochs, functools.reduce(jax.random.fold_in, seed_parts,
                                jax.random.key(config.seed)),
       context=context, checkpoint_dir=checkpoint_dir, ckpt_every=5,
