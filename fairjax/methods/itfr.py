@@ -65,6 +65,7 @@ from fairjax.data import batching
 from fairjax.data import sampling
 from fairjax.data.cells import ItfrData
 from fairjax.errors import ConfigError
+from fairjax.models.mf import normalize_rows
 from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
 from fairjax.ops import group_sam
@@ -272,16 +273,11 @@ def init_aux(spec: MethodSpec, data: ItfrData, params, model) -> dict:
 # The ITFR step: per-cell (sharpness-aware) gradients and weights.
 
 
-def _normalize(x):
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
-                                       1e-12))
-
-
 def mf_example_loss(x, batch_size: int, cosine: bool, tau: float):
   """Per-row BPR from gathered MF rows x = [e_u; e_i; e_j] ([3B, d])."""
   eu, ei, ej = x[:batch_size], x[batch_size:2 * batch_size], x[2 * batch_size:]
   if cosine:
-    eu, ei, ej = _normalize(eu), _normalize(ei), _normalize(ej)
+    eu, ei, ej = normalize_rows(eu), normalize_rows(ei), normalize_rows(ej)
   sp, sn = jnp.sum(eu * ei, -1), jnp.sum(eu * ej, -1)
   if cosine:
     sp, sn = sp / tau, sn / tau

@@ -55,11 +55,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax.errors import DataError
+from fairjax.models.mf import normalize_rows
 
 Array = jax.Array
 UserTransform = Callable[[Array], Array] | None
 
-_EPS = 1e-12
 
 
 class Graph(NamedTuple):
@@ -333,10 +333,6 @@ def propagation_gram(graph: Graph | Bipartite, num_nodes: int,
   return jnp.matmul(p, p, precision=hi)
 
 
-def _normalize(x: Array) -> Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True),
-                                       _EPS))
-
 
 class LightGCN(nn.Module):
   """LightGCN with dot or cosine scores.
@@ -400,7 +396,7 @@ class LightGCN(nn.Module):
   def _user_vec(self, e_u, user_transform):
     if user_transform is not None:
       e_u = user_transform(e_u)
-    return _normalize(e_u) if self.cosine else e_u
+    return normalize_rows(e_u) if self.cosine else e_u
 
   def __call__(self, users: Array, items: Array, tau: float | Array = 1.0,
                graph: Graph | Bipartite | None = None,
@@ -410,7 +406,7 @@ class LightGCN(nn.Module):
     e_u = self._user_vec(e_u, user_transform)
     e_i = ei_all[items]
     if self.cosine:
-      e_i = _normalize(e_i)
+      e_i = normalize_rows(e_i)
     e_u = e_u.reshape(e_u.shape[:1] + (1,) * (e_i.ndim - 2) + e_u.shape[1:])
     s = jnp.sum(e_u * e_i, axis=-1)
     return s / tau if self.cosine else s
@@ -421,6 +417,6 @@ class LightGCN(nn.Module):
     """Scores of each user against every item, [B, I]."""
     e_u, ei_all = self.final_embeddings(graph, users)
     e_u = self._user_vec(e_u, user_transform)
-    table = _normalize(ei_all) if self.cosine else ei_all
+    table = normalize_rows(ei_all) if self.cosine else ei_all
     s = jnp.einsum("bd,id->bi", e_u, table)
     return s / tau if self.cosine else s
