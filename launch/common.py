@@ -4,7 +4,9 @@ of tracebacks."""
 from __future__ import annotations
 
 import functools
+import json
 import sys
+from collections.abc import Callable
 
 from absl import flags
 from absl import logging
@@ -28,6 +30,31 @@ def job_flags(default_config: str, job: str):
       "data_dir", None, "Real data folder (default: $FAIRJAX_DATA_DIR).")
   flags.mark_flag_as_required("workdir")
   return config, workdir, data_dir
+
+
+def job_main(job: str, default_config: str, label: str,
+             shown: Callable[[dict], dict] | None = None,
+             before: Callable[[object], None] | None = None):
+  """The `main` of a job launcher: defines its flags (`job_flags`), runs
+  `fairjax.runner.train_and_evaluate(fairjax.jobs.<job>, ...)` and prints
+  `shown(summary)` (default: the whole summary) as one JSON line.
+
+  `before(config)` runs first, before JAX is imported (e.g. to ask XLA for
+  emulated devices).
+  """
+  config, workdir, data_dir = job_flags(default_config, label)
+
+  @friendly_errors
+  def main(argv):
+    del argv
+    if before is not None:
+      before(config.value)
+    from fairjax import jobs, runner  # JAX starts here.
+    summary = runner.train_and_evaluate(jobs.get(job), config.value,
+                                        workdir.value, data_dir.value)
+    print(json.dumps(summary if shown is None else shown(summary)))
+
+  return main
 
 
 def friendly_errors(main):

@@ -7,23 +7,11 @@ r"""FADE and its baselines on the chronological protocol.
 Writes DIR/metrics.csv and DIR/summary.json; rerun to resume.
 """
 
-import json
-
 from absl import app
 
-from fairjax import jobs, runner
-from launch.common import friendly_errors, job_flags
+from launch.common import job_main
 
-_CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/fade.py", "FADE")
-
-
-@friendly_errors
-def main(argv):
-  del argv
-  summary = runner.train_and_evaluate(jobs.get("fade"), _CONFIG.value,
-                                      _WORKDIR.value, _DATA_DIR.value)
-  print(json.dumps(summary))
-
+main = job_main("fade", "configs/fade.py", "FADE")
 
 if __name__ == "__main__":
   app.run(main)

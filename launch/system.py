@@ -9,7 +9,6 @@ DIR/metrics.csv and DIR/summary.json; rerun to resume. Prints the headline
 figures (hypervolume per optimiser, der_reduction@2%, the baselines).
 """
 
-import json
 import os
 
 # SciPy's OpenBLAS (JAX's Cholesky on CPU) starts threads that spin on busy
@@ -19,21 +18,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from absl import app  # noqa: E402
 
-from fairjax import jobs, runner  # noqa: E402
-from launch.common import friendly_errors, job_flags  # noqa: E402
+from launch.common import job_main  # noqa: E402
 
-_CONFIG, _WORKDIR, _DATA_DIR = job_flags("configs/system.py", "system")
-
-
-@friendly_errors
-def main(argv):
-  del argv
-  summary = runner.train_and_evaluate(jobs.get("system"), _CONFIG.value,
-                                      _WORKDIR.value, _DATA_DIR.value)
-  print(json.dumps({k: summary[k] for k in
-                    ("hypervolume", "der_reduction@2%", "baselines")
-                    if k in summary}))
-
+main = job_main("system", "configs/system.py", "system",
+                shown=lambda s: {k: s[k] for k in
+                                 ("hypervolume", "der_reduction@2%",
+                                  "baselines") if k in s})
 
 if __name__ == "__main__":
   app.run(main)
