@@ -9,7 +9,6 @@ the file compiles each jitted program once.
 
 import itertools
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -335,20 +334,3 @@ def test_optuna_replay_is_deterministic(name):
     again = bo.propose(name, xs[:n], ys[:n], n, dim, 5, budget, num_init=4)
     np.testing.assert_array_equal(again, xs[n])
   assert len({tuple(v) for v in xs}) > budget // 2  # proposals vary
-
-
-@pytest.mark.slow
-def test_bo_step_time_60_points_d5():
-  rng = np.random.default_rng(8)
-  x = rng.random((60, 5))
-  y = np.stack([-np.sum((x - 0.2) ** 2, 1), -np.sum((x - 0.7) ** 2, 1)], 1)
-  bo.propose("bo", x, y, 60, 5, 0, 61)  # compile
-  t = time.perf_counter()
-  for seed in range(3):
-    bo.propose("bo", x, y, 60, 5, seed, 61)
-  per_step = (time.perf_counter() - t) / 3
-  # About 0.3 s on 2 busy cores with OPENBLAS_NUM_THREADS=1 (see gp.py);
-  # printed, not asserted: it depends on the machine's load.
-  print(f"bo proposal at 60 points, d=5: {per_step:.3f} s")
-  x_new = bo.propose("bo", x, y, 60, 5, 0, 61)
-  assert x_new.shape == (5,) and np.all((x_new >= 0) & (x_new <= 1))
