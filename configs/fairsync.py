@@ -70,7 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # ~95 batches (ESP 0.61), hence 0.1. Both picked by a small sweep.
   c.eta = float(v.get("eta", 0.02 if c.dataset == "synthetic" else 0.1))
   # FairSync's dual aims at (1 + headroom) m_g (the online dual lags); ESP
-  # is always scored against m_g. See fairsync_run.serving_target.
+  # is always scored against m_g. See methods.fairsync.serving_target.
   c.headroom = float(v.get("headroom", 0.2))
   c.exposure_frac = float(v.get("frac", 0.0))  # f; 0 = auto (see above).
   c.target_unconstrained_esp = 0.6

@@ -31,19 +31,12 @@ from __future__ import annotations
 
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fairjax import metrics as metrics_lib
-from fairjax import models as models_lib
-from fairjax import ops
 from fairjax import runner
-from fairjax import train
 from fairjax.checkpoint import write_json_atomic
 from fairjax.data import requests as requests_data
-from fairjax.data import sampling
 from fairjax.errors import ConfigError
 from fairjax.evaluators.exposure import ACCURACY, accuracy
 from fairjax.methods import fairsync

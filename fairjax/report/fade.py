@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fairjax.report.common import metrics, run_file, save  # noqa: E402
+from fairjax.report.common import metrics, save  # noqa: E402
 
 
 def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
