@@ -1,0 +1,299 @@
+"""Top-K lists from a recommendation file, streamed in blocks (issue 15).
+
+The file has a user column (`user_id` or `user`), an item column (`item_id`
+or `item`) and either `rank` (1 = top; RecBole `rank:float`) or `score`
+(larger first). Rows may come in any order: the lists built here do not
+depend on it.
+
+Only the first `kmax` = max(K) slots of each list are stored (int32 [U,
+kmax], -1 = empty), so memory is 4 U kmax bytes whatever the list length.
+
+Rank files. The ranks of a user must be 1..n (integers, no repeat, no gap);
+a repeat within the first kmax ranks is found exactly, one beyond by the
+count, sum and sum of squares of the user's ranks (which equal n,
+n(n+1)/2 and n(n+1)(2n+1)/6 for 1..n).
+Score files. The list of a user is its rows sorted by score, descending,
+ties to the smaller item code (the item's position among the sorted item
+ids), truncated to kmax as blocks arrive (a row outside a block's top kmax
+of its user cannot enter the final top kmax).
+
+Bad rows, with `on_bad='error'` (default) a `DataError` naming file, line
+and field; with `on_bad='skip'` counted in `Lists.skipped` and:
+  unknown_user: the row is dropped;
+  unknown_item: the slot stays empty (a miss that exposes no item);
+  bad_rank (not an integer >= 1, or a non-finite score), duplicate_rank,
+  duplicate_item, rank_gap: the user's whole list is dropped (counted per
+  user), so the outcome does not depend on the row order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+
+from fairjax.audit import blocks
+from fairjax.audit.tables import ITEM_COLS, USER_COLS, IdTable
+from fairjax.errors import DataError
+
+_UNKNOWN = -2  # an occupied slot whose item is not in the item table
+
+
+@dataclasses.dataclass(frozen=True)
+class Lists:
+  """The audited lists: item codes [U, kmax] (-1 empty) and bookkeeping."""
+
+  top: np.ndarray  # int32 [U, kmax]
+  length: np.ndarray  # int32 [U] rows given per user (its list length)
+  has_list: np.ndarray  # bool [U] a kept (not dropped) list
+  mode: str  # "rank" or "score"
+  rows: int
+  skipped: dict[str, int]
+  path: pathlib.Path
+
+
+class _Source:
+  """Header and column names of a recommendation file."""
+
+  def __init__(self, path, sep):
+    self.header = h = blocks.read_header(path, sep)
+    self.user, self.item = h.find(*USER_COLS), h.find(*ITEM_COLS)
+    self.rank, self.score = h.find("rank"), h.find("score")
+    for col, names in ((self.user, USER_COLS), (self.item, ITEM_COLS)):
+      if col is None:
+        raise DataError(f"no {names[-1]} column (expected one of "
+                        f"{', '.join(names)}; columns: {', '.join(h.names)})",
+                        str(h.path), h.line, names[0])
+    if self.rank is None and self.score is None:
+      raise DataError(f"no rank or score column (columns: "
+                      f"{', '.join(h.names)})", str(h.path), h.line, "rank")
+    self.mode = "rank" if self.rank else "score"
+    self.value = self.rank or self.score
+    self.cols = {self.user: "int", self.item: "int", self.value: "float"}
+
+  def blocks(self, block_bytes):
+    return blocks.iter_blocks(self.header, self.cols, block_bytes)
+
+  def fail(self, msg, line, field):
+    raise DataError(msg, str(self.header.path), line, field)
+
+  def find_line(self, users: IdTable, items: IdTable,
+                match: Callable[[np.ndarray, np.ndarray, np.ndarray],
+                                np.ndarray], nth: int = 0) -> int | None:
+    """Line of the `nth` row (0-based, in file order) where
+    match(user codes, item codes, values) holds; the error path only."""
+    seen = 0
+    for b in self.blocks(blocks.BLOCK_BYTES):
+      m = np.flatnonzero(match(users.codes(b.cols[self.user]),
+                               items.codes(b.cols[self.item]),
+                               b.cols[self.value]))
+      if seen + m.size > nth:
+        return int(b.lines[m[nth - seen]])
+      seen += m.size
+    return None
+
+
+def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
+               on_bad: str = "error", sep: str | None = None,
+               block_bytes: int = blocks.BLOCK_BYTES,
+               progress: Callable[[blocks.Block, int], None] | None = None
+               ) -> Lists:
+  """Reads the top-`kmax` list of every user (module docstring).
+
+  Args:
+    path: the recommendation file (atomic or CSV).
+    users, items: id tables of the attribute files.
+    kmax: slots kept per user (the largest K audited).
+    on_bad: "error" or "skip".
+    sep: CSV separator (default by suffix).
+    block_bytes: bytes read per block.
+    progress: called after each block with (block, rows so far).
+
+  Returns:
+    `Lists`.
+  """
+  src = _Source(path, sep)
+  num_users = len(users)
+  st = _State(num_users, kmax, src.mode)
+  skip = on_bad == "skip"
+  rows = 0
+  for b in src.blocks(block_bytes):
+    rows += len(b)
+    u, i = users.codes(b.cols[src.user]), items.codes(b.cols[src.item])
+    v = b.cols[src.value]
+    bad_u = u < 0
+    if bad_u.any():
+      if not skip:
+        r = int(np.argmax(bad_u))
+        src.fail(f"{src.user} {str(b.cols[src.user][r])!r} is not in the "
+                 "users file (pass --on_bad=skip to drop such rows)",
+                 int(b.lines[r]), src.user)
+      st.skipped["unknown_user"] += int(bad_u.sum())
+      keep = ~bad_u
+      u, i, v, lines = u[keep], i[keep], v[keep], b.lines[keep]
+      cols_item = b.cols[src.item][keep]
+    else:
+      lines, cols_item = b.lines, b.cols[src.item]
+    bad_i = i < 0
+    if bad_i.any():
+      if not skip:
+        r = int(np.argmax(bad_i))
+        src.fail(f"{src.item} {str(cols_item[r])!r} is not in the items file "
+                 "(pass --on_bad=skip to leave such slots empty)",
+                 int(lines[r]), src.item)
+      st.skipped["unknown_item"] += int(bad_i.sum())
+      i = np.where(bad_i, _UNKNOWN, i).astype(np.int32)
+    if src.mode == "rank":
+      bad_v = ~np.isfinite(v) | (v < 1) | (v != np.rint(v))
+    else:
+      bad_v = ~np.isfinite(v)
+    if bad_v.any():
+      if not skip:
+        r = int(np.argmax(bad_v))
+        what = ("an integer >= 1" if src.mode == "rank" else "a finite number")
+        src.fail(f"{src.value} {v[r]!r} is not {what}", int(lines[r]),
+                 src.value)
+      st.drop(u[bad_v], "bad_rank")
+      u, i, v, lines = u[~bad_v], i[~bad_v], v[~bad_v], lines[~bad_v]
+    if src.mode == "rank":
+      dup = st.add_ranks(u, i, v.astype(np.int64))
+    else:
+      dup = st.add_scores(u, i, v)
+    if dup is not None:
+      r, first_line = dup
+      if not skip:
+        what = "rank" if src.mode == "rank" else "item"
+        col = src.rank if src.mode == "rank" else src.item
+        earlier = (f" (first on line {first_line})" if first_line else
+                   " (already given on an earlier line)")
+        src.fail(f"user {str(users.ids[u[r]])!r} has {what} "
+                 f"{int(v[r]) if what == 'rank' else str(cols_item[r])!r} "
+                 f"twice{earlier}", int(lines[r]), col)
+    if progress is not None:
+      progress(b, rows)
+  st.finish(src, users, items, skip)
+  top = np.where(st.top == _UNKNOWN, -1, st.top).astype(np.int32)
+  has = (st.count > 0) & ~st.dropped
+  top[~has] = -1
+  return Lists(top, st.count, has, src.mode, rows, dict(st.skipped),
+               src.header.path)
+
+
+class _State:
+  """Mutable accumulation of the lists over blocks (private to read_lists)."""
+
+  def __init__(self, num_users, kmax, mode):
+    self.kmax = kmax
+    self.top = np.full((num_users, kmax), -1, np.int32)
+    self.count = np.zeros(num_users, np.int32)
+    self.dropped = np.zeros(num_users, bool)
+    self.skipped = {k: 0 for k in ("unknown_user", "unknown_item",
+                                   "bad_rank", "duplicate_rank",
+                                   "duplicate_item", "rank_gap")}
+    if mode == "rank":
+      self.rsum = np.zeros(num_users, np.float64)
+      self.rsq = np.zeros(num_users, np.float64)
+    else:
+      self.score = np.full((num_users, kmax), -np.inf, np.float64)
+
+  def drop(self, users: np.ndarray, reason: str) -> None:
+    users = np.unique(users)
+    new = users[~self.dropped[users]]
+    self.dropped[new] = True
+    self.skipped[reason] += int(new.size)
+
+  def add_ranks(self, u, i, r):
+    """Scatters rows into their slots; returns (row, first line) of the
+    first repeated (user, rank) in the block, or None; in skip mode marks
+    such users dropped instead (the caller raises only when not skipping)."""
+    n = self.count.size
+    self.count += np.bincount(u, minlength=n).astype(np.int32)
+    rf = r.astype(np.float64)
+    self.rsum += np.bincount(u, weights=rf, minlength=n)
+    self.rsq += np.bincount(u, weights=rf * rf, minlength=n)
+    sel = np.flatnonzero(r <= self.kmax)
+    flat = u[sel].astype(np.int64) * self.kmax + (r[sel] - 1)
+    order = np.argsort(flat, kind="stable")
+    fs = flat[order]
+    rep_in = np.flatnonzero(fs[1:] == fs[:-1])
+    taken = self.top.reshape(-1)[flat] != -1
+    result = None
+    if rep_in.size or taken.any():
+      rows_in = sel[order[rep_in + 1]]
+      rows_taken = sel[np.flatnonzero(taken)]
+      cand = np.concatenate([rows_in, rows_taken])
+      r0 = int(cand.min())
+      self.drop(u[cand], "duplicate_rank")
+      result = (r0, None)
+    self.top.reshape(-1)[flat] = i[sel]
+    return result
+
+  def add_scores(self, u, i, s):
+    """Merges rows into the users' running top-kmax by score."""
+    n = self.count.size
+    self.count += np.bincount(u, minlength=n).astype(np.int32)
+    ub = np.unique(u)
+    old_i = self.top[ub]
+    ok = old_i != -1
+    ou = np.repeat(ub, ok.sum(1))
+    au = np.concatenate([u, ou])
+    ai = np.concatenate([i, old_i[ok]])
+    as_ = np.concatenate([s, self.score[ub][ok]])
+    known = ai >= 0
+    key = au[known].astype(np.int64) * (1 << 31) + ai[known]
+    ks = np.sort(key)
+    rep = np.flatnonzero(ks[1:] == ks[:-1])
+    result = None
+    if rep.size:
+      dup_keys = np.unique(ks[rep])
+      is_dup = np.isin(au.astype(np.int64) * (1 << 31) + ai, dup_keys) & (
+          np.arange(au.size) < u.size)
+      rows = np.flatnonzero(is_dup)
+      self.drop(u[rows], "duplicate_item")
+      result = (int(rows[-1]) if rows.size else 0, None)
+    order = np.lexsort((ai, -as_, au))
+    su, si, ss = au[order], ai[order], as_[order]
+    start = np.searchsorted(su, su, side="left")
+    rank = np.arange(su.size) - start
+    keep = rank < self.kmax
+    self.top[ub] = -1
+    self.score[ub] = -np.inf
+    self.top[su[keep], rank[keep]] = si[keep]
+    self.score[su[keep], rank[keep]] = ss[keep]
+    return result
+
+  def finish(self, src: _Source, users, items, skip: bool) -> None:
+    """End-of-file checks: rank gaps (rank files), repeated items."""
+    if src.mode == "rank":
+      n = self.count.astype(np.float64)
+      bad = (self.count > 0) & (
+          (self.rsum != n * (n + 1) / 2) |
+          (self.rsq != n * (n + 1) * (2 * n + 1) / 6))
+      bad &= ~self.dropped
+      if bad.any():
+        if not skip:
+          u0 = int(np.argmax(bad))
+          cnt = int(self.count[u0])
+          line = src.find_line(users, items, lambda u, i, v: (u == u0) & (
+              v > cnt)) or src.find_line(users, items, lambda u, i, v: u == u0)
+          src.fail(f"the {cnt} ranks of user {str(users.ids[u0])!r} are not "
+                   f"1..{cnt} (a gap or a repeated rank)", line, src.rank)
+        self.drop(np.flatnonzero(bad), "rank_gap")
+    srt = np.sort(self.top, axis=1)
+    dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    bad = dup.any(1) & ~self.dropped
+    if bad.any():
+      if not skip:
+        u0 = int(np.argmax(bad))
+        j = int(np.argmax(dup[u0]))
+        item = int(srt[u0, j + 1])
+        line = src.find_line(users, items, lambda u, i, v: (u == u0) & (
+            i == item), nth=1)
+        first = src.find_line(users, items, lambda u, i, v: (u == u0) & (
+            i == item))
+        src.fail(f"user {str(users.ids[u0])!r} has item "
+                 f"{str(items.ids[item])!r} twice (first on line {first})",
+                 line, src.item)
+      self.drop(np.flatnonzero(bad), "duplicate_item")
