@@ -146,6 +146,23 @@ def _bad_field_count(header: Header, chunk: bytes, index: LineIndex,
       base_line + index(r))
 
 
+def _lines_fast(header: Header, chunk: bytes, n_nl: int) -> np.ndarray | None:
+  """1-based chunk lines of the rows, assuming no blank line, when the chunk
+  has exactly (fields - 1) separators per line on average; else None (the
+  exact per-line check of `LineIndex` is needed).
+
+  Exact together with the parser: a line with too few separators (or a
+  blank line) then implies a line with too many, which pandas rejects; and
+  a blank line is also seen as a row count below the line count. Either
+  way the block is re-checked line by line.
+  """
+  n = n_nl + (0 if chunk.endswith(b"\n") else 1)
+  if header.sep == " " or chunk.count(header.sep.encode()) != n * (
+      len(header.names) - 1):
+    return None
+  return np.arange(1, n + 1, dtype=np.int64)
+
+
 def _parse(header: Header, chunk: bytes, columns: dict[str, str],
            lines: np.ndarray, quoted: bool) -> dict[str, np.ndarray]:
   def read(dtypes):
@@ -159,12 +176,16 @@ def _parse(header: Header, chunk: bytes, columns: dict[str, str],
   want = {c: {"int": np.int64, "float": np.float64, "str": str}[t]
           for c, t in columns.items()}
   try:
-    df = read(want)
-  except (ValueError, OverflowError):
-    df = read({c: str for c in columns})
+    try:
+      df = read(want)
+    except pd.errors.ParserError:
+      raise
+    except (ValueError, OverflowError):
+      df = read({c: str for c in columns})
   except pd.errors.ParserError as e:
     m = re.search(r"line (\d+)", str(e))
-    line = int(lines[int(m.group(1)) - 1]) if m and int(m.group(1)) <= lines.size else None
+    row = int(m.group(1)) - 1 if m else -1
+    line = int(lines[row]) if 0 <= row < lines.size else None
     raise DataError(f"cannot parse ({str(e).strip()})", str(header.path),
                     line) from None
   if len(df) != lines.size:
@@ -229,14 +250,27 @@ def iter_blocks(header: Header, columns: dict[str, str],
       if not chunk:
         break
       done += len(chunk)
+      n_nl = chunk.count(b"\n")
+      lines = _lines_fast(header, chunk, n_nl)
       quoted = header.kind == "csv" and b'"' in chunk
-      index = LineIndex(chunk, None if quoted else header.sep.encode())
-      if not quoted:
-        _bad_field_count(header, chunk, index, base_line)
-      lines = base_line + index.lines.astype(np.int64)
+      if lines is None or quoted:
+        index = LineIndex(chunk, None if quoted else header.sep.encode())
+        if not quoted:
+          _bad_field_count(header, chunk, index, base_line)
+        lines = index.lines.astype(np.int64)
+      lines = base_line + lines
       if lines.size:
-        cols = _parse(header, chunk, columns, lines, quoted)
+        try:
+          cols = _parse(header, chunk, columns, lines, quoted)
+        except DataError:
+          if quoted:
+            raise
+          # a bad line or a blank line on the fast path: check line by line
+          index = LineIndex(chunk, header.sep.encode())
+          _bad_field_count(header, chunk, index, base_line)
+          lines = base_line + index.lines.astype(np.int64)
+          cols = _parse(header, chunk, columns, lines, quoted)
         yield Block(cols, lines, done, total)
-      base_line += chunk.count(b"\n")
+      base_line += n_nl
       if not data:
         break

@@ -69,12 +69,8 @@ def _pow2(n: int) -> int:
   return 1 << max(0, int(n - 1).bit_length())
 
 
-def _pairs(member: np.ndarray, items: np.ndarray):
-  """(row index, group) for every group of each item in `items`."""
-  if member.shape[1] == 0 or items.size == 0:
-    return np.zeros(0, np.int64), np.zeros(0, np.int64)
-  rows, groups = np.nonzero(member[items])
-  return rows, groups
+P_MAIN = 64  # unmatched test items per user in the main metrics call
+T_CAP = 32  # test items per user matched by broadcast (more: binary search)
 
 
 def accumulate(top: np.ndarray, evaluated: np.ndarray, test: Interactions,
@@ -84,6 +80,9 @@ def accumulate(top: np.ndarray, evaluated: np.ndarray, test: Interactions,
                block: int = BLOCK_USERS,
                progress: Callable[[int, int], None] | None = None) -> Sums:
   """Accumulates the report's sums (module docstring).
+
+  Each slot is visited once: slots are cut into segments [K_{j-1}, K_j) and
+  a figure at K_j is the sum of segments 0..j.
 
   Args:
     top: int32 [U, kmax] lists (-1 = empty slot), kmax = max(ks).
@@ -98,10 +97,13 @@ def accumulate(top: np.ndarray, evaluated: np.ndarray, test: Interactions,
   """
   ks = tuple(sorted(set(int(k) for k in ks)))
   num_users, kmax = top.shape
+  if kmax != ks[-1]:
+    raise ValueError(f"top has {kmax} slots, max(ks) = {ks[-1]}")
   num_items = test.num_items
   ptr = np.searchsorted(test.user, np.arange(num_users + 1))
   n_test = np.diff(ptr).astype(np.int64)
   nan = np.float32(np.nan)
+  zeros = lambda *shape: {k: np.zeros(shape) for k in ks}  # noqa: E731
   s = Sums(
       ks=ks,
       per_user={f"{m}@{k}": np.full(num_users, nan, np.float32)
@@ -112,74 +114,141 @@ def accumulate(top: np.ndarray, evaluated: np.ndarray, test: Interactions,
       item_slots={k: np.zeros(num_items, np.int64) for k in ks},
       item_slots_by={a: {k: np.zeros((at.num_groups, num_items), np.int64)
                          for k in ks} for a, at in user_attrs.items()},
-      cell_sum={(a, j): {k: np.zeros((ua.num_groups, ia.num_groups))
-                         for k in ks}
+      cell_sum={(a, j): zeros(ua.num_groups, ia.num_groups)
                 for a, ua in user_attrs.items()
                 for j, ia in item_attrs.items()},
       cell_count={(a, j): np.zeros((ua.num_groups, ia.num_groups))
                   for a, ua in user_attrs.items()
                   for j, ia in item_attrs.items()},
-      reo_num={j: {k: np.zeros(ia.num_groups) for k in ks}
-               for j, ia in item_attrs.items()},
+      reo_num={j: zeros(ia.num_groups) for j, ia in item_attrs.items()},
       reo_den={j: np.zeros(ia.num_groups) for j, ia in item_attrs.items()})
-  slot = np.arange(kmax)
+  starts = np.array((0,) + ks[:-1])
+  seg_of_slot = np.searchsorted(np.array(ks), np.arange(kmax), side="right")
+  lt_ext = np.concatenate([[False], np.asarray(long_tail, bool)])
+  deferred = []
   for lo in range(0, num_users, block):
     hi = min(num_users, lo + block)
+    n = hi - lo
     ev = evaluated[lo:hi]
     items = np.where(ev[:, None], top[lo:hi], -1)
     filled = items >= 0
-    b_idx, k_idx = np.nonzero(filled)
-    keys_t = test.keys[ptr[lo]:ptr[hi]]
-    q = (lo + b_idx).astype(np.int64) * num_items + items[b_idx, k_idx]
-    pos = np.searchsorted(keys_t, q)
-    found = keys_t[np.minimum(pos, max(keys_t.size - 1, 0))] == q if (
-        keys_t.size) else np.zeros(q.size, bool)
-    hit = np.zeros(items.shape, bool)
-    hit[b_idx[found], k_idx[found]] = True
-    hb, hk = b_idx[found], k_idx[found]
-    hrow = ptr[lo] + pos[found]  # index of the hit in the test pairs
+    hit, hrow = _match(items, lo, hi, ptr, test)
+    hb, hk = np.nonzero(hit)
+    hrow = hrow[hb, hk]
     hitem = items[hb, hk]
-    _metrics(s, lo, hi, hit, filled, n_test[lo:hi], ks, block)
-    for k in ks:
-      in_k = k_idx < k
-      s.filled[k][lo:hi] = np.bincount(b_idx[in_k], minlength=hi - lo)
-      lt = in_k & long_tail[items[b_idx, k_idx]]
-      s.long_tail[k][lo:hi] = np.bincount(b_idx[lt], minlength=hi - lo)
-      it = items[b_idx[in_k], k_idx[in_k]]
-      s.item_slots[k] += np.bincount(it, minlength=num_items)
+    hseg = seg_of_slot[hk]
+    deferred += _metrics(s, lo, hi, hit, filled, n_test[lo:hi], ks, block)
+    for name, per_slot in (("filled", filled), ("long_tail", lt_ext[items + 1])):
+      seg = np.add.reduceat(per_slot.astype(np.int32), starts, axis=1)
+      cum = np.cumsum(seg, axis=1)
+      for j, k in enumerate(ks):
+        getattr(s, name)[k][lo:hi] = cum[:, j]
+    groups = {a: ua.codes[lo:hi] for a, ua in user_attrs.items()}
+    for j, k in enumerate(ks):
+      seg_items = items[:, starts[j]:k]
+      counts = np.bincount(seg_items.ravel() + 1,
+                           minlength=num_items + 1)[1:]
+      for k2 in ks[j:]:
+        s.item_slots[k2] += counts
       for a, ua in user_attrs.items():
-        g = ua.codes[lo + b_idx[in_k]]
-        ok = g >= 0
-        s.item_slots_by[a][k] += np.bincount(
-            g[ok].astype(np.int64) * num_items + it[ok],
-            minlength=ua.num_groups * num_items).reshape(ua.num_groups,
-                                                          num_items)
-    _utility(s, lo, hi, ev, hb, hk, hrow, ks, user_attrs, utility)
-    _cells(s, lo, hi, ev, hb, hk, hitem, test, ptr, ks, user_attrs,
+        g = groups[a][:, None]
+        size = ua.num_groups * num_items
+        key = np.where((seg_items >= 0) & (g >= 0),
+                       g.astype(np.int64) * num_items + seg_items, size)
+        by = np.bincount(key.ravel(), minlength=size + 1)[:size].reshape(
+            ua.num_groups, num_items)
+        for k2 in ks[j:]:
+          s.item_slots_by[a][k2] += by
+    _utility(s, lo, hi, ev, hb, hseg, hrow, ks, user_attrs, utility)
+    _cells(s, lo, hi, ev, hb, hseg, hitem, test, ptr, ks, user_attrs,
            item_attrs)
     if progress is not None:
       progress(hi, num_users)
+  _deferred_metrics(s, deferred, ks, block)
   return s
 
 
-def _metrics(s: Sums, lo, hi, hit, filled, n_rel, ks, block):
-  """Per-user metrics of a block by `metrics.topk_metrics` (module doc)."""
+def _match(items, lo, hi, ptr, test):
+  """hit bool [B, kmax] and, where hit, the index of the test pair."""
+  b, kmax = items.shape
+  t_lo, t_hi = int(ptr[lo]), int(ptr[hi])
+  cnt = np.diff(ptr[lo:hi + 1])
+  hit = np.zeros(items.shape, bool)
+  hrow = np.zeros(items.shape, np.int64)
+  if t_hi == t_lo:
+    return hit, hrow
+  small = cnt <= T_CAP
+  width = int(cnt[small].max()) if small.any() else 0
+  if width:
+    tu = test.user[t_lo:t_hi] - lo
+    offs = np.arange(t_hi - t_lo) - (ptr[lo + tu] - t_lo)
+    keep = small[tu]
+    mat = np.full((b, width), -3, np.int32)
+    mat[tu[keep], offs[keep]] = test.item[t_lo:t_hi][keep]
+    eq = items[:, :, None] == mat[:, None, :]
+    hit = eq.any(-1)
+    hrow = ptr[lo:hi, None] + eq.argmax(-1)
+  big = np.flatnonzero(~small)
+  if big.size:
+    keys = test.keys[t_lo:t_hi]
+    rows = items[big]
+    q = (lo + big[:, None]).astype(np.int64) * test.num_items + rows
+    pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
+    found = (keys[pos] == q) & (rows >= 0)
+    hit[big] = found
+    hrow[big] = t_lo + pos
+  return hit, hrow
+
+
+def _metrics(s: Sums, lo, hi, hit, filled, n_rel, ks, block) -> list:
+  """Per-user metrics of a block by `metrics.topk_metrics` (module doc);
+  users with more than P_MAIN unmatched test items are returned for
+  `_deferred_metrics` (so the main call has one shape)."""
   b, kmax = hit.shape
   unmatched = n_rel - hit.sum(1)
-  p = _pow2(int(unmatched.max()) if unmatched.size else 1)
-  rows = block if b < block else b  # pad: one compiled shape per p
+  over = unmatched > P_MAIN
+  rows = np.flatnonzero(~over)
+  _topk_metrics_into(s, lo + rows, hit[rows], filled[rows], unmatched[rows],
+                     ks, block, P_MAIN)
+  big = np.flatnonzero(over)
+  if big.size:
+    return [(lo + big, hit[big], filled[big], unmatched[big])]
+  return []
+
+
+def _deferred_metrics(s: Sums, deferred: list, ks, block) -> None:
+  if not deferred:
+    return
+  users = np.concatenate([d[0] for d in deferred])
+  hit = np.concatenate([d[1] for d in deferred])
+  filled = np.concatenate([d[2] for d in deferred])
+  unmatched = np.concatenate([d[3] for d in deferred])
+  order = np.argsort(unmatched, kind="stable")
+  for lo in range(0, users.size, block):
+    r = order[lo:lo + block]
+    _topk_metrics_into(s, users[r], hit[r], filled[r], unmatched[r], ks,
+                       block, _pow2(int(unmatched[r].max())))
+
+
+def _topk_metrics_into(s: Sums, users, hit, filled, unmatched, ks, block,
+                       p: int) -> None:
+  """metrics.topk_metrics over the local item space (slots, then the
+  unmatched test items), padded to `block` rows (one compiled shape)."""
+  b, kmax = hit.shape
+  if b == 0:
+    return
+  rows = max(block, b)
   rel = np.zeros((rows, kmax + p), bool)
   rel[:b, :kmax] = hit
   rel[:b, kmax:] = np.arange(p)[None, :] < unmatched[:, None]
   top = np.full((rows, kmax), -1, np.int32)
   top[:b] = np.where(filled, np.arange(kmax, dtype=np.int32), -1)
-  out = metrics_lib.topk_metrics(top, rel, ks)
-  out = jax.device_get(out)
+  out = jax.device_get(metrics_lib.topk_metrics(top, rel, ks))
   for name, v in out.items():
-    s.per_user[name][lo:hi] = np.asarray(v)[:b]
+    s.per_user[name][users] = np.asarray(v)[:b]
 
 
-def _utility(s: Sums, lo, hi, ev, hb, hk, hrow, ks, user_attrs, utility):
+def _utility(s: Sums, lo, hi, ev, hb, hseg, hrow, ks, user_attrs, utility):
   n = hi - lo
   if utility is None:
     gain = np.ones(hb.size)
@@ -187,49 +256,49 @@ def _utility(s: Sums, lo, hi, ev, hb, hk, hrow, ks, user_attrs, utility):
     g = user_attrs[utility.attr].codes[lo + hb]
     gain = np.where(g >= 0, np.einsum(
         "nm,nm->n", utility.w[np.maximum(g, 0)], utility.y[hrow]), np.nan)
-  for k in ks:
-    m = hk < k
-    u = np.bincount(hb[m], weights=gain[m], minlength=n)
+  total = np.zeros(n)
+  for j, k in enumerate(ks):
+    m = hseg == j
+    total = total + np.bincount(hb[m], weights=gain[m], minlength=n)
+    u = total
     if utility is not None:
-      nogroup = user_attrs[utility.attr].codes[lo:hi] < 0
-      u = np.where(nogroup, np.nan, u)
+      u = np.where(user_attrs[utility.attr].codes[lo:hi] < 0, np.nan, u)
     s.utility[k][lo:hi] = np.where(ev, u, np.nan)
 
 
-def _cells(s: Sums, lo, hi, ev, hb, hk, hitem, test, ptr, ks, user_attrs,
+def _onehot(codes: np.ndarray, num_groups: int) -> np.ndarray:
+  """float64 [A, n]: 1 where codes[n] == a (codes < 0: no group)."""
+  m = np.zeros((num_groups, codes.size))
+  ok = np.flatnonzero(codes >= 0)
+  m[codes[ok], ok] = 1.0
+  return m
+
+
+def _cells(s: Sums, lo, hi, ev, hb, hseg, hitem, test, ptr, ks, user_attrs,
            item_attrs):
   n = hi - lo
   tu = test.user[ptr[lo]:ptr[hi]] - lo
   ti = test.item[ptr[lo]:ptr[hi]]
+  onehots = {a: _onehot(ua.codes[lo:hi], ua.num_groups)
+             for a, ua in user_attrs.items()}
   for j, ia in item_attrs.items():
     nj = ia.num_groups
-    tr, tg = _pairs(ia.member, ti)
+    tr, tg = ia.pairs(ti)
     n_test_g = np.bincount(tu[tr].astype(np.int64) * nj + tg,
                            minlength=n * nj).reshape(n, nj)
     n_test_g[~ev] = 0
     s.reo_den[j] += n_test_g.sum(0)
     has = n_test_g > 0
-    hr, hg = _pairs(ia.member, hitem)
-    for k in ks:
-      m = hk[hr] < k
-      hits_g = np.bincount(hb[hr][m].astype(np.int64) * nj + hg[m],
-                           minlength=n * nj).reshape(n, nj)
+    hr, hg = ia.pairs(hitem)
+    hits_g = np.zeros((n, nj))
+    for m, k in enumerate(ks):
+      sel = hseg[hr] == m
+      hits_g = hits_g + np.bincount(hb[hr][sel].astype(np.int64) * nj + hg[sel],
+                                    minlength=n * nj).reshape(n, nj)
       hits_g[~ev] = 0
       s.reo_num[j][k] += hits_g.sum(0)
       ratio = np.where(has, hits_g / np.maximum(n_test_g, 1), 0.0)
-      for a, ua in user_attrs.items():
-        g = ua.codes[lo:hi]
-        ok = g >= 0
-        s.cell_sum[(a, j)][k] += _group_rows(ratio[ok], g[ok], ua.num_groups)
-    for a, ua in user_attrs.items():
-      g = ua.codes[lo:hi]
-      ok = g >= 0
-      s.cell_count[(a, j)] += _group_rows(has[ok].astype(np.float64), g[ok],
-                                          ua.num_groups)
-
-
-def _group_rows(x: np.ndarray, g: np.ndarray, num_groups: int) -> np.ndarray:
-  """[A, J] sums of the rows of x [n, J] by group g [n]."""
-  out = np.zeros((num_groups, x.shape[1]))
-  np.add.at(out, g, x)
-  return out
+      for a in user_attrs:
+        s.cell_sum[(a, j)][k] += onehots[a] @ ratio
+    for a in user_attrs:
+      s.cell_count[(a, j)] += onehots[a] @ has.astype(np.float64)

@@ -226,8 +226,9 @@ def audit(o: Options) -> dict:
   pop = np.bincount(pop_src.item, minlength=len(items.ids))
   top10, tail = rep.popularity(pop)
   prog2 = Progress("metrics", o.quiet)
+  lists.top[~has_list] = -1  # in place: no second [U, kmax] copy
   sums = compute.accumulate(
-      np.where(has_list[:, None], lists.top, -1), evaluated, test,
+      lists.top, evaluated, test,
       users.attrs, items.attrs, ks, tail, utility, block=o.block_users,
       progress=lambda d, n: prog2(d, n, "users", final=d == n))
   train_counts = None

@@ -8,10 +8,12 @@ depend on it.
 Only the first `kmax` = max(K) slots of each list are stored (int32 [U,
 kmax], -1 = empty), so memory is 4 U kmax bytes whatever the list length.
 
-Rank files. The ranks of a user must be 1..n (integers, no repeat, no gap);
-a repeat within the first kmax ranks is found exactly, one beyond by the
-count, sum and sum of squares of the user's ranks (which equal n,
-n(n+1)/2 and n(n+1)(2n+1)/6 for 1..n).
+Rank files. The ranks of a user must be 1..n (integers, no repeat, no gap).
+This is checked, without keeping the ranks, on the power sums of each
+user's ranks: sum r^p equals the value for 1..n for p = 0 (count), 1, 2
+and, for n <= 10^4, 3 (exact in float64). Equal power sums up to p = 3 for
+a multiset other than 1..n need a contrived input; a failing user is
+re-read to name the repeated or missing rank and its line.
 Score files. The list of a user is its rows sorted by score, descending,
 ties to the smaller item code (the item's position among the sorted item
 ids), truncated to kmax as blocks arrive (a row outside a block's top kmax
@@ -21,9 +23,10 @@ Bad rows, with `on_bad='error'` (default) a `DataError` naming file, line
 and field; with `on_bad='skip'` counted in `Lists.skipped` and:
   unknown_user: the row is dropped;
   unknown_item: the slot stays empty (a miss that exposes no item);
-  bad_rank (not an integer >= 1, or a non-finite score), duplicate_rank,
-  duplicate_item, rank_gap: the user's whole list is dropped (counted per
-  user), so the outcome does not depend on the row order.
+  bad_rank (not an integer >= 1, or a non-finite score), duplicate_item,
+  rank_gap (ranks not 1..n: a repeat or a gap): the user's whole list is
+  dropped (counted per user), so the outcome does not depend on the row
+  order.
 """
 
 from __future__ import annotations
@@ -78,6 +81,18 @@ class _Source:
 
   def fail(self, msg, line, field):
     raise DataError(msg, str(self.header.path), line, field)
+
+  def rows_of(self, users: IdTable, items: IdTable, user: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(items, values, lines) of one user's rows in file order (error
+    path only)."""
+    its, vals, lines = [], [], []
+    for b in self.blocks(blocks.BLOCK_BYTES):
+      m = users.codes(b.cols[self.user]) == user
+      its.append(items.codes(b.cols[self.item][m]))
+      vals.append(b.cols[self.value][m])
+      lines.append(b.lines[m])
+    return np.concatenate(its), np.concatenate(vals), np.concatenate(lines)
 
   def find_line(self, users: IdTable, items: IdTable,
                 match: Callable[[np.ndarray, np.ndarray, np.ndarray],
@@ -157,6 +172,7 @@ def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
                  src.value)
       st.drop(u[bad_v], "bad_rank")
       u, i, v, lines = u[~bad_v], i[~bad_v], v[~bad_v], lines[~bad_v]
+      cols_item = cols_item[~bad_v]
     if src.mode == "rank":
       dup = st.add_ranks(u, i, v.astype(np.int64))
     else:
@@ -174,7 +190,8 @@ def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
     if progress is not None:
       progress(b, rows)
   st.finish(src, users, items, skip)
-  top = np.where(st.top == _UNKNOWN, -1, st.top).astype(np.int32)
+  top = st.top  # in place: no second [U, kmax] copy
+  top[top == _UNKNOWN] = -1
   has = (st.count > 0) & ~st.dropped
   top[~has] = -1
   return Lists(top, st.count, has, src.mode, rows, dict(st.skipped),
@@ -190,11 +207,9 @@ class _State:
     self.count = np.zeros(num_users, np.int32)
     self.dropped = np.zeros(num_users, bool)
     self.skipped = {k: 0 for k in ("unknown_user", "unknown_item",
-                                   "bad_rank", "duplicate_rank",
-                                   "duplicate_item", "rank_gap")}
+                                   "bad_rank", "duplicate_item", "rank_gap")}
     if mode == "rank":
-      self.rsum = np.zeros(num_users, np.float64)
-      self.rsq = np.zeros(num_users, np.float64)
+      self.powers = np.zeros((3, num_users), np.float64)
     else:
       self.score = np.full((num_users, kmax), -np.inf, np.float64)
 
@@ -205,30 +220,18 @@ class _State:
     self.skipped[reason] += int(new.size)
 
   def add_ranks(self, u, i, r):
-    """Scatters rows into their slots; returns (row, first line) of the
-    first repeated (user, rank) in the block, or None; in skip mode marks
-    such users dropped instead (the caller raises only when not skipping)."""
+    """Scatters rows into their slots and adds the ranks' power sums
+    (repeats and gaps are found by `finish`)."""
     n = self.count.size
     self.count += np.bincount(u, minlength=n).astype(np.int32)
-    rf = r.astype(np.float64)
-    self.rsum += np.bincount(u, weights=rf, minlength=n)
-    self.rsq += np.bincount(u, weights=rf * rf, minlength=n)
-    sel = np.flatnonzero(r <= self.kmax)
-    flat = u[sel].astype(np.int64) * self.kmax + (r[sel] - 1)
-    order = np.argsort(flat, kind="stable")
-    fs = flat[order]
-    rep_in = np.flatnonzero(fs[1:] == fs[:-1])
-    taken = self.top.reshape(-1)[flat] != -1
-    result = None
-    if rep_in.size or taken.any():
-      rows_in = sel[order[rep_in + 1]]
-      rows_taken = sel[np.flatnonzero(taken)]
-      cand = np.concatenate([rows_in, rows_taken])
-      r0 = int(cand.min())
-      self.drop(u[cand], "duplicate_rank")
-      result = (r0, None)
-    self.top.reshape(-1)[flat] = i[sel]
-    return result
+    r1 = r.astype(np.float64)
+    r2 = r1 * r1
+    for p, w in enumerate((r1, r2, r2 * r1)):
+      self.powers[p] += np.bincount(u, weights=w, minlength=n)
+    sel = r <= self.kmax
+    self.top.reshape(-1)[u[sel].astype(np.int64) * self.kmax + (r[sel] - 1)
+                         ] = i[sel]
+    return None
 
   def add_scores(self, u, i, s):
     """Merges rows into the users' running top-kmax by score."""
@@ -264,36 +267,56 @@ class _State:
     self.score[su[keep], rank[keep]] = ss[keep]
     return result
 
-  def finish(self, src: _Source, users, items, skip: bool) -> None:
-    """End-of-file checks: rank gaps (rank files), repeated items."""
+  def finish(self, src: _Source, users, items, skip: bool,
+             block: int = 1 << 16) -> None:
+    """End-of-file checks: ranks 1..n (rank files), repeated items."""
     if src.mode == "rank":
       n = self.count.astype(np.float64)
-      bad = (self.count > 0) & (
-          (self.rsum != n * (n + 1) / 2) |
-          (self.rsq != n * (n + 1) * (2 * n + 1) / 6))
-      bad &= ~self.dropped
+      bad = (self.powers[0] != n * (n + 1) / 2) | (
+          self.powers[1] != n * (n + 1) * (2 * n + 1) / 6) | (
+              (n <= 1e4) & (self.powers[2] != (n * (n + 1) / 2) ** 2))
+      bad &= (self.count > 0) & ~self.dropped
       if bad.any():
         if not skip:
-          u0 = int(np.argmax(bad))
-          cnt = int(self.count[u0])
-          line = src.find_line(users, items, lambda u, i, v: (u == u0) & (
-              v > cnt)) or src.find_line(users, items, lambda u, i, v: u == u0)
-          src.fail(f"the {cnt} ranks of user {str(users.ids[u0])!r} are not "
-                   f"1..{cnt} (a gap or a repeated rank)", line, src.rank)
+          _rank_error(src, users, items, int(np.argmax(bad)))
         self.drop(np.flatnonzero(bad), "rank_gap")
-    srt = np.sort(self.top, axis=1)
-    dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-    bad = dup.any(1) & ~self.dropped
-    if bad.any():
-      if not skip:
-        u0 = int(np.argmax(bad))
-        j = int(np.argmax(dup[u0]))
-        item = int(srt[u0, j + 1])
-        line = src.find_line(users, items, lambda u, i, v: (u == u0) & (
-            i == item), nth=1)
-        first = src.find_line(users, items, lambda u, i, v: (u == u0) & (
-            i == item))
-        src.fail(f"user {str(users.ids[u0])!r} has item "
-                 f"{str(items.ids[item])!r} twice (first on line {first})",
-                 line, src.item)
-      self.drop(np.flatnonzero(bad), "duplicate_item")
+    for lo in range(0, self.count.size, block):
+      srt = np.sort(self.top[lo:lo + block], axis=1)
+      dup = ((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any(1)
+      bad = np.flatnonzero(dup & ~self.dropped[lo:lo + block]) + lo
+      if bad.size:
+        if not skip:
+          _item_error(src, users, items, int(bad[0]))
+        self.drop(bad, "duplicate_item")
+
+
+def _rank_error(src: _Source, users, items, u0: int):
+  """Raises the DataError naming a repeated or missing rank of user u0."""
+  _, ranks, lines = src.rows_of(users, items, u0)
+  name = str(users.ids[u0])
+  order = np.argsort(ranks, kind="stable")
+  sr = ranks[order]
+  rep = np.flatnonzero(sr[1:] == sr[:-1])
+  if rep.size:
+    first, second = sorted(order[rep[0]:rep[0] + 2])
+    src.fail(f"user {name!r} has rank {int(ranks[first])} twice (first on "
+             f"line {lines[first]})", int(lines[second]), src.rank)
+  n = ranks.size
+  missing = np.setdiff1d(np.arange(1, n + 1), ranks.astype(np.int64))
+  beyond = np.flatnonzero(ranks > n)
+  r = int(beyond[0]) if beyond.size else 0
+  src.fail(f"ranks of user {name!r} must be 1..{n} ({n} rows): rank "
+           f"{int(missing[0]) if missing.size else '?'} is missing",
+           int(lines[r]), src.rank)
+
+
+def _item_error(src: _Source, users, items, u0: int):
+  """Raises the DataError naming a repeated item of user u0."""
+  its, _, lines = src.rows_of(users, items, u0)
+  order = np.argsort(its, kind="stable")
+  si = its[order]
+  rep = np.flatnonzero((si[1:] == si[:-1]) & (si[1:] >= 0))
+  first, second = sorted(order[rep[0]:rep[0] + 2])
+  src.fail(f"user {str(users.ids[u0])!r} has item "
+           f"{str(items.ids[its[first]])!r} twice (first on line "
+           f"{lines[first]})", int(lines[second]), src.item)

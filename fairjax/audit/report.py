@@ -63,75 +63,84 @@ def _mean(x: np.ndarray) -> float:
   return float(x.astype(np.float64).mean()) if x.size else math.nan
 
 
-def welch_test(a: np.ndarray, b: np.ndarray) -> dict:
-  """Welch's t-test of mean(a) vs mean(b) (NaN values dropped).
+def welch_test(mean_a: float, var_a: float, n_a: int, mean_b: float,
+               var_b: float, n_b: int) -> dict:
+  """Welch's t-test of two group means from their summary statistics.
 
-  t = (abar - bbar) / sqrt(s_a^2/n_a + s_b^2/n_b), df by Welch-Satterthwaite
-  (s_a^2/n_a + s_b^2/n_b)^2 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)),
-  p two-sided (`metrics.student_t_two_sided_p`). NaN when a group has < 2
-  values; t = 0, p = 1 when both variances are 0 and the means are equal.
+  t = (abar - bbar) / sqrt(s_a^2/n_a + s_b^2/n_b) with sample variances s^2
+  (ddof 1), df by Welch-Satterthwaite (s_a^2/n_a + s_b^2/n_b)^2 /
+  ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)), p two-sided
+  (`metrics.student_t_two_sided_p`). NaN when a group has < 2 users; t = 0
+  and p = 1 (t = +-inf, p = 0) when both variances are 0 and the means are
+  equal (differ).
   """
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-  out = dict(test="welch_t", n=[int(a.size), int(b.size)],
+  out = dict(test="welch_t", n=[int(n_a), int(n_b)],
              mean_diff=math.nan, t=math.nan, df=math.nan, p_value=math.nan)
-  if a.size < 2 or b.size < 2:
+  if n_a < 2 or n_b < 2:
     return out
-  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-  diff = float(a.mean() - b.mean())
+  va, vb = var_a / n_a, var_b / n_b
+  diff = float(mean_a - mean_b)
   out["mean_diff"] = diff
   if va + vb == 0:
     out.update(t=0.0 if diff == 0 else math.copysign(math.inf, diff),
-               df=float(a.size + b.size - 2),
-               p_value=1.0 if diff == 0 else 0.0)
+               df=float(n_a + n_b - 2), p_value=1.0 if diff == 0 else 0.0)
     return out
   t = diff / math.sqrt(va + vb)
-  df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+  df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
   out.update(t=t, df=df, p_value=metrics_lib.student_t_two_sided_p(t, df))
   return out
+
+
+def group_stats(values: np.ndarray, codes: np.ndarray, num_groups: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean, sample variance, n) per group of the non-NaN values whose code
+  is in [0, G); two passes (the variance around the group mean)."""
+  v = np.asarray(values, np.float64)
+  ok = ~np.isnan(v) & (codes >= 0) & (codes < num_groups)
+  g, x = codes[ok], v[ok]
+  n = np.bincount(g, minlength=num_groups)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = np.bincount(g, weights=x, minlength=num_groups) / n
+    ss = np.bincount(g, weights=(x - mean[g]) ** 2, minlength=num_groups)
+    var = np.where(n > 1, ss / np.maximum(n - 1, 1), np.nan)
+  return mean, var, n
 
 
 def user_section(s: Sums, attr: Attribute, evaluated: np.ndarray,
                  utility_desc: str) -> dict:
   """report["user"][ATTR] (module docstring)."""
-  groups, members = {}, []
-  for g, label in enumerate(attr.labels):
-    m = evaluated & (attr.codes == g)
-    members.append(m)
-    entry = {"n_users": int(m.sum())}
-    ci = {}
-    for name, v in s.per_user.items():
-      x = v[m].astype(np.float64)
-      x = x[~np.isnan(x)]
-      mean = float(x.mean()) if x.size else math.nan
-      entry[name] = mean
-      half = Z95 * float(x.std(ddof=1)) / math.sqrt(x.size) if x.size > 1 else (
-          math.nan)
-      ci[name] = [mean - half, mean + half]
-    for k in s.ks:
-      entry[f"utility@{k}"] = _mean(s.utility[k][m])
-    entry["ci95"] = ci
-    groups[label] = entry
-  gap, gap_groups, test, mad = {}, {}, {}, {}
   labels = list(attr.labels)
-  for name in s.per_user:
-    means = np.array([groups[lab][name] for lab in labels], np.float64)
-    ok = np.flatnonzero(~np.isnan(means))
+  codes = np.where(evaluated, attr.codes, -1)
+  n_users = np.bincount(codes[codes >= 0], minlength=len(labels))
+  groups = {lab: {"n_users": int(n_users[g]), "ci95": {}}
+            for g, lab in enumerate(labels)}
+  gap, gap_groups, test, mad = {}, {}, {}, {}
+  for name, v in s.per_user.items():
+    mean, var, n = group_stats(v, codes, len(labels))
+    with np.errstate(invalid="ignore", divide="ignore"):
+      half = Z95 * np.sqrt(var / n)
+    for g, lab in enumerate(labels):
+      groups[lab][name] = float(mean[g])
+      groups[lab]["ci95"][name] = [float(mean[g] - half[g]),
+                                   float(mean[g] + half[g])]
+    ok = np.flatnonzero(~np.isnan(mean))
     if ok.size == 0:
       gap[name] = math.nan
       continue
-    hi = int(ok[np.argmax(means[ok])])
-    lo = int(ok[np.argmin(means[ok])])
-    gap[name] = float(means[hi] - means[lo])
+    hi = int(ok[np.argmax(mean[ok])])
+    lo = int(ok[np.argmin(mean[ok])])
+    gap[name] = float(mean[hi] - mean[lo])
     gap_groups[name] = [labels[hi], labels[lo]]
-    t = welch_test(s.per_user[name][members[hi]],
-                   s.per_user[name][members[lo]])
+    t = welch_test(mean[hi], var[hi], n[hi], mean[lo], var[lo], n[lo])
     t["between"] = [labels[hi], labels[lo]]
     test[name] = t
     pairs = list(itertools.combinations(ok.tolist(), 2))
-    mad[name] = (float(np.mean([abs(means[i] - means[j]) for i, j in pairs]))
+    mad[name] = (float(np.mean([abs(mean[i] - mean[j]) for i, j in pairs]))
                  if pairs else math.nan)
+  for k in s.ks:
+    mean, _, _ = group_stats(s.utility[k], codes, len(labels))
+    for g, lab in enumerate(labels):
+      groups[lab][f"utility@{k}"] = float(mean[g])
   der = {"utility": utility_desc}
   for k in s.ks:
     util = np.array([groups[lab][f"utility@{k}"] for lab in labels])
@@ -231,11 +240,15 @@ def source_shares(inter: Interactions, uattr: Attribute,
                   iattr: Attribute) -> np.ndarray:
   """P_S(c | a) [A, C]: share of group a's interactions in category c."""
   g = uattr.codes[inter.user]
-  ok = g >= 0
-  counts = np.zeros((uattr.num_groups, iattr.num_groups))
-  np.add.at(counts, g[ok], iattr.member[inter.item[ok]].astype(np.float64))
-  tot = np.bincount(g[ok], minlength=uattr.num_groups).astype(np.float64)
-  return counts / np.where(tot > 0, tot, np.nan)[:, None]
+  idx, c = iattr.pairs(inter.item)
+  ok = g[idx] >= 0
+  a, c = g[idx][ok].astype(np.int64), c[ok]
+  counts = np.bincount(a * iattr.num_groups + c, minlength=uattr.num_groups *
+                       iattr.num_groups).reshape(uattr.num_groups,
+                                                 iattr.num_groups)
+  tot = np.bincount(g[g >= 0], minlength=uattr.num_groups).astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return counts / np.where(tot > 0, tot, np.nan)[:, None]
 
 
 def cell_section(s: Sums, uattr: Attribute, iattr: Attribute,

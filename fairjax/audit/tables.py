@@ -25,6 +25,7 @@ import dataclasses
 import pathlib
 
 import numpy as np
+import pandas as pd
 
 from fairjax.audit import blocks
 from fairjax.data.atomic import categorical_codes
@@ -95,17 +96,31 @@ class Attribute:
 
   `codes` int32 [N] is the (first) group of each row (-1: none);
   `member` bool [N, G] is the full membership (one group per row unless the
-  field is multi-valued with `multi_value='each'`).
+  field is multi-valued with `multi_value='each'`), also as CSR: row n's
+  groups are `flat[ptr[n]:ptr[n + 1]]`.
   """
 
   name: str
   labels: tuple[str, ...]
   codes: np.ndarray
   member: np.ndarray
+  ptr: np.ndarray
+  flat: np.ndarray
 
   @property
   def num_groups(self) -> int:
     return len(self.labels)
+
+  def pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index into `rows`, group) for every group of each row in `rows`."""
+    rows = np.asarray(rows, np.int64)
+    start, stop = self.ptr[rows], self.ptr[rows + 1]
+    n = stop - start
+    idx = np.repeat(np.arange(rows.size), n)
+    if idx.size == 0:
+      return idx, np.zeros(0, np.int64)
+    offs = np.arange(idx.size) - np.repeat(np.cumsum(n) - n, n)
+    return idx, self.flat[np.repeat(start, n) + offs].astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,35 +133,44 @@ class Table:
   missing: dict[str, int]  # attribute -> rows without a value (skip mode)
 
 
-def _split(values: np.ndarray, seq: bool, sep: str) -> list[list[str]]:
-  if not seq:
-    return [[v] if v.strip() else [] for v in values.tolist()]
-  if sep == " ":
-    return [v.split() for v in values.tolist()]
-  return [[t.strip() for t in v.split(sep) if t.strip()]
-          for v in values.tolist()]
-
-
 def _attribute(name: str, values: np.ndarray, seq: bool, sep: str,
                multi_value: str) -> tuple[Attribute, np.ndarray]:
   """The attribute of a column and a bool mask of rows without a value."""
-  tokens = _split(values, seq, sep)
-  empty = np.array([not t for t in tokens], bool)
-  if multi_value == "first":
-    tokens = [t[:1] for t in tokens]
-  flat = np.array([x for t in tokens for x in t], dtype=str)
-  if flat.size == 0:
-    return Attribute(name, (), np.full(len(tokens), -1, np.int32),
-                     np.zeros((len(tokens), 0), bool)), empty
-  codes_flat, labels = categorical_codes(flat)
-  rows = np.repeat(np.arange(len(tokens)), [len(t) for t in tokens])
-  member = np.zeros((len(tokens), len(labels)), bool)
+  values = np.asarray(values, str)
+  n = values.size
+  if seq:
+    split = (str.split if sep == " " else
+             (lambda v: [t.strip() for t in v.split(sep)]))
+    parts = [[t for t in split(v) if t] for v in values.tolist()]
+    if multi_value == "first":
+      parts = [p[:1] for p in parts]
+    rows = np.repeat(np.arange(n), [len(p) for p in parts])
+    tokens = np.array([t for p in parts for t in p], dtype=str)
+  else:  # one token per row; an empty cell is a missing value
+    ok = values != ""
+    rows = np.flatnonzero(ok)
+    tokens = values[ok]
+  counts = np.bincount(rows, minlength=n)
+  empty = counts == 0
+  if tokens.size == 0:
+    labels, codes_flat = (), np.zeros(0, np.int32)
+  else:
+    uniq_codes, uniq = pd.factorize(tokens)
+    order_codes, labels = categorical_codes(np.asarray(uniq, str))
+    codes_flat = order_codes[uniq_codes].astype(np.int32)
+  first = np.full(n, -1, np.int32)
+  order = np.argsort(rows, kind="stable")  # file order kept within a row
+  rows, codes_flat = rows[order], codes_flat[order]
+  _, at = np.unique(rows, return_index=True)
+  first[rows[at]] = codes_flat[at]
+  g = max(len(labels), 1)
+  key = np.unique(rows * g + codes_flat)  # a label repeated in a row: once
+  rows, codes_flat = key // g, (key % g).astype(np.int32)
+  member = np.zeros((n, len(labels)), bool)
   member[rows, codes_flat] = True
-  first = np.full(len(tokens), -1, np.int32)
-  starts = np.cumsum([0] + [len(t) for t in tokens[:-1]])
-  has = ~empty
-  first[has] = codes_flat[starts[has]]
-  return Attribute(name, labels, first, member), empty
+  ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+  return Attribute(name, tuple(labels), first, member, ptr.astype(np.int64),
+                   codes_flat), empty
 
 
 def read_table(path, id_cols: tuple[str, ...], attrs: list[str], *,
