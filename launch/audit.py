@@ -7,6 +7,11 @@ r"""Audits any recommender's top-K lists: a fairness report (issue 15).
       [--weights='{"gender": {"M": {"interact": 1}, "F": {"rating>=4": 1}}}'] \
       [--multi_value=first|each] [--on_bad=error|skip]
 
+Export one of our own ITFR runs' top-K (K = the first --k) as inputs:
+
+  python -m launch.audit --export_from=runs/itfr_ml100k --export_method=BPR \
+      --export_seed=0 --k=20 --out=runs/itfr_ml100k/export
+
 Inputs are RecBole atomic files (`user_id:token item_id:token rank:float`
 or `score:float`; `.user`, `.item`) or CSV with a header (`user`, `item`,
 `rank` or `score`; attribute files `user`/`item` + one column per
@@ -52,8 +57,16 @@ _SEP = flags.DEFINE_string("sep", None, "CSV separator (default: ',' or tab "
                            "for .tsv; atomic files are always tab).")
 _FIGURES = flags.DEFINE_bool("figures", True, "Draw the PNG figures.")
 _BLOCK = flags.DEFINE_integer("block_users", 1 << 14, "Users per block.")
-for _f in ("recs", "test", "users", "items", "out"):
-  flags.mark_flag_as_required(_f)
+_EXPORT = flags.DEFINE_string(
+    "export_from", None, "Export mode: an ITFR job's workdir; writes its "
+    "top-K (K = the first --k) as recs.inter, test.inter, users.user and "
+    "items.item into --out, then stops.")
+_EXPORT_METHOD = flags.DEFINE_string("export_method", "BPR",
+                                     "Export mode: the method.")
+_EXPORT_SEED = flags.DEFINE_integer("export_seed", 0, "Export mode: the seed.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Export mode: real data "
+                                "folder (default: $FAIRJAX_DATA_DIR).")
+flags.mark_flag_as_required("out")
 
 
 def _names(values):
@@ -70,6 +83,16 @@ def main(argv):
     ks = tuple(int(k) for k in _K.value)
   except ValueError:
     raise ConfigError(f"k: integers expected, got {_K.value}") from None
+  if _EXPORT.value:
+    from fairjax.audit import export
+    paths = export.export_itfr(_EXPORT.value, _EXPORT_METHOD.value,
+                               _EXPORT_SEED.value, _OUT.value, k=ks[0],
+                               data_dir=_DATA_DIR.value)
+    print(json.dumps({n: str(p) for n, p in paths.items()}))
+    return
+  for name in ("recs", "test", "users", "items"):
+    if not flags.FLAGS[name].value:
+      raise ConfigError(f"{name}: the flag --{name} is required")
   options = audit.Options(
       recs=_RECS.value, test=_TEST.value, users=_USERS.value,
       items=_ITEMS.value, user_attrs=_names(_USER_ATTR.value),
