@@ -4,9 +4,13 @@ Launch (the ml1m-ts table, MF):
   python -m launch.fade --config=configs/fade.py:dataset=ml1m-ts,model=mf \
       --workdir=runs/fade_ml1m_mf
 Variants (comma-separated `key=value` after the colon):
-  dataset=synthetic|ml1m-ts|ml100k   model=mf|ncf   smoke (tiny, seconds)
+  dataset=synthetic|ml1m-ts|ml1m-order|ml100k   model=mf|ncf
+  protocol=standard|official   smoke (tiny, seconds)
   lambda=0.5   tau=3   form=signed|absolute   epochs=10 (per period)
   pretrain_epochs=100   rec_lambda=0.5   gamma=10   disc_steps=10
+  fair_pretrain=1 chrono_batches=1 global_negatives=1 split_floor=1
+  redraw_eval_negatives=1 (one official switch; =0 forces it off)
+  eta=20 eps=0 (FADE-DUAL)
   periods=9 (changes only num_periods)
 Any field can also be overridden as a flag, e.g.
   --config.methods=FINETUNE,FADE --config.fade.lam=1.0
@@ -17,6 +21,7 @@ import ml_collections
 from configs.common import parse_variant
 
 ALL_METHODS = "PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER"
+# Methods beyond the paper (not in the default list): FADE-DUAL.
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -35,6 +40,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.pretrain_frac = 0.6
   c.num_blocks = 10
   c.num_periods = 9  # fine-tune on D1..D9; D10 is test only.
+
+  # Protocol: 'standard' (ours) or 'official' (the FADE code's; five
+  # switches, fairjax.methods.fade_protocol). Each switch: None = as the
+  # protocol says, True/False = forced (e.g. --config.official.split_floor=True).
+  c.protocol = v.get("protocol", "standard")
+  c.official = ml_collections.ConfigDict()
+  for name in ("fair_pretrain", "chrono_batches", "global_negatives",
+               "split_floor", "redraw_eval_negatives"):
+    value = v.get(name)
+    c.official[name] = ml_collections.FieldReference(
+        None if value is None else value.lower() in ("1", "true", "on"),
+        field_type=bool)
 
   # Model.
   c.model = v.get("model", "mf")
@@ -64,6 +81,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # REC: FADE with the mean positive score as the group statistic.
   c.rec = ml_collections.ConfigDict()
   c.rec.lam = float(v.get("rec_lambda", c.fade.lam))
+
+  # FADE-DUAL (fairjax.methods.fade_dual): dual ascent on |PD of NDCG@K| <=
+  # eps measured on the last holdout_frac of each period.
+  c.dual = ml_collections.ConfigDict()
+  c.dual.eta = float(v.get("eta", 20.0))
+  c.dual.eps = float(v.get("eps", 0.0))
+  c.dual.lam_init = 0.0
+  c.dual.lam_max = float(v.get("lam_max", 20.0))
+  c.dual.holdout_frac = 0.1
+  c.dual.update_every = 1
+  # True: push only the disadvantaged group's DH up (stop-gradient on the
+  # other group's mean); False: FADE's two-sided push.
+  c.dual.level_up = v.get("level_up", "0") in ("1", "true", "True")
 
   # ADVER.
   c.adver = ml_collections.ConfigDict()

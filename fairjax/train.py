@@ -86,22 +86,32 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation,
   return step
 
 
-def make_epoch(step_fn, prepare: Callable | None = None) -> Callable:
+def make_epoch(step_fn, prepare: Callable | None = None,
+               skip_empty: bool = False) -> Callable:
   """Jitted `(state, batches, rng, context) -> (state, metrics [steps])`.
 
   A `lax.scan` of the step over `batches`, a pytree whose leaves have a
   leading axis of length = steps; `context` is passed unchanged to every
   step. `prepare(state, batches, rng, context) -> (state, batches)`, if
   given, runs once before the scan: vectorised per-step work (e.g.
-  `step_keys`) or an epoch-boundary update of the state. The input state is
-  donated.
+  `step_keys`) or an epoch-boundary update of the state. With `skip_empty`
+  a step whose `batch['valid']` is all False leaves the state untouched
+  (`lax.cond`; its metrics are zeros), so an epoch padded with empty
+  batches to a common number of steps compiles once for every size and
+  computes the same state as the unpadded one. The input state is donated.
   """
 
   def epoch(state, batches, rng, context=None):
     if prepare is not None:
       state, batches = prepare(state, batches, rng, context)
     def body(s, b):
-      return step_fn(s, b, rng, context)
+      if not skip_empty:
+        return step_fn(s, b, rng, context)
+      shapes = jax.eval_shape(step_fn, s, b, rng, context)[1]
+      def skip(s_):
+        return s_, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+      return jax.lax.cond(b["valid"].any(),
+                          lambda s_: step_fn(s_, b, rng, context), skip, s)
     return jax.lax.scan(body, state, batches)
 
   return jax.jit(epoch, donate_argnums=(0,))

@@ -34,10 +34,13 @@ def job_flags(default_config: str, job: str):
 
 def job_main(job: str, default_config: str, label: str,
              shown: Callable[[dict], dict] | None = None,
-             before: Callable[[object], None] | None = None):
+             before: Callable[[object], None] | None = None,
+             text: Callable[[dict, str], str] | None = None):
   """The `main` of a job launcher: defines its flags (`job_flags`), runs
   `fairjax.runner.train_and_evaluate(fairjax.jobs.<job>, ...)` and prints
-  `shown(summary)` (default: the whole summary) as one JSON line.
+  `shown(summary)` (default: the whole summary) as one JSON line, or with
+  `text` the string `text(summary, workdir)` (a table for people; the
+  summary stays in WORKDIR/summary.json).
 
   `before(config)` runs first, before JAX is imported (e.g. to ask XLA for
   emulated devices).
@@ -52,7 +55,10 @@ def job_main(job: str, default_config: str, label: str,
     from fairjax import jobs, runner  # JAX starts here.
     summary = runner.train_and_evaluate(jobs.get(job), config.value,
                                         workdir.value, data_dir.value)
-    print(json.dumps(summary if shown is None else shown(summary)))
+    if text is not None:
+      print(text(summary, workdir.value))
+    else:
+      print(json.dumps(summary if shown is None else shown(summary)))
 
   return main
 

@@ -47,8 +47,14 @@ def test_all_methods_smoke(tmp_path):
   assert set(summary["seconds_per_period"]) == set(F.METHODS)
   df = pd.read_csv(tmp_path / "metrics.csv")
   assert list(df.columns) == runner.CSV_FIELDS
-  # 7 methods x 2 periods x 2 tasks x 2 protocols x 4 groups x 5 metrics.
-  assert len(df) == 7 * 2 * 2 * 2 * 4 * 5
+  # 8 methods x 2 periods x 2 tasks x 4 groups x (2 standard protocols x 5
+  # metrics + the official measure's 3).
+  assert len(df) == 8 * 2 * 2 * 4 * (2 * 5 + 3)
+  for task in ("task_r", "task_n"):
+    assert set(summary["official"][task]) == set(F.METHODS)
+    assert set(summary["official"][task]["FADE"]) == {
+        "ndcg@20", "pd_ndcg@20", "recall@20", "pd_recall@20", "f1@20",
+        "pd_f1@20"}
   assert json.loads((tmp_path / "summary.json").read_text()) == summary
   # Metrics are averaged within group; PD = group 0 - group 1.
   sel = df[(df.method == "FADE") & (df.step == 1) &
@@ -157,8 +163,13 @@ def test_launcher_and_report(tmp_path):
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  summary = json.loads((wd / "summary.json").read_text())
   assert set(summary["task_r"]) == {"FINETUNE", "FADE"}
+  table = out.stdout
+  assert "method" in table and "s/period" in table and "pd_over_time.png" in table
+  row = next(l for l in table.splitlines() if l.startswith("FADE "))
+  assert float(row.split()[1]) == pytest.approx(
+      summary["task_r"]["FADE"]["ndcg@20"], abs=1e-4)
   assert "[FADE] period 2/2" in out.stderr
   rep = subprocess.run([sys.executable, "-m", "launch.report",
                         f"--workdir={wd}", f"--sweep={wd}"], cwd=REPO,

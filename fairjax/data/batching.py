@@ -39,3 +39,37 @@ def shuffled_batches(columns: Mapping[str, np.ndarray], batch_size: int,
          for k, v in columns.items()}
   out["valid"] = valid.reshape(steps, batch_size)
   return out
+
+
+def stack_batches(columns: Mapping[str, np.ndarray], rows: np.ndarray,
+                  batch_size: int, order: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+  """`rows` cut into consecutive batches without shuffling the rows.
+
+  Batch b holds rows[b * batch_size:(b + 1) * batch_size] (the last one
+  padded with row 0, `valid` False); `order`, a permutation of the batch
+  indices, reorders whole batches. Returns the same layout as
+  `shuffled_batches`.
+  """
+  rows = np.asarray(rows)
+  steps = -(-rows.size // batch_size)
+  idx = np.concatenate([rows, np.zeros(steps * batch_size - rows.size,
+                                       rows.dtype)]).reshape(steps, batch_size)
+  valid = (np.arange(steps * batch_size) < rows.size).reshape(steps,
+                                                               batch_size)
+  if order is not None:
+    idx, valid = idx[order], valid[order]
+  out = {k: np.asarray(v)[idx] for k, v in columns.items()}
+  out["valid"] = valid
+  return out
+
+
+def pad_steps(batches: Mapping[str, np.ndarray], steps: int
+              ) -> dict[str, np.ndarray]:
+  """Appends empty batches (row 0, `valid` False) up to `steps` steps."""
+  have = batches["valid"].shape[0]
+  if steps < have:
+    raise ValueError(f"cannot pad {have} steps down to {steps}")
+  return {k: np.concatenate([v, np.zeros((steps - have,) + v.shape[1:],
+                                         v.dtype)])
+          for k, v in batches.items()}

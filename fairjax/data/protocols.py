@@ -75,13 +75,15 @@ class ChronoSplit:
 
 def chronological_periods(ds: Dataset, batch_size: int = 256,
                           pretrain_frac: float = 0.6,
-                          num_blocks: int = 10) -> ChronoSplit:
+                          num_blocks: int = 10,
+                          rounding: str = "half_up") -> ChronoSplit:
   """Cuts the time-sorted interactions into D0 and `num_blocks` blocks.
 
   Procedure (DESIGN §3): stable sort by timestamp; cut into nb =
   ceil(N / batch_size) consecutive batches (the last one may be partial);
-  the first n0 = floor(pretrain_frac * nb + 0.5) batches (round half up)
-  form D0; the remaining r = nb - n0 batches form blocks of q = r //
+  the first n0 = floor(pretrain_frac * nb + 0.5) batches (round half up;
+  with `rounding='floor'`, n0 = floor(pretrain_frac * nb) as in the official
+  FADE code) form D0; the remaining r = nb - n0 batches form blocks of q = r //
   num_blocks batches each, the last block also taking the r mod num_blocks
   leftover batches. Sorted position p is in batch b = p // batch_size.
 
@@ -90,6 +92,7 @@ def chronological_periods(ds: Dataset, batch_size: int = 256,
     batch_size: mini-batch size (256 in FADE).
     pretrain_frac: share of batches in D0.
     num_blocks: number of incremental blocks D1..D_num_blocks.
+    rounding: 'half_up' or 'floor', the rounding of n0.
 
   Returns:
     A `ChronoSplit`.
@@ -108,10 +111,14 @@ def chronological_periods(ds: Dataset, batch_size: int = 256,
     raise ConfigError("field 'pretrain_frac': must be in [0, 1)")
   if num_blocks < 1:
     raise ConfigError("field 'num_blocks': must be >= 1")
+  if rounding not in ("half_up", "floor"):
+    raise ConfigError(f"field 'rounding': 'half_up' or 'floor', got "
+                      f"{rounding!r}")
   n = ds.num_interactions
   order = np.argsort(ds.timestamp, kind="stable").astype(np.int64)
   nb = -(-n // batch_size)
-  n0 = int(np.floor(pretrain_frac * nb + 0.5))
+  n0 = int(np.floor(pretrain_frac * nb + (0.5 if rounding == "half_up"
+                                          else 0.0)))
   rest = nb - n0
   if rest < num_blocks:
     raise DataError(

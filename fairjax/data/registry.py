@@ -2,7 +2,8 @@
 
 Names: `synthetic` (generated, no files), `ml1m` (every ML-1M rating),
 `ml1m-ts` (ML-1M ratings with timestamps: the chronological protocol),
-`ml100k`, or a path: a RecBole atomic folder or `.inter` file, or a `.csv`.
+`ml1m-order` (every ML-1M rating >= 3 of all users in the FADE paper's
+chronological order; an order, not timestamps), `ml100k`, or a path: a RecBole atomic folder or `.inter` file, or a `.csv`.
 Real data is found under `--data_dir` or, failing that, `$FAIRJAX_DATA_DIR`
 (a folder holding `ml-1m/` and/or `ml-100k/`).
 """
@@ -17,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from fairjax.data.atomic import read_atomic, read_csv
-from fairjax.data.movielens import read_ml100k, read_ml1m
+from fairjax.data.movielens import read_ml100k, read_ml1m, read_ml1m_order
 from fairjax.data.types import Dataset
 from fairjax.errors import ConfigError
 
-DATASETS = ("synthetic", "ml1m", "ml1m-ts", "ml100k")
+DATASETS = ("synthetic", "ml1m", "ml1m-ts", "ml1m-order", "ml100k")
 ENV_VAR = "FAIRJAX_DATA_DIR"
 # Integer attributes without labels count as categorical up to this many values.
 _MAX_UNLABELLED_GROUPS = 32
@@ -78,6 +79,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
   if name in ("ml1m", "ml1m-ts"):
     return read_ml1m(resolve_data_dir(data_dir) / "ml-1m",
                      with_timestamps_only=name == "ml1m-ts")
+  if name == "ml1m-order":
+    return read_ml1m_order(resolve_data_dir(data_dir) / "ml-1m")
   if name == "ml100k":
     return read_ml100k(resolve_data_dir(data_dir) / "ml-100k")
   path = pathlib.Path(name)
@@ -95,11 +98,12 @@ def load_configured(config, data_dir: str | os.PathLike | None = None,
                     seed: int | None = None) -> Dataset:
   """The dataset a job config names: `config.dataset` from `data_dir`, else
   `config.data_dir`, else $FAIRJAX_DATA_DIR; the synthetic generator gets
-  `seed` and the sizes `config.synthetic.num_users` / `num_items`."""
+  `seed` and every field of `config.synthetic` as a keyword argument of
+  `fairjax.data.synthetic.generate` (num_users, num_items, ...)."""
   kwargs = {}
   if config.dataset == "synthetic":
-    kwargs = dict(seed=seed, num_users=config.synthetic.num_users,
-                  num_items=config.synthetic.num_items)
+    # num_users, num_items and any other generator argument set there.
+    kwargs = dict(config.synthetic.to_dict(), seed=seed)
   return load_dataset(config.dataset, data_dir or config.data_dir or None,
                       **kwargs)
 
@@ -145,7 +149,8 @@ def dataset_stats(ds: Dataset, with_periods: bool = False) -> dict[str, Any]:
 
   Keys: dataset, interactions, users, items, positives (rating >= 3),
   positives_ge4 (rating >= 4), rating_counts (per distinct rating, when at
-  most 10), has_timestamps, time_range ([min, max] Unix seconds),
+  most 10), has_timestamps, time_range ([min, max] Unix seconds; for
+  `ml1m-order` instead time_is_order, its 'timestamps' being positions),
   user_groups ({attr: {label: users}}, over the dataset's users),
   interactions_per_user_group ({attr: {label: interactions}}),
   items_per_first_genre ({genre: items}, '(none)' for items without one) and,
@@ -164,7 +169,9 @@ def dataset_stats(ds: Dataset, with_periods: bool = False) -> dict[str, Any]:
   if values.size <= 10:
     stats["rating_counts"] = {f"{v:g}": int(c) for v, c in zip(values, counts)}
   stats["has_timestamps"] = ds.timestamp is not None
-  if ds.timestamp is not None and ds.timestamp.size:
+  if ds.name == "ml1m-order":
+    stats["time_is_order"] = True  # positions 0..N-1, not Unix seconds.
+  elif ds.timestamp is not None and ds.timestamp.size:
     stats["time_range"] = [int(ds.timestamp.min()), int(ds.timestamp.max())]
   groups = _groups(ds)
   stats["user_groups"] = {a: _count(c, l) for a, (c, l) in groups.items()}

@@ -76,7 +76,7 @@ PRESAMPLED_ROUNDS = 4
 
 def presample_negatives(state, batches, rng, context, *, num_items: int,
                         num_negatives: int,
-                        rounds: int = PRESAMPLED_ROUNDS):
+                        rounds: int = PRESAMPLED_ROUNDS, fixed: bool = False):
   """An epoch `prepare` (`train.make_epoch`): per-step keys and first
   negative-sampling rounds, drawn once per epoch.
 
@@ -85,12 +85,15 @@ def presample_negatives(state, batches, rng, context, *, num_items: int,
   step built with `train.make_step(..., keys_in_batch=True)` whose loss calls
   `sample_negatives(rng_t, ..., drawn=batch['neg_draws'])` gets negatives
   bit-identical to sampling inside the step, with one vectorised PRNG call
-  per epoch instead of several per step. Returns (state, batches), the
-  state unchanged.
+  per epoch instead of several per step. With `fixed` the keys are
+  `step_keys(rng, 0, S)`, independent of the state's step: epochs called
+  with the same `rng` draw the same negatives (the official FADE code's
+  fine-tuning reuses one draw for all epochs of a period). Returns (state,
+  batches), the state unchanged.
   """
   del context
   steps, b = batches["user"].shape
-  keys = step_keys(rng, state.step, steps)
+  keys = step_keys(rng, 0 if fixed else state.step, steps)
   draws = jax.vmap(lambda k: draw_rounds(k, num_items, (b, num_negatives),
                                          rounds))(keys)
   return state, dict(batches, key=keys, neg_draws=draws)

@@ -12,6 +12,13 @@ Each task is scored with two protocols:
 Users with no test positive get NaN and drop out of every mean. For each
 metric the report holds the mean over users (`all`), the mean per user group,
 and PD = mean(group 0) - mean(group 1).
+
+The official FADE measure (`official_metrics`) reads the sampled protocol's
+ranked lists differently: only warm users (at least one history interaction
+in D_0..D_k) count, and NDCG is normalised by the hits found
+(`ndcg_found@K`, `fairjax.metrics.ranking`); recall and F1 are the standard
+ones over those users. The FADE job summarises it as the mean over snapshots
+1..6 of the warm-user mean and of |PD|.
 """
 
 from __future__ import annotations
@@ -74,8 +81,9 @@ class Evaluator:
     self.chunk_size = chunk_size
     self.sampled_chunk_size = sampled_chunk_size
     self._sampled_scores = jax.jit(self._sampled_scores_impl)
-    self._sampled_metrics = jax.jit(functools.partial(
-        metrics_lib.sampled_rank_metrics, ks=self.ks))
+    self._sampled_metrics = jax.jit(
+        functools.partial(metrics_lib.sampled_rank_metrics, ks=self.ks),
+        static_argnames=("found",))
     self._full_scores = jax.jit(self._full_scores_impl)
 
   def _sampled_scores_impl(self, params, users, pos_items, neg_items):
@@ -85,7 +93,10 @@ class Evaluator:
   def _full_scores_impl(self, params, users):
     return self.all_fn(params, users)
 
-  def sampled(self, params, es: EvalSet) -> dict[str, np.ndarray]:
+  def sampled(self, params, es: EvalSet, negatives=None, found: bool = False
+              ) -> dict[str, np.ndarray]:
+    """Per-user sampled-protocol metrics; `negatives` [U, n] (-1 = none)
+    replace the fixed ones; `found` adds `ndcg_found@K`."""
     # Blocks of users of one padded size bound the [users, candidates, d]
     # gathers (the padded positives of a test period can be ~1,000 wide).
     num_users = es.pos_items.shape[0]
@@ -95,7 +106,8 @@ class Evaluator:
     pad = -num_users % c
     users = np.arange(num_users + pad) % num_users
     pos_items = np.asarray(es.pos_items)[users]
-    negatives = self.negatives[users]
+    all_negs = self.negatives if negatives is None else jnp.asarray(negatives)
+    negatives = jnp.maximum(all_negs, 0)[users]
     pos, neg = [], []
     for start in range(0, num_users + pad, c):
       p, n = self._sampled_scores(params, jnp.asarray(users[start:start + c]),
@@ -105,7 +117,8 @@ class Evaluator:
       neg.append(n)
     out = self._sampled_metrics(jnp.concatenate(pos)[:num_users],
                                 jnp.concatenate(neg)[:num_users],
-                                jnp.asarray(es.pos_mask))
+                                jnp.asarray(es.pos_mask),
+                                neg_mask=all_negs >= 0, found=found)
     return {k: np.asarray(v) for k, v in out.items()}
 
   def full(self, params, es: EvalSet) -> dict[str, np.ndarray]:
@@ -114,6 +127,18 @@ class Evaluator:
     out = metrics_lib.rank_metrics(scores, jnp.asarray(es.relevant),
                                    ks=self.ks, exclude=jnp.asarray(es.history))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def official_metrics(per_user: dict[str, np.ndarray], warm: np.ndarray,
+                     ks) -> dict[str, np.ndarray]:
+  """The official FADE measure from `Evaluator.sampled(..., found=True)`:
+  {ndcg@K (= ndcg_found@K), recall@K, f1@K}, NaN for users not `warm`."""
+  out = {}
+  for k in ks:
+    for name, src in ((f"ndcg@{k}", f"ndcg_found@{k}"),
+                      (f"recall@{k}", f"recall@{k}"), (f"f1@{k}", f"f1@{k}")):
+      out[name] = np.where(warm, np.asarray(per_user[src], np.float64), np.nan)
+  return out
 
 
 def summarise(per_user: dict[str, np.ndarray], user_group: np.ndarray,

@@ -2,6 +2,7 @@
 
 Units: one per method of `config.methods`. Workdir layout:
   pretrain/ckpt/          the pretrained state, checkpointed every 10 epochs
+  pretrain_fade/ckpt/     FADE's pretraining with its loss (`fair_pretrain`)
   eval_negatives.npy      the fixed sampled-protocol negatives [U, 100]
   methods/M/ckpt/         state after each period (step = period)
   methods/M/rows.json     metric rows and timings of the finished periods
@@ -11,7 +12,8 @@ restored state, so results equal an uninterrupted run. A rerun may change
 `FREE_FIELDS` (which methods, where the data is).
 
 metrics.csv rows: step = snapshot t, split = `task_r/sampled`,
-`task_n/full`, ..., group = a user group, `all` or `pd` (PD_t).
+`task_n/full`, `task_r/official`, ..., group = a user group, `all` or `pd`
+(PD_t, signed).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from fairjax import models as models_lib
 from fairjax import runner
 from fairjax import train
 from fairjax.data import sampling
-from fairjax.methods import fade as F
 from fairjax.evaluators import periodic as E
+from fairjax.methods import fade as F
+from fairjax.methods import fade_dual
+from fairjax.methods import fade_protocol
 
 NAME = "fade"
 FREE_FIELDS = ("methods", "data_dir")
 _FINETUNE_KIND = {"FINETUNE": "bpr", "FADE": "fade", "REC": "rec"}
+# FADE-DUAL and ADVER are sequential too (`_run_sequential`).
 _RETRAIN_KIND = {"RETRAIN": "bpr", "FADE-RETRAIN": "fade"}
 SUMMARY_METRICS = ("ndcg", "recall", "f1", "precision", "hr")
 
@@ -58,21 +63,34 @@ def eval_negatives_for(data: F.FadeData, path, seed: int, n: int) -> np.ndarray:
   return sampling.load_or_create_eval_negatives(path, make)
 
 
-def eval_rows(evaluator, params, data, snapshot, method, ks):
+def eval_rows(evaluator, params, data, snapshot, method, config):
   """metrics.csv rows for every (task, protocol, group, metric) at one
-  snapshot."""
+  snapshot: the standard `sampled` and `full` protocols and the official
+  measure (`official`, warm users, found-normalised NDCG)."""
   rows = []
   hist = data.period <= snapshot
-  for task, periods in (("task_r", range(snapshot + 1, data.period.max() + 1)),
-                        ("task_n", [snapshot + 1])):
+  warm = np.bincount(data.user[hist], minlength=data.num_users) > 0
+  redraw = fade_protocol.switches(config)["redraw_eval_negatives"]
+  tasks = (("task_r", range(snapshot + 1, data.period.max() + 1)),
+           ("task_n", [snapshot + 1]))
+  for task_id, (task, periods) in enumerate(tasks):
     test = np.isin(data.period, list(periods))
     es = E.make_eval_set(data.user[test], data.item[test], data.user[hist],
                          data.item[hist], data.num_users, data.num_items)
-    protocols = {"sampled": evaluator.sampled}
+    negatives = None
+    if redraw:  # the official code's draw per (task, snapshot).
+      negatives = sampling.eval_negatives(
+          (config.seed, 7, snapshot, task_id), es.history, es.relevant,
+          np.unique(data.item[hist]), data.num_users,
+          n=config.num_eval_negatives)
+    sampled = evaluator.sampled(params, es, negatives, found=True)
+    per_protocol = {
+        "sampled": {k: v for k, v in sampled.items()
+                    if not k.startswith("ndcg_found")},
+        "official": E.official_metrics(sampled, warm, config.ks)}
     if evaluator.full_ranking:
-      protocols["full"] = evaluator.full
-    for protocol, fn in protocols.items():
-      per_user = fn(params, es)
+      per_protocol["full"] = evaluator.full(params, es)
+    for protocol, per_user in per_protocol.items():
       summary = E.summarise(per_user, data.user_group, data.group_names)
       for group, vals in summary.items():
         for metric, value in vals.items():
@@ -102,13 +120,14 @@ class _PeriodLog:
 
 
 class Context:
-  """Data, model, trainer, evaluator and the (lazily) pretrained state."""
+  """Data, model, trainer, evaluator and the (lazily) pretrained states."""
 
   def __init__(self, config, workdir: pathlib.Path, data_dir):
     self.data = data = F.prepare_data(config, data_dir)
+    self.switches = fade_protocol.switches(config)
     runner.log(f"[fade] {data.name}: {data.num_users} users, "
                f"{data.num_items} items, period sizes "
-               f"{list(data.period_sizes)}")
+               f"{list(data.period_sizes)}; {fade_protocol.describe(config)}")
     self.model = models_lib.create(config.model, data.num_users,
                                    data.num_items, **_model_kwargs(config))
     self.trainer = F.Trainer(self.model, F.make_optimizer(config), config)
@@ -119,13 +138,20 @@ class Context:
     self.rng = jax.random.key(config.seed)
     self.workdir = workdir
     self.config = config
-    self._pre = None
+    self._pre = {}
 
-  def pretrained(self) -> train.TrainState:
-    if self._pre is None:
-      self._pre = _pretrain(self.trainer, self.data, self.config, self.rng,
-                            self.workdir)
-    return self._pre
+  def seen(self, t: int) -> np.ndarray:
+    """Negative-sampling exclusions after period t: the history D_0..D_t, or
+    with `global_negatives` every period (the official leak)."""
+    last = int(self.data.period.max())
+    return self.data.seen(last if self.switches["global_negatives"] else t)
+
+  def pretrained(self, fair: bool = False) -> train.TrainState:
+    """The pretrained state: plain BPR, or with `fair` FADE's loss (the
+    `fair_pretrain` switch), each checkpointed in its own folder."""
+    if fair not in self._pre:
+      self._pre[fair] = _pretrain(self, fair)
+    return self._pre[fair]
 
 
 def prepare(config, workdir, data_dir) -> Context:
@@ -141,68 +167,121 @@ def run_unit(config, ctx: Context, unit: runner.Unit, udir, results) -> dict:
   """Runs one method over every period (resuming finished periods)."""
   del results
   method, m_id = unit.method, unit.info["m_id"]
-  data, evaluator = ctx.data, ctx.evaluator
   log = _PeriodLog(udir)
   mrng = jax.random.fold_in(ctx.rng, 1000 + m_id)
   periods = range(1, config.num_periods + 1)
-  if method in _FINETUNE_KIND or method == "ADVER":
-    ck = ckpt_lib.Checkpointer(udir / "ckpt")
-    last = ck.latest_step()
-    if method == "ADVER":
-      from fairjax.methods import adver
-      adv = adver.AdverRunner(ctx.model, config, data)
-      template = adv.init_from(ctx.pretrained())
-      evaluator = E.Evaluator(ctx.model, ctx.negs, ks=config.ks,
-                              full_ranking=bool(config.eval_full),
-                              pair_fn=adv.pair_scores, all_fn=adv.all_scores)
-    else:
-      # Epochs donate their input state: start each method from a copy.
-      template = jax.tree.map(jnp.copy, ctx.pretrained())
-    if last is not None and all(log.done(t) for t in range(1, last + 1)):
-      state = ck.restore(last, template)
-      log.truncate(last)
-      runner.log(f"[{method}] resumed after period {last}")
-    else:
-      state, last = template, 0
-    for t in periods:
-      if t <= last:
-        continue
-      rows_t, seen = data.rows([t]), data.seen(t)
-      if method == "ADVER":
-        state, info = adv.run_period(state, rows_t, seen, t,
-                                     jax.random.fold_in(mrng, t))
-        params = adv.rec_params(state)
-      else:
-        kind = _FINETUNE_KIND[method]
-        state, info = ctx.trainer.run_epochs(
-            state, data, rows_t, kind, _lam(config, kind), config.epochs,
-            (config.seed, m_id, t), jax.random.fold_in(mrng, t), seen)
-        params = state.params
-      rows = eval_rows(evaluator, params, data, t, method, config.ks)
-      log.add(t, rows, info["train_seconds"], info)
-      ck.save(t, state)
-      _report(method, t, info, rows, config)
-    ck.close()
+  if method in _FINETUNE_KIND or method in ("ADVER", "FADE-DUAL"):
+    _run_sequential(config, ctx, method, m_id, log, mrng, udir)
   elif method in _RETRAIN_KIND:
-    kind = _RETRAIN_KIND[method]
-    for t in periods:
-      if log.done(t):
-        continue
-      state = ctx.trainer.init_state(jax.random.fold_in(mrng, t))
-      state, info = ctx.trainer.run_epochs(
-          state, data, data.rows(range(0, t + 1)), kind, _lam(config, kind),
-          config.retrain_epochs, (config.seed, m_id, t),
-          jax.random.fold_in(mrng, t), data.seen(t))
-      rows = eval_rows(evaluator, state.params, data, t, method, config.ks)
-      log.add(t, rows, info["train_seconds"], info)
-      _report(method, t, info, rows, config)
+    _run_retrain(config, ctx, method, m_id, log, mrng)
   elif method == "PRE-TRAIN":
     params = ctx.pretrained().params
     for t in periods:
       if not log.done(t):
-        log.add(t, eval_rows(evaluator, params, data, t, method, config.ks),
-                0.0, {})
+        log.add(t, eval_rows(ctx.evaluator, params, ctx.data, t, method,
+                             config), 0.0, {})
   return {"periods": {str(t): log.state["periods"][str(t)] for t in periods}}
+
+
+def _run_sequential(config, ctx, method, m_id, log, mrng, udir) -> None:
+  """The fine-tuning methods: the state carries over from period to period,
+  checkpointed after each (resume restores it and the dual multipliers)."""
+  data, evaluator, chrono = ctx.data, ctx.evaluator, ctx.switches[
+      "chrono_batches"]
+  ck = ckpt_lib.Checkpointer(udir / "ckpt")
+  last = ck.latest_step()
+  fair_pre = method == "FADE" and ctx.switches["fair_pretrain"]
+  if method == "ADVER":
+    from fairjax.methods import adver  # pylint: disable=g-import-not-at-top
+    adv = adver.AdverRunner(ctx.model, config, data)
+    template = adv.init_from(ctx.pretrained())
+    evaluator = E.Evaluator(ctx.model, ctx.negs, ks=config.ks,
+                            full_ranking=bool(config.eval_full),
+                            pair_fn=adv.pair_scores, all_fn=adv.all_scores)
+  else:
+    # Epochs donate their input state: start each method from a copy.
+    template = jax.tree.map(jnp.copy, ctx.pretrained(fair_pre))
+  lam = np.full(2, config.dual.lam_init)
+  if last is not None and all(log.done(t) for t in range(1, last + 1)):
+    state = ck.restore(last, template)
+    log.truncate(last)
+    lam = np.asarray(log.state["periods"][str(last)].get("lam", lam))
+    runner.log(f"[{method}] resumed after period {last}")
+  else:
+    state, last = template, 0
+  for t in range(last + 1, config.num_periods + 1):
+    rows_t, seen, rng_t = data.rows([t]), ctx.seen(t), jax.random.fold_in(
+        mrng, t)
+    if method == "ADVER":
+      state, info = adv.run_period(state, rows_t, seen, t, rng_t)
+      params = adv.rec_params(state)
+    elif method == "FADE-DUAL":
+      state, lam, info = _dual_period(config, ctx, state, lam, t, m_id,
+                                      rng_t, seen)
+      params = state.params
+    else:
+      kind = _FINETUNE_KIND[method]
+      state, info = ctx.trainer.run_epochs(
+          state, data, rows_t, kind, _lam(config, kind), config.epochs,
+          (config.seed, m_id, t), rng_t, seen,
+          mode="time" if chrono else "shuffle", fixed_negatives=chrono)
+      params = state.params
+    rows = eval_rows(evaluator, params, data, t, method, config)
+    log.add(t, rows, info["train_seconds"], info)
+    ck.save(t, state)
+    _report(method, t, info, rows, config)
+  ck.close()
+
+
+def _dual_period(config, ctx, state, lam, t, m_id, rng, seen):
+  """One FADE-DUAL period: train on D_t minus its held-out slice, with a
+  dual step on the slice's measured gap every `dual.update_every` epochs."""
+  d, data = config.dual, ctx.data
+  train_rows, hold = fade_dual.split_holdout(data.rows([t]), d.holdout_frac)
+  history = np.concatenate([data.rows(range(t)), train_rows])
+  probe = fade_dual.GapProbe(ctx.evaluator, data, history, hold,
+                             (config.seed, 11, t), config.ks[0],
+                             config.num_eval_negatives)
+  trace = []
+
+  def control(e, st):
+    nonlocal lam
+    if (e + 1) % d.update_every:
+      return None
+    gap, _ = probe.gap(st.params)
+    lam = fade_dual.dual_step(lam, gap, d.eta, d.eps, d.lam_max)
+    trace.append([gap, float(lam[0]), float(lam[1])])
+    return {"lam": jnp.asarray(lam, jnp.float32)}
+
+  chrono = ctx.switches["chrono_batches"]
+  state, info = ctx.trainer.run_epochs(
+      state, data, train_rows, "dual_up" if d.level_up else "dual", 0.0,
+      config.epochs,
+      (config.seed, m_id, t), rng, seen, mode="time" if chrono else "shuffle",
+      fixed_negatives=chrono,
+      extra_context={"lam": jnp.asarray(lam, jnp.float32)},
+      on_epoch_end=control)
+  info = dict(info, lam=[float(x) for x in lam], gap_trace=trace)
+  return state, lam, info
+
+
+def _run_retrain(config, ctx, method, m_id, log, mrng) -> None:
+  kind = _RETRAIN_KIND[method]
+  mode = "batch_order" if ctx.switches["chrono_batches"] else "shuffle"
+  # Every period pads to the last one's steps: one compilation for all.
+  steps = -(-ctx.data.rows(range(config.num_periods + 1)).size //
+            config.batch_size)
+  for t in range(1, config.num_periods + 1):
+    if log.done(t):
+      continue
+    state = ctx.trainer.init_state(jax.random.fold_in(mrng, t))
+    state, info = ctx.trainer.run_epochs(
+        state, ctx.data, ctx.data.rows(range(0, t + 1)), kind,
+        _lam(config, kind), config.retrain_epochs, (config.seed, m_id, t),
+        jax.random.fold_in(mrng, t), ctx.seen(t), mode=mode, pad_to=steps)
+    rows = eval_rows(ctx.evaluator, state.params, ctx.data, t, method, config)
+    log.add(t, rows, info["train_seconds"], info)
+    _report(method, t, info, rows, config)
 
 
 def rows(config, ctx, unit, result) -> list[dict]:
@@ -217,17 +296,21 @@ def _model_kwargs(config) -> dict:
   return dict(dim=config.dim)
 
 
-def _pretrain(trainer, data, config, rng, workdir) -> train.TrainState:
-  state = trainer.init_state(jax.random.fold_in(rng, 0))
+def _pretrain(ctx: Context, fair: bool) -> train.TrainState:
+  trainer, data, config = ctx.trainer, ctx.data, ctx.config
+  state = trainer.init_state(jax.random.fold_in(ctx.rng, 0))
   rows = data.rows([0])
-  context = {"seen": data.seen(0), "user_group": data.user_group}
+  mode = "batch_order" if ctx.switches["chrono_batches"] else "shuffle"
+  context = {"seen": ctx.seen(0), "user_group": data.user_group}
+  kind, lam = ("fade", config.fade.lam) if fair else ("bpr", 0.0)
   state, _ = train.fit(
-      state, trainer.epoch_fn("bpr", 0.0),
+      state, trainer.epoch_fn(kind, lam),
       lambda e: F.epoch_batches(rows, data, config.batch_size,
-                                (config.seed, 99, e)),
-      config.pretrain_epochs, jax.random.fold_in(rng, 1), context=context,
-      checkpoint_dir=workdir / "pretrain" / "ckpt", ckpt_every=10,
-      name="pretrain", log_every=max(1, config.pretrain_epochs // 10))
+                                (config.seed, 99, e), mode),
+      config.pretrain_epochs, jax.random.fold_in(ctx.rng, 1), context=context,
+      checkpoint_dir=ctx.workdir / ("pretrain_fade" if fair else "pretrain")
+      / "ckpt", ckpt_every=10, name="pretrain-fade" if fair else "pretrain",
+      log_every=max(1, config.pretrain_epochs // 10))
   return state
 
 
@@ -243,43 +326,51 @@ def _report(method, t, info, rows, config) -> None:
 
 
 def summarise(config, ctx, results, workdir) -> dict:
-  """summary.json: per task, method -> mean over periods of each metric.
+  """summary.json: per task, method -> summary of each metric.
 
-  `x@K` is the mean over periods of the all-user value; `pd_x@K` the mean
-  over periods of |PD_t|. Sampled figures at the top level, full-ranking
-  figures under `full`; `seconds_per_period[M]` the mean training seconds.
+  Standard measure (top level: sampled protocol; `full`: full ranking):
+  `x@K` is the mean over periods 1..num_periods of the all-user value,
+  `pd_x@K` the mean over those periods of |PD_t|. `official`: the official
+  FADE measure (warm users, found-normalised NDCG; `fade_protocol`), means
+  over snapshots 1..6 only. `seconds_per_period[M]`: mean training seconds.
   """
   acc: dict = {}
   seconds = {}
-  for method in F.method_list(config):
+  methods = F.method_list(config)
+  for method in methods:
     res = results[method]
     for r in rows(config, ctx, None, res):
       if r["group"] in ("all", "pd"):
         key = (r["split"], r["method"], r["group"], r["metric"])
-        acc.setdefault(key, []).append(r["value"])
+        acc.setdefault(key, []).append((r["step"], r["value"]))
     seconds[method] = float(np.mean(
         [res["periods"][str(t)]["seconds"]
          for t in range(1, config.num_periods + 1)]))
 
-  def block(protocol):
+  def block(protocol, names, last=None):
     out = {}
     for task in ("task_r", "task_n"):
       out[task] = {}
-      for method in F.method_list(config):
+      for method in methods:
         vals = {}
-        for k in config.ks:
-          for m in SUMMARY_METRICS:
-            name = f"{m}@{k}"
-            a = acc.get((f"{task}/{protocol}", method, "all", name))
-            p = acc.get((f"{task}/{protocol}", method, "pd", name))
-            if a is not None:
-              vals[name] = float(np.nanmean(a))
-              vals[f"pd_{name}"] = float(np.nanmean(np.abs(p)))
+        for name in names:
+          a = acc.get((f"{task}/{protocol}", method, "all", name))
+          p = acc.get((f"{task}/{protocol}", method, "pd", name))
+          if a is not None:
+            a = [v for t, v in a if last is None or t <= last]
+            p = [v for t, v in p if last is None or t <= last]
+            vals[name] = float(np.nanmean(a))
+            vals[f"pd_{name}"] = float(np.nanmean(np.abs(p)))
         out[task][method] = vals
     return out
 
-  summary = block("sampled")
+  standard = [f"{m}@{k}" for k in config.ks for m in SUMMARY_METRICS]
+  summary = block("sampled", standard)
   if config.eval_full:
-    summary["full"] = block("full")
+    summary["full"] = block("full", standard)
+  summary["official"] = block(
+      "official", [f"{m}@{k}" for k in config.ks
+                   for m in ("ndcg", "recall", "f1")],
+      last=fade_protocol.OFFICIAL_LAST_SNAPSHOT)
   summary["seconds_per_period"] = seconds
   return summary

@@ -14,13 +14,17 @@ period on D_1..D_9; after each period it is evaluated on Task-R and Task-N
   FADE-RETRAIN  RETRAIN with FADE's loss.
   REC           FADE with the mean positive score as the group statistic.
   ADVER         fine-tune with an adversarial filter (`fairjax.methods.adver`).
+  FADE-DUAL     FADE with its fairness weight set by an online dual
+                controller (`fairjax.methods.fade_dual`).
 
 Per training row (u, i): 4 negatives uniform among items u has not
 interacted with in the history D_0..D_t; L_rec = mean BPR over them. Adam
 (lr 1e-3) with coupled L2 1e-4 on non-bias weights (torch's
 `Adam(weight_decay=...)`: g <- g + l2 * w before the moments).
 A batch that holds one user group only has no fairness term (0); the count
-of such batches is reported per period as `one_group_batches`.
+of such batches is reported per period as `one_group_batches`. The official
+code's protocol differs in five switchable details (`protocol=official`,
+`fairjax.methods.fade_protocol`).
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ from fairjax.data import protocols
 from fairjax.data import registry
 from fairjax.data import sampling
 from fairjax.errors import ConfigError
+from fairjax.methods import fade_protocol
 
 METHODS = ("PRE-TRAIN", "RETRAIN", "FINETUNE", "FADE", "FADE-RETRAIN", "REC",
-           "ADVER")
+           "ADVER", "FADE-DUAL")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +101,10 @@ def validate_config(config) -> None:
                       f"{','.join(METHODS)}")
   if not 1 <= config.num_periods <= config.num_blocks - 1:
     raise ConfigError(f"field 'num_periods': must be in 1..{config.num_blocks - 1}")
+  fade_protocol.validate(config)
+  if "FADE-DUAL" in method_list(config):
+    from fairjax.methods import fade_dual  # pylint: disable=g-import-not-at-top
+    fade_dual.validate_config(config)
 
 
 def method_list(config) -> list[str]:
@@ -105,11 +114,18 @@ def method_list(config) -> list[str]:
 def prepare_data(config, data_dir: str | None = None) -> FadeData:
   """Loads the dataset, binarises it and cuts the chronological periods."""
   ds = registry.load_configured(config, data_dir, seed=config.seed)
+  if ds.timestamp is None:
+    raise ConfigError(
+        f"field 'dataset': {ds.name!r} has no time order; FADE's "
+        f"chronological protocol ({fade_protocol.describe(config)}) needs "
+        "one: use ml1m-ts, ml1m-order, ml100k, synthetic or a file with "
+        "timestamps")
   user_group = protocols.user_groups(ds, config.user_attr)
   ds = protocols.binarize(ds, config.positive_threshold)
+  floor = fade_protocol.switches(config)["split_floor"]
   split = protocols.chronological_periods(
       ds, batch_size=config.batch_size, pretrain_frac=config.pretrain_frac,
-      num_blocks=config.num_blocks)
+      num_blocks=config.num_blocks, rounding="floor" if floor else "half_up")
   order = np.asarray(split.order)
   names = ds.user_attr_names.get(config.user_attr) or tuple(
       f"{config.user_attr}={g}" for g in range(int(user_group.max()) + 1))
@@ -133,15 +149,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def make_loss(model, kind: str, lam: float, tau: float, k: int,
               num_negatives: int, absolute: bool = False) -> train.LossFn:
-  """The per-batch loss of `kind` in {'bpr', 'fade', 'rec'}.
+  """The per-batch loss of `kind` in {'bpr', 'fade', 'rec', 'dual'}.
 
   `absolute` selects softplus(|PD_diff|) over softplus(PD_diff)
-  (`fairjax.ops.group_gap_loss`; config field `fade.form`).
+  (`fairjax.ops.group_gap_loss`; config field `fade.form`). 'dual' (FADE-DUAL)
+  ignores `lam` and reads the two multipliers from context['lam'] = [lam+,
+  lam-]: L = L_rec + lam+ softplus(PD_diff) + lam- softplus(-PD_diff), PD_diff
+  of DH@k as for FADE; 'dual_up' the same with the advantaged group's mean
+  held constant (stop-gradient), so only the disadvantaged side is pushed.
 
   batch: {'user' [B], 'item' [B], 'valid' [B]}; context: {'seen' bool [U, I],
   'user_group' int [U]}.
   """
-  if kind not in ("bpr", "fade", "rec"):
+  if kind not in ("bpr", "fade", "rec", "dual", "dual_up"):
     raise ValueError(f"unknown loss kind {kind!r}")
 
   def loss_fn(params, batch, rng, aux, context):
@@ -157,9 +177,20 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
       l_fair, both = ops.fade_fairness_loss(dh, group, valid, absolute)
     elif kind == "rec":
       l_fair, both = ops.group_gap_loss(s[:, 0], group, valid, absolute)
+    elif kind in ("dual", "dual_up"):
+      dh = ops.diff_hit(s, None, tau, k=k)
+      m0, m1, both = ops.group_means(dh, group, valid)
+      lam_pm = context["lam"]
+      if kind == "dual_up":  # move only the disadvantaged side up.
+        up_1 = jax.lax.stop_gradient(m0) - m1
+        up_0 = jax.lax.stop_gradient(m1) - m0
+      else:
+        up_1, up_0 = m0 - m1, m1 - m0
+      l_fair = jnp.where(both, lam_pm[0] * jax.nn.softplus(up_1)
+                         + lam_pm[1] * jax.nn.softplus(up_0), 0.0)
     else:
       l_fair, both = jnp.zeros(()), jnp.ones((), bool)
-    loss = l_rec + lam * l_fair
+    loss = l_rec + (l_fair if kind.startswith("dual") else lam * l_fair)
     metrics = {"rec": l_rec, "fair": l_fair,
                "one_group": 1.0 - both.astype(jnp.float32)}
     return loss, (metrics, aux)
@@ -168,11 +199,24 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
 
 
 def epoch_batches(rows: np.ndarray, data: FadeData, batch_size: int,
-                  seed_parts: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """The given rows shuffled as [steps, batch] arrays, the last batch padded
-  (invalid); a pure function of `seed_parts` (`data.batching`)."""
-  return batching.shuffled_batches({"user": data.user, "item": data.item},
-                                   batch_size, seed_parts, rows=rows)
+                  seed_parts: tuple[int, ...], mode: str = "shuffle"
+                  ) -> dict[str, np.ndarray]:
+  """The given rows as [steps, batch] arrays, the last batch padded
+  (invalid); a pure function of `seed_parts`.
+
+  mode 'shuffle' (standard): rows permuted (`data.batching`); 'batch_order'
+  (official pretraining/retraining): fixed chronological batches in a
+  permuted order; 'time' (official fine-tuning): fixed batches in time order
+  (`fade_protocol.chrono_batches`).
+  """
+  if mode == "shuffle":
+    return batching.shuffled_batches({"user": data.user, "item": data.item},
+                                     batch_size, seed_parts, rows=rows)
+  if mode not in ("batch_order", "time"):
+    raise ValueError(f"unknown batching mode {mode!r}")
+  return fade_protocol.chrono_batches(
+      data.user, data.item, rows, batch_size,
+      seed_parts if mode == "batch_order" else None)
 
 
 @dataclasses.dataclass
@@ -183,9 +227,11 @@ class Trainer:
   tx: optax.GradientTransformation
   config: Any
   _epochs: dict = dataclasses.field(default_factory=dict)
+  _compiled: dict = dataclasses.field(default_factory=dict)
 
-  def epoch_fn(self, kind: str, lam: float) -> Callable:
-    key = (kind, float(lam))
+  def epoch_fn(self, kind: str, lam: float, fixed_negatives: bool = False,
+               skip_empty: bool = False) -> Callable:
+    key = (kind, float(lam), fixed_negatives, skip_empty)
     if key not in self._epochs:
       c = self.config
       loss = make_loss(self.model, kind, lam, c.fade.tau, c.fade.k,
@@ -194,7 +240,8 @@ class Trainer:
           train.make_step(loss, self.tx, keys_in_batch=True),
           prepare=functools.partial(
               sampling.presample_negatives, num_items=self.model.num_items,
-              num_negatives=c.num_negatives))
+              num_negatives=c.num_negatives, fixed=fixed_negatives),
+          skip_empty=skip_empty)
     return self._epochs[key]
 
   def init_state(self, rng) -> train.TrainState:
@@ -202,27 +249,65 @@ class Trainer:
     return train.create_state(params, self.tx)
 
   def run_epochs(self, state, data: FadeData, rows, kind, lam, epochs,
-                 seed_parts, rng, seen) -> tuple[train.TrainState, dict]:
+                 seed_parts, rng, seen, *, mode: str = "shuffle",
+                 fixed_negatives: bool = False, extra_context=None,
+                 on_epoch_end: Callable | None = None,
+                 pad_to: int | None = None
+                 ) -> tuple[train.TrainState, dict]:
     """`epochs` passes over `rows`; returns the state and counters.
 
-    Compilation happens before the clock starts: `train_seconds` in the
-    returned info is training time alone (`compile_seconds` beside it).
+    `mode` is the batching (`epoch_batches`); with `fixed_negatives` every
+    epoch draws the same negatives. `pad_to` pads every epoch with empty
+    batches to that many steps, skipped in the scan (RETRAIN's growing
+    D_0..D_t then compiles once for all periods). `extra_context` joins the steps'
+    read-only context (FADE-DUAL's multipliers); `on_epoch_end(e, state) ->
+    extra_context or None` may replace it between epochs (its time is not
+    training time). Compilation happens before the clock starts:
+    `train_seconds` in the returned info is training time alone
+    (`compile_seconds` beside it).
     """
-    fn = self.epoch_fn(kind, lam)
+    fn = self.epoch_fn(kind, lam, fixed_negatives, pad_to is not None)
     context = {"seen": jnp.asarray(seen),
-               "user_group": jnp.asarray(data.user_group)}
-    all_batches = [epoch_batches(rows, data, self.config.batch_size,
-                                 (*seed_parts, e)) for e in range(epochs)]
+               "user_group": jnp.asarray(data.user_group),
+               **(extra_context or {})}
+
+    def batches_of(e):
+      b = epoch_batches(rows, data, self.config.batch_size, (*seed_parts, e),
+                        mode)
+      return b if pad_to is None else batching.pad_steps(b, pad_to)
+
     t0 = time.perf_counter()
-    compiled = fn.lower(state, all_batches[0], rng, context).compile()
+    compiled = self._compiled.get((fn, pad_to))
+    if compiled is None or pad_to is None:
+      compiled = fn.lower(state, batches_of(0), rng, context).compile()
+      self._compiled[(fn, pad_to)] = compiled
     t1 = time.perf_counter()
-    last = None
-    for e, batches in enumerate(all_batches):
-      state, last = compiled(state, batches, jax.random.fold_in(rng, e),
-                             context)
+    last, other = None, 0.0
+    for e in range(epochs):
+      batches = batches_of(e)
+      state, last = compiled(
+          state, batches, rng if fixed_negatives else jax.random.fold_in(rng, e),
+          context)
+      if on_epoch_end is not None:
+        jax.block_until_ready(state.params)
+        t_hook = time.perf_counter()
+        update = on_epoch_end(e, state)
+        if update:
+          context = dict(context, **update)
+        other += time.perf_counter() - t_hook
     jax.block_until_ready(state.params)
     t2 = time.perf_counter()
-    info = {"train_seconds": t2 - t1, "compile_seconds": t1 - t0,
-            "loss": float(jnp.mean(last["loss"])) if last else float("nan"),
+    info = {"train_seconds": t2 - t1 - other, "compile_seconds": t1 - t0,
+            "loss": _mean_over_valid(last["loss"]) if last else float("nan"),
             "one_group_batches": int(jnp.sum(last["one_group"])) if last else 0}
+    if on_epoch_end is not None:
+      info["control_seconds"] = other
     return state, info
+
+
+def _mean_over_valid(per_step) -> float:
+  """Mean of a per-step metric over the steps that ran (skipped padding
+  steps report exactly 0)."""
+  v = np.asarray(per_step, np.float64)
+  ran = v != 0
+  return float(v[ran].mean()) if ran.any() else float("nan")

@@ -13,6 +13,14 @@ L_u@K (the first K items by score, excluded items never included) are
                 log2(r + 1) and IDCG@K = sum_{r=1..min(K, |T_u|)} 1 / log2(r + 1)
                 (binary gains; Järvelin & Kekäläinen 2002, the standard NDCG).
 
+On request (`found=True`) also
+  ndcg_found@K = DCG@K / sum_{r=1..hits@K} 1 / log2(r + 1), and 0 when
+                hits@K = 0: the DCG over that of the hits found packed at
+                the top (so any list whose hits come first scores 1). This
+                is the normalisation of the official FADE code (v1.0,
+                `Runner.measure_ndcg`, method 1); FADE's `official` measure
+                reports it under the name ndcg@K.
+
 A user with |T_u| = 0 gets NaN in every metric, so that `jnp.nanmean` over
 users averages only the users that can be evaluated.
 
@@ -94,7 +102,7 @@ def _topk_block(scores, exclude, k):
   return jnp.where(vals == -jnp.inf, -1, idx).astype(jnp.int32)
 
 
-def _metrics_block(top, relevant, ks):
+def _metrics_block(top, relevant, ks, found=False):
   """Metrics of a block from ranked lists top [B, k] (-1 = empty slot)."""
   kmax = max(ks)
   n_rel = relevant.sum(axis=1)
@@ -125,6 +133,10 @@ def _metrics_block(top, relevant, ks):
                 hr=(hits > 0).astype(jnp.float32), f1=f1)
     for name in METRIC_NAMES:
       out[f"{name}@{k}"] = jnp.where(has, vals[name], nan)
+    if found:
+      h = hits.astype(jnp.int32)
+      out[f"ndcg_found@{k}"] = jnp.where(
+          has, cum_dcg[:, k - 1] / jnp.where(h > 0, ideal[h], 1.0), nan)
   return out
 
 
@@ -210,22 +222,24 @@ def topk_metrics(top: Array, relevant: Array,
                            jnp.asarray(relevant, bool), ks=_normalise_ks(ks))
 
 
-@functools.partial(jax.jit, static_argnames=("ks", "chunk_size"))
-def _rank_metrics_jit(scores, relevant, exclude, *, ks, chunk_size):
+@functools.partial(jax.jit, static_argnames=("ks", "chunk_size", "found"))
+def _rank_metrics_jit(scores, relevant, exclude, *, ks, chunk_size,
+                      found=False):
   k_eff = min(max(ks), scores.shape[-1])
 
   def block(s, r, e):
     top = _topk_block(s, e, k_eff)
     if e is not None:
       r = r & ~e
-    return _metrics_block(top, r, ks)
+    return _metrics_block(top, r, ks, found)
 
   return _map_blocks(block, (scores, relevant, exclude), chunk_size)
 
 
 def rank_metrics(scores: Array, relevant: Array,
                  ks: int | Sequence[int] = (20,), exclude: Array | None = None,
-                 *, chunk_size: int = 1024) -> dict[str, Array]:
+                 *, chunk_size: int = 1024, found: bool = False
+                 ) -> dict[str, Array]:
   """Full-ranking Recall/Precision/NDCG/HR/F1@K of every user.
 
   All items of the catalogue are candidates, except the excluded ones (the
@@ -241,11 +255,12 @@ def rank_metrics(scores: Array, relevant: Array,
     exclude: bool [U, I] items never ranked, or None.
     chunk_size: users per block; memory of intermediates is
       O(chunk_size x I). Any U works (no recompilation per block).
+    found: also return `ndcg_found@K` (module docstring).
 
   Returns:
     Dict with keys `recall@K`, `precision@K`, `ndcg@K`, `hr@K`, `f1@K` for
-    each K in ks, each a float32 [U] array; NaN for users whose test set is
-    empty.
+    each K in ks (and `ndcg_found@K` with `found`), each a float32 [U] array;
+    NaN for users whose test set is empty.
   """
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -260,13 +275,14 @@ def rank_metrics(scores: Array, relevant: Array,
       raise ValueError(f"exclude has shape {exclude.shape}, scores "
                        f"{scores.shape}")
   return _rank_metrics_jit(scores, relevant, exclude, ks=_normalise_ks(ks),
-                           chunk_size=int(chunk_size))
+                           chunk_size=int(chunk_size), found=bool(found))
 
 
 def sampled_rank_metrics(pos_scores: Array, neg_scores: Array,
                          pos_mask: Array, ks: int | Sequence[int] = (20,), *,
                          neg_mask: Array | None = None,
-                         chunk_size: int = 4096) -> dict[str, Array]:
+                         chunk_size: int = 4096, found: bool = False
+                         ) -> dict[str, Array]:
   """Sampled-protocol metrics: positives ranked among fixed negatives.
 
   The candidate list of user u is its test positives (the valid entries of
@@ -284,6 +300,7 @@ def sampled_rank_metrics(pos_scores: Array, neg_scores: Array,
     ks: the cut-offs K.
     neg_mask: bool [U, N] which negative slots are real, or None (all).
     chunk_size: users per block.
+    found: also return `ndcg_found@K` (module docstring).
 
   Returns:
     The same dict as `rank_metrics` (float32 [U] per key; NaN for users
@@ -298,7 +315,8 @@ def sampled_rank_metrics(pos_scores: Array, neg_scores: Array,
   scores = jnp.concatenate([neg_scores, pos_scores], axis=1)
   relevant = jnp.concatenate([jnp.zeros_like(neg_mask), pos_mask], axis=1)
   exclude = ~jnp.concatenate([neg_mask, pos_mask], axis=1)
-  return rank_metrics(scores, relevant, ks, exclude, chunk_size=chunk_size)
+  return rank_metrics(scores, relevant, ks, exclude, chunk_size=chunk_size,
+                      found=found)
 
 
 def sampled_scores(score_fn: Callable[[Array, Array], Array], users: Array,

@@ -17,19 +17,26 @@ from fairjax.report.common import metrics, save  # noqa: E402
 
 def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
                  protocol: str = "sampled") -> list[pathlib.Path]:
-  """Draws pd_over_time.png and tradeoff.png into `workdir`."""
+  """Draws pd_over_time.png (signed PD per period; the official measure in
+  a second panel when recorded) and tradeoff.png into `workdir`."""
   workdir = pathlib.Path(workdir)
   df = metrics(workdir)
   sel = df[(df.split == f"{task}/{protocol}") & (df.metric == metric)]
   out = []
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for method, g in sel[sel.group == "pd"].groupby("method"):
-    g = g.sort_values("step")
-    ax.plot(g.step, g.value, marker="o", label=method)
-  ax.axhline(0, color="grey", lw=0.8)
-  ax.set(xlabel="period", ylabel=f"PD ({metric}, {task})",
-         title="User-group gap over time")
-  ax.legend(fontsize=8)
+  official = df[(df.split == f"{task}/official") & (df.metric == metric)]
+  panels = [(sel, f"standard ({protocol})")]
+  if len(official):
+    panels.append((official, "official measure (warm users, found NDCG)"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4),
+                           squeeze=False)
+  for ax, (frame, title) in zip(axes[0], panels):
+    for method, g in frame[frame.group == "pd"].groupby("method"):
+      g = g.sort_values("step")
+      ax.plot(g.step, g.value, marker="o", label=method)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="period", ylabel=f"signed PD ({metric}, {task})",
+           title=f"User-group gap over time: {title}")
+    ax.legend(fontsize=8)
   fig.tight_layout()
   out.append(save(fig, workdir / "pd_over_time.png"))
 
@@ -67,3 +74,27 @@ def fade_lambda_sweep(workdirs, out_path, method: str = "FADE",
   fig.legend(fontsize=8, loc="upper center")
   fig.tight_layout()
   return save(fig, out_path)
+
+
+def summary_table(summary: dict, workdir, figures=()) -> str:
+  """The end-of-run table: per method, Task-R NDCG@20 and mean |PD| under
+  the standard measure (sampled protocol) and the official one, and the
+  training seconds per period; then where the files are."""
+  head = (f"{'method':<13} {'NDCG@20':>8} {'|PD|':>7} {'off.NDCG':>9} "
+          f"{'off.|PD|':>9} {'s/period':>9}")
+  lines = ["Task-R, mean over periods (|PD| = |NDCG@20(M) - NDCG@20(F)|; "
+           "off. = official measure, snapshots 1-6)", head, "-" * len(head)]
+  off = summary.get("official", {}).get("task_r", {})
+  for method, v in summary["task_r"].items():
+    o = off.get(method, {})
+    lines.append(
+        f"{method:<13} {v['ndcg@20']:>8.4f} {v['pd_ndcg@20']:>7.4f} "
+        f"{o.get('ndcg@20', float('nan')):>9.4f} "
+        f"{o.get('pd_ndcg@20', float('nan')):>9.4f} "
+        f"{summary['seconds_per_period'][method]:>9.2f}")
+  workdir = pathlib.Path(workdir)
+  lines.append(f"files: {workdir / 'summary.json'} (every figure), "
+               f"{workdir / 'metrics.csv'} (per period and group)")
+  if figures:
+    lines.append("figures: " + ", ".join(str(p) for p in figures))
+  return "\n".join(lines)

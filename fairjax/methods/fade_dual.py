@@ -1,0 +1,116 @@
+r"""FADE-DUAL: FADE whose fairness weight is a controlled dual variable.
+
+FADE fine-tunes with a fixed weight, L = L_rec + lambda softplus(PD_diff),
+so the gap it leaves depends on lambda, on the data of each period and on
+how the relaxed Differentiable-Hit gap PD_diff relates to the measured one.
+FADE-DUAL instead asks for a constraint on the measured gap and lets an
+online dual ascent find the weight, period after period:
+
+    minimise L_rec   subject to   -eps <= g <= eps,
+
+with g = PD of NDCG@K (mean over group-0 users minus mean over group-1
+users, the standard measure of `fairjax.evaluators.periodic`). Its
+Lagrangian, with the relaxed gap d = PD_diff of DH@k over a batch standing
+in for g in the primal step, is
+
+    L(theta; lam+, lam-) = L_rec + lam+ softplus(d) + lam- softplus(-d).
+
+Two multipliers, one per side, so the gap is driven towards zero from
+either side (FADE's signed softplus only ever pushes group 0 down, also past
+zero). Primal: the period's epochs of Adam on L with the multipliers fixed.
+Dual, after every `dual.update_every` epochs of every period t:
+
+    g_hat = PD of NDCG@K on the held-out slice H_t
+    lam+ <- clip(lam+ + eta (g_hat - eps), 0, lam_max)
+    lam- <- clip(lam- + eta (-g_hat - eps), 0, lam_max)
+
+H_t is the chronologically last `dual.holdout_frac` of the period's
+interactions: it is not trained on in period t (it joins the history of
+later periods, so their evaluation never targets it), and it is scored
+with the sampled protocol against its own negatives (drawn among the items
+of the history, never the evaluation negatives). Because the multipliers
+carry over from period to period and are updated on each period's newest
+data, the control reacts to drift: a gap that grows again raises its side's
+multiplier, a gap that flips sign moves weight to the other side. The
+projected dual ascent is that of the constraint set [-eps, eps]; with a
+bounded gap estimate it keeps lam+- in [0, lam_max] (no guarantee on g
+itself: the primal is non-convex and fine-tuned, not solved).
+
+Hyperparameters (config `dual.`): eta (dual step, in weight per unit of
+NDCG gap), eps (the allowed |gap|), lam_max, holdout_frac, update_every,
+lam_init. They were chosen on ml1m-ts seed 0 (README, FADE section) and are
+reported on the other datasets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fairjax.data import sampling
+from fairjax.errors import ConfigError
+from fairjax.evaluators import periodic as E
+
+
+def validate_config(config) -> None:
+  """Raises ConfigError naming the field for a bad `dual.` value."""
+  d = config.dual
+  if d.eps < 0:
+    raise ConfigError(f"field 'dual.eps': the allowed gap must be >= 0, got "
+                      f"{d.eps}")
+  if d.eta <= 0:
+    raise ConfigError(f"field 'dual.eta': must be > 0, got {d.eta}")
+  if d.lam_max <= 0 or d.lam_init < 0 or d.lam_init > d.lam_max:
+    raise ConfigError(f"field 'dual.lam_init'/'dual.lam_max': need 0 <= "
+                      f"lam_init <= lam_max, lam_max > 0; got {d.lam_init}, "
+                      f"{d.lam_max}")
+  if not 0.0 < d.holdout_frac < 1.0:
+    raise ConfigError(f"field 'dual.holdout_frac': must be in (0, 1), got "
+                      f"{d.holdout_frac}")
+  if d.update_every < 1:
+    raise ConfigError(f"field 'dual.update_every': must be >= 1, got "
+                      f"{d.update_every}")
+
+
+def split_holdout(rows: np.ndarray, frac: float) -> tuple[np.ndarray,
+                                                          np.ndarray]:
+  """(train rows, held-out rows): the chronologically last `frac` of `rows`
+  (indices in time order) is held out; at least one row each side."""
+  rows = np.sort(np.asarray(rows))
+  n_hold = min(max(1, int(round(frac * rows.size))), rows.size - 1)
+  return rows[:rows.size - n_hold], rows[rows.size - n_hold:]
+
+
+def dual_step(lam: np.ndarray, gap: float, eta: float, eps: float,
+              lam_max: float) -> np.ndarray:
+  """Projected dual ascent on -eps <= g <= eps; lam = [lam+, lam-].
+
+  A NaN gap (no user of one group in the slice) leaves lam unchanged.
+  """
+  lam = np.asarray(lam, np.float64)
+  if not np.isfinite(gap):
+    return lam.copy()
+  step = eta * np.array([gap - eps, -gap - eps])
+  return np.clip(lam + step, 0.0, lam_max)
+
+
+class GapProbe:
+  """Measures the standard PD of NDCG@K of a snapshot on a held-out slice."""
+
+  def __init__(self, evaluator, data, train_rows_upto: np.ndarray,
+               holdout: np.ndarray, seed: int, k: int, num_negatives: int):
+    """`train_rows_upto`: the history rows (D_0..D_t without the slice)."""
+    hist_u, hist_i = data.user[train_rows_upto], data.item[train_rows_upto]
+    self.es = E.make_eval_set(data.user[holdout], data.item[holdout], hist_u,
+                              hist_i, data.num_users, data.num_items)
+    pool = np.unique(hist_i)
+    self.negatives = sampling.eval_negatives(
+        seed, self.es.history, self.es.relevant, pool, data.num_users,
+        n=num_negatives)
+    self.evaluator, self.data, self.k = evaluator, data, k
+
+  def gap(self, params) -> tuple[float, float]:
+    """(PD, mean) of ndcg@K over the slice's users."""
+    per_user = self.evaluator.sampled(params, self.es, self.negatives)
+    s = E.summarise({"v": per_user[f"ndcg@{self.k}"]}, self.data.user_group,
+                    self.data.group_names)
+    return float(s["pd"]["v"]), float(s["all"]["v"])
