@@ -168,7 +168,7 @@ def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
       if not skip:
         r = int(np.argmax(bad_v))
         what = ("an integer >= 1" if src.mode == "rank" else "a finite number")
-        src.fail(f"{src.value} {v[r]!r} is not {what}", int(lines[r]),
+        src.fail(f"{src.value} {float(v[r]):g} is not {what}", int(lines[r]),
                  src.value)
       st.drop(u[bad_v], "bad_rank")
       u, i, v, lines = u[~bad_v], i[~bad_v], v[~bad_v], lines[~bad_v]

@@ -28,7 +28,9 @@ kept list; all means are over U_e or its groups):
                     P(ranked | g) = sum_u |topK_u ∩ I_g| / sum_u |I_g \\ S_u|
                     (S_u the user's --train items; empty without --train).
   catalogue (`report["items"]`): Gini of the slots per item over all items
-    (`metrics.gini`), coverage (share of items recommended at least once),
+    (`metrics.gini`), coverage (share of items recommended at least once;
+    RecBole's ItemCoverage), entropy = -sum_i p_i ln p_i of the slot shares
+    p_i (RecBole's ShannonEntropy),
     popularity bias = share of slots to the top 10% items by popularity
     (--train interactions, else test), ACLT = mean number and APLT = mean
     share of long-tail items in a user's top K (Abdollahpouri et al. 2017,
@@ -227,6 +229,9 @@ def items_section(s: Sums, evaluated: np.ndarray, top10: np.ndarray,
     total = slots.sum()
     out[f"gini@{k}"] = float(metrics_lib.gini(slots.astype(np.float64)))
     out[f"coverage@{k}"] = float((slots > 0).mean())
+    p = slots[slots > 0] / total if total else np.zeros(0)
+    out[f"entropy@{k}"] = float(-(p * np.log(p)).sum()) if p.size else (
+        math.nan)
     out[f"popularity_top10_share@{k}"] = float(slots[top10].sum() / total) if (
         total) else math.nan
     out[f"aclt@{k}"] = _mean(s.long_tail[k][evaluated].astype(np.float64))
