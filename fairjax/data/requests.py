@@ -4,9 +4,14 @@ ML-1M (`prepare_interactions`): each user's ratings are split into train
 rows and target rows (`split_per_user`: the first round(train_frac n_u) by
 time on ml1m-ts, by a seeded random key on ml1m); the users with targets
 are the requests, in order of their first target's time (ml1m-ts) or in a
-seeded random order (ml1m). Item group = first genre. Synthetic
-(`synthetic_requests`): a generated catalog and queries; a request's
-targets are the exact top-`num_targets` items of a noisy copy of its query.
+seeded random order (ml1m). Item group = first genre. `ml1m-tune` is the
+held-apart tuning stream: the users 3000-6040 (disjoint from ml1m-ts's
+1-2999), their ratings >= 3 in the chronological order of
+`ratings_ge3_fade_order.dat` (registry name `ml1m-order`), split and ordered
+as ml1m-ts. Synthetic (`synthetic_requests`): a generated catalog and
+queries, optionally drifting (`drifting_queries`: the preferred item groups
+change over the horizon); a request's targets are the exact
+top-`num_targets` items of a noisy copy of its query.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from fairjax.data import protocols, synthetic
 from fairjax.data.registry import load_dataset
 from fairjax.errors import ConfigError
 from fairjax.retrieval import sharded
+
+
+# ml1m-tune: raw ML-1M user ids from here on (ml1m-ts has 1..2999).
+TUNE_FIRST_USER = 3000
 
 
 class Requests(NamedTuple):
@@ -85,9 +94,14 @@ class Interactions(NamedTuple):
 
 def prepare_interactions(config, data_dir=None) -> Interactions:
   """ML-1M protocols (see configs/fairsync.py): train rows and requests."""
-  ds = load_dataset(config.dataset, data_dir or config.data_dir or None)
+  chrono = config.dataset in ("ml1m-ts", "ml1m-tune")
+  if config.dataset == "ml1m-tune":
+    ds = load_dataset("ml1m-order", data_dir or config.data_dir or None)
+    ds = ds.subset(ds.raw_user_ids[ds.user] >= TUNE_FIRST_USER, "ml1m-tune")
+  else:
+    ds = load_dataset(config.dataset, data_dir or config.data_dir or None)
   rng = np.random.default_rng(config.seed)
-  if config.dataset == "ml1m-ts":
+  if chrono:
     key = ds.timestamp.astype(np.float64) + rng.random(ds.num_interactions
                                                        ) * 1e-3
   else:
@@ -96,7 +110,7 @@ def prepare_interactions(config, data_dir=None) -> Interactions:
   tu, ti = ds.user[~is_train], ds.item[~is_train]
   has = np.bincount(tu, minlength=ds.num_users) > 0
   users = np.nonzero(has)[0]
-  if config.dataset == "ml1m-ts":
+  if chrono:
     first = np.full(ds.num_users, np.inf)
     np.minimum.at(first, tu, key[~is_train])
     users = users[np.argsort(first[users], kind="stable")]
@@ -141,6 +155,9 @@ def synthetic_requests(config, mesh) -> Requests:
                                           s.num_groups, seed=config.seed)
   q = synthetic.generate_queries(s.num_requests, config.dim,
                                  seed=config.seed + 1)
+  if s.get("drift", 0.0):
+    q = drifting_queries(q, emb, group, s.num_groups, s.drift,
+                         s.drift_phases, s.drift_groups, seed=config.seed)
   if s.num_targets > s.num_items:
     raise ConfigError(f"field 'synthetic.num_targets': {s.num_targets} > "
                       f"num_items {s.num_items}")
@@ -155,3 +172,52 @@ def synthetic_requests(config, mesh) -> Requests:
   return Requests("synthetic", q, emb, group,
                   tuple(f"group{g}" for g in range(s.num_groups)), ptr,
                   tgt.reshape(-1))
+
+
+def group_directions(item_emb: np.ndarray, item_group: np.ndarray,
+                     num_groups: int) -> np.ndarray:
+  """float32 [G, d]: unit direction of each group's mean item, axis e_0 (the
+  shared popularity axis of `synthetic.generate_catalog`) removed."""
+  d = item_emb.shape[1]
+  sums = np.zeros((num_groups, d), np.float64)
+  np.add.at(sums, item_group, item_emb)  # exact sums; one pass
+  sums[:, 0] = 0.0
+  norm = np.linalg.norm(sums, axis=1, keepdims=True)
+  return (sums / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def drifting_queries(q: np.ndarray, item_emb: np.ndarray,
+                     item_group: np.ndarray, num_groups: int, drift: float,
+                     phases: int, groups_per_phase: int,
+                     seed: int = 0) -> np.ndarray:
+  """Requests whose preferred item groups change over the horizon.
+
+  The T requests are cut into `phases` equal consecutive phases; phase p
+  prefers a seeded random set S_p of `groups_per_phase` groups (drawn
+  afresh each phase), and request t of phase p becomes
+
+    q_t + drift * sum_{g in S_p} c_g / |sum_{g in S_p} c_g|,
+
+  with c_g the unit direction of group g (`group_directions`). So which
+  groups are over- and under-exposed by a plain top-K changes abruptly at
+  the phase boundaries: a controller that has converged on phase p's
+  exposure is wrong for phase p + 1.
+
+  Returns:
+    float32 [T, d].
+  """
+  if phases < 1:
+    raise ConfigError(f"field 'synthetic.drift_phases': must be >= 1, got "
+                      f"{phases}")
+  if not 1 <= groups_per_phase <= num_groups:
+    raise ConfigError(f"field 'synthetic.drift_groups': must be in [1, "
+                      f"{num_groups}], got {groups_per_phase}")
+  c = group_directions(item_emb, item_group, num_groups)
+  rng = np.random.default_rng([seed, 3])
+  t_total = q.shape[0]
+  phase = np.minimum(np.arange(t_total) * phases // t_total, phases - 1)
+  pull = np.zeros((phases, q.shape[1]), np.float32)
+  for p in range(phases):
+    v = c[rng.choice(num_groups, groups_per_phase, replace=False)].sum(0)
+    pull[p] = v / max(float(np.linalg.norm(v)), 1e-12)
+  return (q + np.float32(drift) * pull[phase]).astype(np.float32)

@@ -11,15 +11,24 @@
      `config.shards` devices);
   4. per method: ESP and Recall/NDCG/HR@K (`fairjax.evaluators.exposure`).
 
+FairSync is served with the config's dual (`eta`, `headroom`, `dual_target`,
+`safety`; see `fairjax.ops.dual`) against m_g itself (the headroom lives in
+the dual). `ml1m-tune` is the held-apart time-ordered tuning stream
+(`fairjax.data.requests`): the defaults were chosen on it, it is never
+reported.
+
 Training items are excluded (`config.exclude_train_items`, default True) on
-ml1m / ml1m-ts: each request's list is the exact top-K over the catalog
-minus that user's training items. Synthetic requests have no history.
+ml1m / ml1m-ts / ml1m-tune: each request's list is the exact top-K over the
+catalog minus that user's training items. Synthetic requests have no history.
 
 Workdir layout:
   retriever/ckpt/             MF state (train.fit resumes / skips it)
   min_exposure.json           f, base_g, m_g, E0
   methods/M/result.json       metrics, exposure and mu over time, seconds,
-                              and the setting it was served with
+                              the setting it was served with; FairSync's
+                              `forced_batches` (safety net) and
+                              `infeasible_groups` (minimums that could no
+                              longer be met; also logged)
 A rerun serves again exactly the methods whose setting changed
 (`is_current`); every config field may change (FREE_FIELDS = None).
 metrics.csv rows: step = batch index, split = `serve`, metrics `exposure`
@@ -46,6 +55,7 @@ from fairjax.ops import dual as dual_ops
 from fairjax.retrieval import sharded
 
 NAME = "fairsync"
+DATASETS = ("ml1m", "ml1m-ts", "ml1m-tune", "synthetic")
 FREE_FIELDS = None
 make_mesh = sharded.make_mesh
 
@@ -59,8 +69,8 @@ def validate_config(config) -> None:
   def need(ok, field, msg):
     if not ok:
       raise ConfigError(f"field '{field}': {msg}")
-  need(config.dataset in ("ml1m", "ml1m-ts", "synthetic"), "dataset",
-       f"expected ml1m, ml1m-ts or synthetic, got {config.dataset!r}")
+  need(config.dataset in DATASETS, "dataset",
+       f"expected one of {', '.join(DATASETS)}, got {config.dataset!r}")
   bad = [m for m in method_list(config) if m not in fairsync.METHODS]
   need(not bad and method_list(config), "methods",
        f"unknown method(s) {bad}; choose from {list(fairsync.METHODS)}")
@@ -72,6 +82,10 @@ def validate_config(config) -> None:
   need(config.eta > 0, "eta", f"must be > 0, got {config.eta}")
   need(config.headroom >= 0, "headroom",
        f"must be >= 0, got {config.headroom}")
+  need(config.dual_target in dual_ops.TARGETS, "dual_target",
+       f"expected one of {dual_ops.TARGETS}, got {config.dual_target!r}")
+  need(0 <= config.safety <= 1, "safety",
+       f"must be in [0, 1] (0 = off), got {config.safety}")
   need(config.exposure_frac >= 0, "exposure_frac",
        f"must be >= 0 (0 = auto), got {config.exposure_frac}")
   need(0 < config.train_frac < 1, "train_frac",
@@ -183,6 +197,8 @@ def _setting(method, config, m) -> dict:
       s.update(exclude_train_items=True)
   if method == "FairSync":
     s.update(eta=config.eta, headroom=config.headroom)
+    if config.dual_target != "static" or config.safety:  # absent: DESIGN §5
+      s.update(dual_target=config.dual_target, safety=config.safety)
   elif method == "min-regularizer":
     s.update(lam=config.min_reg_lambda)
   elif method == "k-neighbor":
@@ -202,14 +218,28 @@ def run_unit(config, ctx: Context, unit, udir, results) -> dict:
   method, req = unit.method, ctx.req
   m = ctx.target(method)
   t0 = time.perf_counter()
+  dual = {}
+  if method == "FairSync":  # aims at (1 + headroom) m_g, scored at m_g
+    dual = dict(headroom=config.headroom, target=config.dual_target,
+                safety=config.safety)
   res = fairsync.serve(
-      method, req.user_emb, req.item_emb, req.item_group, config.k,
-      serving_target(method, m, config.headroom),
+      method, req.user_emb, req.item_emb, req.item_group, config.k, m,
       config.batch_size, config.eta, ctx.mesh, exclude=req.exclude,
       num_groups=ctx.num_groups, lam=config.min_reg_lambda,
       num_neighbors=config.num_neighbors,
-      block_size=config.block_size or None)
+      block_size=config.block_size or None, **dual)
   secs = time.perf_counter() - t0
+  forced = np.asarray(res.forced_history)
+  short = np.nonzero(np.asarray(res.infeasible_history).any(0))[0]
+  if forced.any():
+    runner.log(f"[{method}] safety net forced {int(forced.sum())} "
+               f"(batch, group) pairs over {int(forced.any(1).sum())} of "
+               f"{forced.shape[0]} batches")
+  if short.size:
+    runner.log(f"[{method}] warning: minimums of "
+               f"{[ctx.req.group_names[g] for g in short]} became "
+               "infeasible for the remaining horizon (served first, best "
+               "effort)")
   acc = accuracy(np.asarray(res.item_ids), req.target_ptr, req.target_items,
                  req.item_emb.shape[0], config.k)
   e = np.asarray(res.exposure, np.float64)
@@ -217,6 +247,8 @@ def run_unit(config, ctx: Context, unit, udir, results) -> dict:
              esp=float(metrics_lib.esp(e, np.asarray(m))), **acc,
              exposure_over_time=np.asarray(res.exposure_over_time).tolist(),
              mu_history=np.asarray(res.mu_history).tolist(),
+             forced_batches=forced.any(1).nonzero()[0].tolist(),
+             infeasible_groups=[ctx.req.group_names[g] for g in short],
              setting=_setting(method, config, m))
   k = config.k
   esp = f"esp {out['esp']:.3f} " if np.any(m > 0) else ""
@@ -261,7 +293,8 @@ def rows(config, ctx: Context, unit, r) -> list[dict]:
 def summarise(config, ctx: Context, results, workdir) -> dict:
   """{METHOD: {esp, recall@K, ndcg@K, hr@K}, k, min_exposure,
   unconstrained_esp, exposure_frac, groups, dataset, num_requests,
-  num_items, batch_size, eta, fairsync_headroom, shards,
+  num_items, batch_size, eta, fairsync_headroom, fairsync_dual_target,
+  fairsync_safety, shards,
   exclude_train_items, seconds}."""
   m, k, req = ctx.minimums(), config.k, ctx.req
   final = {meth: _final(ctx, meth, results[meth])
@@ -275,7 +308,9 @@ def summarise(config, ctx: Context, results, workdir) -> dict:
                  num_requests=req.user_emb.shape[0],
                  num_items=req.item_emb.shape[0],
                  batch_size=config.batch_size, eta=config.eta,
-                 fairsync_headroom=config.headroom, shards=config.shards,
+                 fairsync_headroom=config.headroom,
+                 fairsync_dual_target=config.dual_target,
+                 fairsync_safety=config.safety, shards=config.shards,
                  exclude_train_items=req.exclude is not None,
                  seconds={meth: r["seconds"] for meth, r in final.items()})
   return summary

@@ -9,7 +9,11 @@ per batch). Methods (names are exact):
 
   unconstrained    mu = 0: plain top-K by <u, v>.
   FairSync         mu from the online dual control (`fairjax.ops.dual`): one
-                   Adam step per batch on the batch subgradient.
+                   Adam step per batch on the batch subgradient, towards the
+                   `static` pace m_g / T (DESIGN §5, the default) or the
+                   `remaining` rate (what is still owed over the requests
+                   still to come), aiming at (1 + headroom) m_g, with the
+                   optional end-game safety net (`safety` = gamma).
   k-neighbor       before each batch, the `num_neighbors` least-exposed groups
                    so far among those below their minimum (smallest running
                    exposure E_g; ties -> lower g) get a boost: mu_g = -boost,
@@ -44,6 +48,7 @@ which count towards no group's exposure.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import NamedTuple
 
@@ -72,6 +77,10 @@ class ServeResult(NamedTuple):
     exposure_over_time: float32 [ceil(T/B), G] cumulative E_g after each batch.
     mu_history: float32 [ceil(T/B), G] the mu used to serve each batch.
     min_exposure: float32 [G] the minimums m_g.
+    forced_history: bool [ceil(T/B), G] FairSync's safety net: groups forced
+      in each batch (all False for the other methods and with safety 0).
+    infeasible_history: bool [ceil(T/B), G] groups whose minimum could no
+      longer be met in the requests left before each batch (FairSync only).
   """
   method: str
   item_ids: np.ndarray
@@ -79,6 +88,8 @@ class ServeResult(NamedTuple):
   exposure_over_time: np.ndarray
   mu_history: np.ndarray
   min_exposure: np.ndarray
+  forced_history: np.ndarray | None = None
+  infeasible_history: np.ndarray | None = None
 
   @property
   def exposure(self) -> np.ndarray:
@@ -101,7 +112,9 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           batch_size: int, eta: float = 1e-2, mesh=None, *,
           exclude=None, num_groups: int | None = None, lam: float = 1.0,
           num_neighbors: int = 3, boost: float | None = None,
-          block_size: int | None = None, check: bool = True) -> ServeResult:
+          block_size: int | None = None, check: bool = True,
+          headroom: float = 0.0, target: str = "static", safety: float = 0.0,
+          horizon: int | None = None) -> ServeResult:
   """Serves T requests in arrival order with one of the `METHODS`.
 
   Args:
@@ -114,6 +127,15 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
     batch_size: B, requests per batch (dual / bias update period), B <= T.
       A short last batch is served normally (the dual step uses its size).
     eta: FairSync's Adam learning rate.
+    headroom: FairSync's dual aims at (1 + headroom) m_g (scored at m_g).
+    target: FairSync's rate, `static` or `remaining` (`fairjax.ops.dual`).
+    safety: FairSync's end-game net gamma in [0, 1] (0 = off): a group
+      that owes more than gamma c_g times the requests after the batch is
+      served first (`fairjax.ops.dual`); a group whose minimum can no longer
+      be met is logged (warning) and stays forced (best effort).
+    horizon: T of the minimums (default: the number of requests). Must be
+      >= the requests served (ConfigError otherwise); a longer horizon
+      paces FairSync for requests still to come after this stream.
     mesh: item-shard mesh (axis `shard`) or None.
     exclude: optional int [T, E] item ids never served to request t
       (padded with -1), e.g. the user's training items; None or E = 0: no
@@ -135,7 +157,14 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
     raise DataError(f"expected [T, d], got shape {user_emb.shape}",
                     field="user_emb")
   t_total = user_emb.shape[0]
-  m = dual_ops.check_feasible(min_exposure, k, t_total, batch_size)
+  if horizon is None:
+    horizon = t_total
+  if int(horizon) < t_total:
+    raise ConfigError(f"horizon T = {int(horizon)} is shorter than the "
+                      f"{t_total} requests served: the minimums would be "
+                      "due before the stream ends")
+  horizon = int(horizon)
+  m = dual_ops.check_feasible(min_exposure, k, horizon, batch_size)
   g_count = int(num_groups or len(m))
   if len(m) != g_count:
     raise ConfigError(f"min_exposure has {len(m)} groups, num_groups is "
@@ -168,26 +197,40 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
     excl = np.concatenate([excl, np.full((pad, excl.shape[1]), -1, np.int32)])
     excl = sharded.replicate(excl.reshape(nb, batch_size, -1), mesh)
   groups = sharded.replicate(group_host, mesh)
-  ctl = dual_ops.make_dual_control(m, k, t_total, batch_size, eta)
   if boost is None:
     boost = _boost_default(user_emb, items.emb)
+  cap = None
+  if method == "FairSync" and safety > 0:
+    cap = dual_ops.group_capacity(group_host, g_count, k)
+  ctl = dual_ops.make_dual_control(
+      m, k, horizon, batch_size, eta, headroom=headroom, target=target,
+      safety=safety, capacity=cap, boost=float(boost))
   params = dict(method=method, k=int(k), block=items.block, mesh=mesh,
                 num_groups=g_count, num_neighbors=int(num_neighbors))
-  ids, rel, expo, mus = _serve_loop(
+  ids, rel, expo, mus, forced, infeasible = _serve_loop(
       items.emb, items.group, groups, users, weight, excl, ctl,
       jnp.float32(lam), jnp.float32(boost), **params)
   ids = np.asarray(ids).reshape(nb * batch_size, k)[:t_total]
   rel = np.asarray(rel).reshape(nb * batch_size, k)[:t_total]
-  return ServeResult(method, ids, rel, np.asarray(expo), np.asarray(mus), m)
+  forced, infeasible = np.asarray(forced), np.asarray(infeasible)
+  if infeasible.any():
+    first = int(np.argmax(infeasible.any(1)))
+    bad = np.nonzero(infeasible.any(0))[0].tolist()
+    logging.getLogger(__name__).warning(
+        "FairSync: the minimums of groups %s could no longer be met in the "
+        "requests left (first before batch %d of %d); those groups were "
+        "served first (best effort) and may end short", bad, first, nb)
+  return ServeResult(method, ids, rel, np.asarray(expo), np.asarray(mus), m,
+                     forced, infeasible)
 
 
-def _bias(method, expo, dual_state, ctl, lam, boost, num_neighbors):
-  """The per-group mu used for the next batch (see module doc)."""
+def _bias(method, expo, dual_state, ctl, lam, boost, num_neighbors, b):
+  """The per-group mu used for the next batch of b requests (module doc)."""
   g = expo.shape[0]
   if method == "unconstrained":
     return jnp.zeros((g,), jnp.float32)
   if method == "FairSync":
-    return dual_state.mu
+    return ctl.query(dual_state, b)[0]
   if method == "min-regularizer":
     return lam * (expo - jnp.min(expo)) / ctl.horizon
   # k-neighbor
@@ -211,16 +254,21 @@ def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
   def step(carry, xs):
     expo, dstate = carry
     q, w, x = xs
-    mu = _bias(method, expo, dstate, ctl, lam, boost, num_neighbors)
+    b = jnp.sum(w)
+    mu = _bias(method, expo, dstate, ctl, lam, boost, num_neighbors, b)
+    if method == "FairSync":
+      _, forced, infeasible = ctl.query(dstate, b)
+    else:
+      forced = infeasible = jnp.zeros((num_groups,), bool)
     s, ids = sharded.sharded_topk(emb, group, q, mu, x, mesh=mesh, k=k,
                                   block=block)
     g = groups_rep[jnp.maximum(ids, 0)]
     counts = dual_ops.group_counts(ids, groups_rep, num_groups, w)
     rel = s + mu[g]  # -inf stays -inf on an empty (-1) slot
     if method == "FairSync":
-      dstate, _ = ctl.update(dstate, counts, jnp.sum(w))
+      dstate, _ = ctl.update(dstate, counts, b)
     expo = expo + counts
-    return (expo, dstate), (ids, rel, expo, mu)
+    return (expo, dstate), (ids, rel, expo, mu, forced, infeasible)
 
   init = (jnp.zeros((num_groups,), jnp.float32), ctl.init())
   _, out = lax.scan(step, init, (users, weight, exclude))

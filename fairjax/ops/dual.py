@@ -10,11 +10,58 @@ Every B requests the centre sums the per-group counts n_g of the retrieved
 lists over the batch and takes one Adam step (optax, lr eta, mu_0 = 0) on the
 batch subgradient
 
-  grad_g = -n_g + B (m_g / T + 1[g = argmax mu] (K - sum_h m_h / T)),
+  grad_g = -n_g + B (rho_g + 1[g = argmax mu] (K - sum_h rho_h)),
 
 (the sigma_S term scaled by B / T; argmax ties -> lowest g). An over-exposed
 group (n_g above its share) gets a negative gradient, so mu_g rises (more
-penalty); an under-exposed group's mu_g falls (boost).
+penalty); an under-exposed group's mu_g falls (boost). The per-request rate
+rho_g is one of two targets:
+
+  static     rho_g = m'_g / T          (DESIGN §5; the library default)
+  remaining  rho_g(t) = max(m'_g - E_g(t), 0) / (T - t)
+
+with m'_g = (1 + h) m_g the aim (headroom h >= 0, default 0), E_g(t) the
+exposure served in the first t requests and t counted at the batch's start.
+`remaining` is the dual of the problem still left at t: the minimums still
+owed, D'_g = (m'_g - E_g)^+, over the T - t requests still to come,
+sigma_t(mu) = sum_g D'_g mu_g + ((T - t) K - sum_g D'_g) max_g mu_g. A group
+that fell behind (a late start of mu, or drift in the requests) gets a
+larger rate and keeps being boosted until the arrears are repaid; a group
+whose minimum is met gets rho_g = 0 and stops costing accuracy. With static
+rates the dual only tracks the pace m_g / T, so arrears run up while mu
+converges are never repaid (issue 17: 'War' on time-ordered ML-1M). The
+step is the same; only rho changes. (configs/fairsync.py defaults to
+`remaining` with the safety net below, chosen on held-apart tuning streams.)
+
+End-game safety net (safety = gamma in (0, 1], 0 = off). With
+D_g(t) = max(m_g - E_g(t), 0) what group g still owes against its real
+minimum, c_g = min(K, |I_g|) the most group-g items one list can hold and R
+the requests left before a batch of b, group g is *forced* for that batch
+when
+
+  D_g(t) > gamma c_g (R - b):
+
+its query entry is mu_g = min_h mu_h - boost (boost > the score span
+2 max|u| max|v|), so its items head every list of the batch.
+
+Guarantee (induction on batches). Premise: m_g <= gamma c_g T, and every
+forced batch of b requests serves at least gamma c_g b items of each forced
+group (true with gamma = 1 when no item of g is excluded from those
+requests and the forced groups fit in a list, sum_{forced} c_g <= K; a
+gamma < 1 leaves room for exclusion and for forced groups sharing a list).
+Invariant: D_g <= gamma c_g R before every batch. A batch that does not
+force g leaves D_g unchanged or lower and, by the trigger, D_g <= gamma c_g
+(R - b); a forced batch gives D_g - gamma c_g b <= gamma c_g (R - b). At the
+horizon R = 0, so D_g = 0: E_g(T) >= m_g for every g, i.e. ESP = 1 whatever
+the order of the requests (drift included) and whatever the dual did. The
+net fires only when the dual is late, so where the dual keeps up it changes
+nothing (the served lists are the dual's). When the premise fails a group
+can end short: `query` also reports `infeasible` (D_g > c_g R: the minimum
+can no longer be met even at capacity in the requests left) so the caller
+can log it; serving goes on with the group forced (best effort).
+
+The retrieval itself is untouched: the query is still q_t = [u_t ; -mu]
+with one mu per batch, so the serving path costs what it did.
 """
 
 from __future__ import annotations
@@ -28,29 +75,46 @@ import optax
 
 from fairjax.errors import ConfigError
 
+TARGETS = ("static", "remaining")
+
 
 class DualState(NamedTuple):
-  """mu [G] and the Adam state; `step` counts batches seen."""
+  """mu [G] and the Adam state; `step` counts batches seen, `exposure` [G]
+  the counts served so far (E_g), `served` the requests served so far (t)."""
   mu: jax.Array
   opt_state: optax.OptState
   step: jax.Array
+  exposure: jax.Array
+  served: jax.Array
 
 
 class DualControl(NamedTuple):
-  """The static problem: `init() -> DualState`, `update(state, counts)`."""
+  """The static problem: `init() -> DualState`, `update(state, counts)`,
+  `query(state, b) -> (mu, forced, infeasible)` (see module doc).
+
+  Fields are pytree leaves (the controller rides through jit as an argument);
+  `remaining` is 1.0 for the remaining target, 0.0 for static.
+  """
   min_exposure: np.ndarray
   k: int
   horizon: int
   batch_size: int
   learning_rate: float
+  headroom: float = 0.0
+  remaining: float = 0.0
+  safety: float = 0.0
+  capacity: np.ndarray | None = None
+  boost: float = 0.0
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
     return optax.adam(self.learning_rate)
 
   def init(self) -> DualState:
-    mu = jnp.zeros((len(self.min_exposure),), jnp.float32)
-    return DualState(mu, self.optimizer.init(mu), jnp.zeros((), jnp.int32))
+    g = len(self.min_exposure)
+    mu = jnp.zeros((g,), jnp.float32)
+    return DualState(mu, self.optimizer.init(mu), jnp.zeros((), jnp.int32),
+                     jnp.zeros((g,), jnp.float32), jnp.zeros((), jnp.float32))
 
   def update(self, state: DualState, counts: jax.Array,
              batch_size: jax.Array | None = None
@@ -62,14 +126,31 @@ class DualControl(NamedTuple):
     b = self.batch_size if batch_size is None else batch_size
     return _update(self, state, counts, b)
 
+  def query(self, state: DualState, batch_size: jax.Array | None = None
+            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The mu served with the next batch of `batch_size` requests.
+
+    Returns:
+      (mu_q [G], forced [G] bool, infeasible [G] bool): mu_q = mu except
+      forced groups at min(mu) - boost (safety net; none when safety = 0);
+      infeasible: D_g > c_g R, the minimum can no longer be met.
+    """
+    b = self.batch_size if batch_size is None else batch_size
+    return _query(self, state, b)
+
 
 def check_feasible(min_exposure, k: int, horizon: int,
-                   batch_size: int | None = None) -> np.ndarray:
+                   batch_size: int | None = None,
+                   capacity=None) -> np.ndarray:
   """Validates (m, K, T, B); returns m as float32.
 
+  Args:
+    capacity: optional [G] c_g, the most group-g items one list can hold
+      (min(K, |I_g|)); then m_g <= c_g T is checked per group.
+
   Raises:
-    ConfigError: sum_g m_g > K T (infeasible), m_g < 0 or non-finite,
-      K < 1, T < 1, B < 1 or B > T.
+    ConfigError: sum_g m_g > K T (infeasible), m_g > c_g T, m_g < 0 or
+      non-finite, K < 1, T < 1, B < 1 or B > T.
   """
   m = np.asarray(min_exposure, np.float64)
   if m.ndim != 1 or m.size == 0:
@@ -84,6 +165,15 @@ def check_feasible(min_exposure, k: int, horizon: int,
     raise ConfigError(
         f"infeasible exposure minimums: sum_g m_g = {m.sum():g} > K T = "
         f"{k} x {horizon} = {k * horizon}")
+  if capacity is not None:
+    c = np.asarray(capacity, np.float64)
+    bad = np.nonzero(m > c * horizon)[0]
+    if bad.size:
+      g = int(bad[0])
+      raise ConfigError(
+          f"infeasible exposure minimums: group {g} needs m_g = {m[g]:g} > "
+          f"c_g T = {c[g]:g} x {horizon} (at most {c[g]:g} of its items fit "
+          f"in one list); groups over: {bad.tolist()}")
   if batch_size is not None:
     if batch_size < 1:
       raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -94,7 +184,9 @@ def check_feasible(min_exposure, k: int, horizon: int,
 
 
 def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
-                      learning_rate: float = 1e-2) -> DualControl:
+                      learning_rate: float = 1e-2, *, headroom: float = 0.0,
+                      target: str = "static", safety: float = 0.0,
+                      capacity=None, boost: float = 0.0) -> DualControl:
   """Builds the dual controller after checking feasibility.
 
   Args:
@@ -103,31 +195,101 @@ def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
     horizon: T, number of requests.
     batch_size: B, requests between dual steps (B <= T).
     learning_rate: Adam step size eta (default 1e-2).
+    headroom: h >= 0: the dual aims at (1 + h) m_g (the safety net and the
+      score at m_g).
+    target: `static` (m'_g / T) or `remaining` ((m'_g - E_g)^+ / (T - t)).
+    safety: gamma in [0, 1] for the end-game net (0 = off).
+    capacity: [G] c_g = min(K, |I_g|), needed when safety > 0.
+    boost: added penalty gap for forced groups (> the score span), needed
+      when safety > 0.
   """
-  m = check_feasible(min_exposure, k, horizon, batch_size)
+  m = check_feasible(min_exposure, k, horizon, batch_size, capacity)
   if not learning_rate > 0:
     raise ConfigError(f"learning_rate must be > 0, got {learning_rate}")
+  if not headroom >= 0:
+    raise ConfigError(f"headroom must be >= 0, got {headroom}")
+  if target not in TARGETS:
+    raise ConfigError(f"dual target must be one of {TARGETS}, got "
+                      f"{target!r}")
+  if not 0.0 <= safety <= 1.0:
+    raise ConfigError(f"safety (gamma) must be in [0, 1], got {safety}")
+  cap = None
+  if capacity is not None:
+    cap = np.asarray(capacity, np.float32)
+    if cap.shape != m.shape:
+      raise ConfigError(f"capacity has shape {cap.shape}, min_exposure "
+                        f"{m.shape}")
+  elif safety > 0:
+    raise ConfigError("safety > 0 needs the per-group capacity c_g")
+  if safety > 0 and not boost > 0:
+    raise ConfigError(f"safety > 0 needs boost > 0, got {boost}")
   return DualControl(m, int(k), int(horizon), int(batch_size),
-                     float(learning_rate))
+                     float(learning_rate), float(headroom),
+                     float(target == "remaining"), float(safety), cap,
+                     float(boost))
 
 
 def dual_subgradient(mu: jax.Array, counts: jax.Array, min_exposure: jax.Array,
-                     k: int, horizon: int, batch_size: int) -> jax.Array:
-  """-n_g + B (m_g / T + 1[g = argmax mu] (K - sum_h m_h / T))."""
-  m = jnp.asarray(min_exposure, jnp.float32)
+                     k: int, horizon: int, batch_size: int,
+                     rate: jax.Array | None = None) -> jax.Array:
+  """-n_g + B (rho_g + 1[g = argmax mu] (K - sum_h rho_h)).
+
+  rho = `rate` when given (per-request target rates), else m_g / T.
+  """
+  if rate is None:
+    rate = jnp.asarray(min_exposure, jnp.float32) / horizon
   top = jax.nn.one_hot(jnp.argmax(mu), mu.shape[0], dtype=jnp.float32)
-  share = m / horizon + top * (k - jnp.sum(m) / horizon)
+  share = rate + top * jnp.maximum(k - jnp.sum(rate), 0.0)
   return -counts.astype(jnp.float32) + batch_size * share
+
+
+def target_rate(ctl: DualControl, state: DualState) -> jax.Array:
+  """rho_g per request: static m'_g / T or remaining (m'_g - E_g)^+ / (T - t).
+
+  Past the horizon (t >= T) the remaining rate uses T - t = 1 (it is then
+  the whole arrears); `fairsync.serve` never gets there (horizon >= T).
+  """
+  aim = jnp.asarray(ctl.min_exposure, jnp.float32) * (1.0 + ctl.headroom)
+  static = aim / ctl.horizon
+  left = jnp.maximum(ctl.horizon - state.served, 1.0)
+  remaining = jnp.maximum(aim - state.exposure, 0.0) / left
+  return jnp.where(ctl.remaining > 0, remaining, static)
 
 
 @jax.jit
 def _update(ctl: DualControl, state: DualState, counts: jax.Array, b):
+  counts = counts.astype(jnp.float32)
+  rate = target_rate(ctl, state)
   grad = dual_subgradient(state.mu, counts, ctl.min_exposure, ctl.k,
-                          ctl.horizon, b)
+                          ctl.horizon, b, rate)
   updates, opt_state = ctl.optimizer.update(grad, state.opt_state, state.mu)
   mu = optax.apply_updates(state.mu, updates)
-  return (DualState(mu, opt_state, state.step + 1),
+  return (DualState(mu, opt_state, state.step + 1, state.exposure + counts,
+                    state.served + jnp.asarray(b, jnp.float32)),
           {"grad_norm": jnp.linalg.norm(grad)})
+
+
+def _query(ctl: DualControl, state: DualState, b):
+  m = jnp.asarray(ctl.min_exposure, jnp.float32)
+  g = m.shape[0]
+  if ctl.capacity is None:
+    none = jnp.zeros((g,), bool)
+    return state.mu, none, none
+  owed = jnp.maximum(m - state.exposure, 0.0)
+  left = ctl.horizon - state.served
+  cap = jnp.asarray(ctl.capacity, jnp.float32)
+  after = jnp.maximum(left - b, 0.0)
+  forced = (ctl.safety > 0) & (owed > ctl.safety * cap * after)
+  infeasible = owed > cap * jnp.maximum(left, 0.0)
+  mu = jnp.where(forced, jnp.min(state.mu) - ctl.boost, state.mu)
+  return mu, forced, infeasible
+
+
+def group_capacity(item_group, num_groups: int, k: int) -> np.ndarray:
+  """c_g = min(K, |I_g|): the most group-g items one list can hold."""
+  sizes = np.bincount(np.asarray(item_group).reshape(-1),
+                      minlength=num_groups)[:num_groups]
+  return np.minimum(sizes, k).astype(np.float32)
 
 
 def group_counts(item_ids: jax.Array, item_group: jax.Array, num_groups: int,

@@ -4,6 +4,12 @@ exposure_over_time.png: one panel per item group, the cumulative exposure
 E_g(t) of every method against the requests served t, with the minimum m_g
 (dashed) and its pro-rata path m_g t / T (dotted).
 exposure_ratio.png: final E_g / m_g per group and method (1 = minimum met).
+fairsync_dual.png (when FairSync ran): the controller over time, the
+diagnosis of issue 17. Top: each group's pace E_g(t) / (m_g t / T) (1 = on
+the pro-rata path to its minimum; a group ending below 1 misses m_g);
+bottom: the mu_g served with each batch. Groups that end below their minimum
+are drawn thick and named in the title; batches where the safety net forced
+a group are shaded (from methods/FairSync/result.json when present).
 """
 
 from __future__ import annotations
@@ -78,4 +84,56 @@ def fairsync_figures(workdir) -> list[pathlib.Path]:
   ax.legend(fontsize=7)
   fig.tight_layout()
   out.append(common.save(fig, workdir / "exposure_ratio.png", dpi=110))
+  if "FairSync" in methods:
+    out.append(_dual_figure(df, workdir, horizon, b, m))
   return out
+
+
+def _dual_figure(df, workdir, horizon: int, b: int, m: dict
+                 ) -> pathlib.Path:
+  """fairsync_dual.png: FairSync's pace E_g / (m_g t / T) and mu over time."""
+  fs = df[df.method == "FairSync"].copy()
+  fs["requests"] = np.minimum((fs.step + 1) * b, horizon)
+  expo = fs[fs.metric == "exposure"].pivot(index="requests", columns="group",
+                                          values="value")
+  mu = fs[fs.metric == "mu"].pivot(index="requests", columns="group",
+                                   values="value")
+  groups = [g for g in expo.columns if m.get(g, 0) > 0]
+  t = expo.index.to_numpy(np.float64)
+  missed = [g for g in groups if expo[g].iloc[-1] < m[g]]
+  forced = []
+  res = workdir / "methods" / "FairSync" / "result.json"
+  if res.exists():
+    forced = json.loads(res.read_text()).get("forced_batches", [])
+  fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+  cmap = plt.get_cmap("tab20")
+  for j, g in enumerate(groups):
+    bad = g in missed
+    kw = dict(color=cmap(j % 20), lw=2.4 if bad else 0.9,
+              label=f"{g} (misses)" if bad else g, zorder=3 if bad else 2)
+    pace = expo[g].to_numpy() / (m[g] * t / horizon)
+    axes[0].plot(t, pace, **kw)
+    # mu_history[b] is the mu the batch ending at t was served with.
+    axes[1].plot(t - b / 2, mu[g].to_numpy(), **kw)
+  for ax in axes:
+    for step in forced:
+      ax.axvspan(step * b, min((step + 1) * b, horizon), color="0.85",
+                 zorder=0)
+  # Forced entries sit ~boost below the rest: scale to the dual's own mu.
+  own = mu.drop(index=[i for i in mu.index
+                       if (i - 1) // b in set(forced)], errors="ignore")
+  if len(own) and np.isfinite(own.to_numpy()).any():
+    lo, hi = np.nanmin(own.to_numpy()), np.nanmax(own.to_numpy())
+    pad = 0.05 * max(hi - lo, 1e-3)
+    axes[1].set_ylim(lo - pad, hi + pad)
+  axes[0].axhline(1.0, color="k", ls="--", lw=0.8)
+  axes[0].set_yscale("log")
+  axes[0].set_ylabel("pace E_g(t) / (m_g t / T)")
+  axes[1].set_ylabel("mu_g served (forced: off scale)")
+  axes[1].set_xlabel("requests served t")
+  title = ("FairSync: groups below m_g at T: " + ", ".join(missed)
+           if missed else "FairSync: every minimum met at T")
+  axes[0].set_title(title, fontsize=9)
+  axes[0].legend(fontsize=6, ncol=3, loc="upper right")
+  fig.tight_layout()
+  return common.save(fig, workdir / "fairsync_dual.png", dpi=110)

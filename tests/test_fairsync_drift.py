@@ -1,0 +1,271 @@
+"""FairSync under drift (issue 17): the remaining-rate dual target, the
+end-game safety net and its guarantee, bad horizons, drifting requests."""
+
+import json
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import fairsync as fairsync_config
+from fairjax import runner
+from fairjax.data import requests as requests_data
+from fairjax.errors import ConfigError
+from fairjax.jobs import fairsync as fairsync_job
+from fairjax.methods import fairsync
+from fairjax.ops import dual
+
+
+def _problem(n=400, d=8, t=256, g=5, seed=0):
+  rng = np.random.default_rng(seed)
+  v = rng.normal(size=(n, d)).astype(np.float32)
+  grp = rng.integers(0, g, size=n).astype(np.int32)
+  v[grp == 0] *= 0.2  # group 0 is rarely retrieved without control
+  u = rng.normal(size=(t, d)).astype(np.float32)
+  return u, v, grp
+
+
+def _drifting(u, v, grp, g=5):
+  """Requests sorted so that group 0's best match comes last (worst case
+  for a controller that learns the pace from the first requests)."""
+  affinity = (u @ v[grp == 0].T).max(1)
+  return u[np.argsort(affinity)]
+
+
+def test_remaining_rate_matches_numpy():
+  m = np.array([30.0, 20.0, 10.0])
+  ctl = dual.make_dual_control(m, k=4, horizon=50, batch_size=5,
+                               learning_rate=0.1, headroom=0.1,
+                               target="remaining")
+  st = ctl.init()._replace(exposure=jnp.array([40.0, 5.0, 11.0]),
+                           served=jnp.float32(20.0))
+  want = np.maximum(1.1 * m - [40.0, 5.0, 11.0], 0) / (50 - 20)
+  np.testing.assert_allclose(np.asarray(dual.target_rate(ctl, st)), want,
+                             rtol=1e-6)
+  # The static target ignores the state: m'_g / T.
+  static = ctl._replace(remaining=0.0)
+  np.testing.assert_allclose(np.asarray(dual.target_rate(static, st)),
+                             1.1 * m / 50, rtol=1e-6)
+  # One step = Adam on -n + B (rho + 1[argmax mu] (K - sum rho)).
+  counts = jnp.array([3.0, 1.0, 16.0])
+  st2, _ = ctl.update(st, counts)
+  grad = -np.asarray(counts) + 5 * (want + np.array([1, 0, 0]) *
+                                    (4 - want.sum()))
+  np.testing.assert_allclose(np.asarray(st2.mu), -0.1 * np.sign(grad),
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(st2.exposure), [43.0, 6.0, 27.0])
+  assert float(st2.served) == 25.0
+
+
+def test_remaining_target_repays_arrears_static_does_not():
+  # Group 0 falls behind early (small eta: the dual is slow to find its
+  # mu); the remaining rate keeps boosting it until the minimum is met.
+  u, v, g = _problem(t=512)
+  u = _drifting(u, v, g)
+  k, b = 10, 16
+  m = np.full(5, 0.6 * k * 512 / 5)
+  kw = dict(eta=0.05, headroom=0.0)
+  static = fairsync.serve("FairSync", u, v, g, k, m, b, **kw)
+  remaining = fairsync.serve("FairSync", u, v, g, k, m, b,
+                             target="remaining", **kw)
+  assert static.exposure[0] < m[0]
+  assert remaining.exposure[0] > static.exposure[0]
+  assert remaining.esp >= static.esp
+
+
+def test_query_forces_exactly_the_groups_over_the_line():
+  m = np.array([100.0, 40.0, 10.0])
+  cap = np.array([4.0, 2.0, 1.0])
+  ctl = dual.make_dual_control(m, k=4, horizon=60, batch_size=10,
+                               safety=0.5, capacity=cap, boost=100.0)
+  mu0 = jnp.array([0.3, -0.2, 0.1])
+  st = ctl.init()._replace(mu=mu0, exposure=jnp.array([20.0, 30.0, 0.0]),
+                           served=jnp.float32(30.0))
+  mu, forced, infeasible = ctl.query(st, 10)
+  owed = np.maximum(m - [20, 30, 0], 0)       # [80, 10, 10]
+  want = owed > 0.5 * cap * (60 - 30 - 10)     # [80 > 40, 10 > 20, 10 > 10]
+  np.testing.assert_array_equal(np.asarray(forced), want)
+  np.testing.assert_array_equal(np.asarray(infeasible),
+                                owed > cap * (60 - 30))
+  np.testing.assert_allclose(np.asarray(mu), np.where(
+      want, -0.2 - 100.0, np.asarray(mu0)), rtol=1e-6)
+  # safety = 0: the query is the dual's mu, nothing forced.
+  off = ctl._replace(safety=0.0)
+  mu, forced, _ = off.query(st, 10)
+  np.testing.assert_array_equal(np.asarray(mu), np.asarray(mu0))
+  assert not np.asarray(forced).any()
+
+
+@pytest.mark.parametrize("target", ["static", "remaining"])
+@pytest.mark.parametrize("order", ["random", "drift"])
+def test_safety_net_meets_every_minimum_whatever_the_order(target, order):
+  # eta far too small for the dual to converge: only the net can save it.
+  u, v, g = _problem(t=480, seed=1)
+  if order == "drift":
+    u = _drifting(u, v, g)
+  k, b = 8, 16
+  m = np.full(5, 0.7 * k * 480 / 5)
+  plain = fairsync.serve("FairSync", u, v, g, k, m, b, eta=1e-3,
+                         target=target)
+  net = fairsync.serve("FairSync", u, v, g, k, m, b, eta=1e-3,
+                       target=target, safety=1.0)
+  assert plain.esp < 1.0
+  assert net.esp == 1.0
+  assert net.forced_history.any() and not plain.forced_history.any()
+  assert not net.infeasible_history.any()
+  # A forced batch served its groups first (their mu far below the rest).
+  b0 = int(np.argmax(net.forced_history.any(1)))
+  f = net.forced_history[b0]
+  assert net.mu_history[b0][f].max() < net.mu_history[b0][~f].min() - 10
+  # The net only fires late: the first batches are the dual's own.
+  assert not net.forced_history[:net.forced_history.shape[0] // 2].any()
+
+
+def test_safety_net_changes_nothing_when_the_dual_keeps_up():
+  u, v, g = _problem(t=256)
+  m = np.full(5, 0.3 * 10 * 256 / 5)
+  a = fairsync.serve("FairSync", u, v, g, 10, m, 16, eta=1.0,
+                     target="remaining", headroom=0.2)
+  b = fairsync.serve("FairSync", u, v, g, 10, m, 16, eta=1.0,
+                     target="remaining", headroom=0.2, safety=1.0)
+  assert a.esp == 1.0 and not b.forced_history.any()
+  np.testing.assert_array_equal(a.item_ids, b.item_ids)
+
+
+def test_horizon_shorter_than_requests_is_an_error():
+  u, v, g = _problem(t=64)
+  with pytest.raises(ConfigError, match="horizon T = 50 is shorter than the "
+                     "64 requests served"):
+    fairsync.serve("FairSync", u, v, g, 5, np.ones(5), 16, horizon=50)
+  # A longer horizon paces for requests still to come: allowed.
+  r = fairsync.serve("FairSync", u, v, g, 5, np.ones(5), 16, horizon=100,
+                     target="remaining")
+  assert r.item_ids.shape == (64, 5)
+
+
+def test_minimum_infeasible_for_the_remaining_horizon_is_logged(caplog):
+  # Group 0 has 2 items, so at most 2 per list: a minimum of 1.8 per request
+  # is feasible at the start (1.8 T <= 2 T) but not once the dual has lagged.
+  rng = np.random.default_rng(5)
+  v = rng.normal(size=(60, 6)).astype(np.float32)
+  g = np.repeat(np.arange(3), 20).astype(np.int32)
+  g[:18] = 1
+  v[:2] *= 0.01  # group 0: 2 items, never retrieved unless boosted
+  u = rng.normal(size=(128, 6)).astype(np.float32)
+  m = np.array([1.8 * 128, 0.0, 0.0])
+  with caplog.at_level(logging.WARNING, logger=fairsync.__name__):
+    r = fairsync.serve("FairSync", u, v, g, 4, m, 16, eta=1e-3, safety=1.0)
+  assert r.infeasible_history.any() and r.infeasible_history[:, 0].any()
+  assert "could no longer be met" in caplog.text and "[0]" in caplog.text
+  # Once infeasible, the group stays forced (best effort): every later list
+  # holds both of its items.
+  first = int(np.argmax(r.infeasible_history[:, 0]))
+  late = r.item_ids[first * 16:]
+  assert (np.isin(late, [0, 1]).sum(1) == 2).all()
+  assert r.exposure[0] < m[0]
+
+
+def test_bad_dual_settings_raise():
+  with pytest.raises(ConfigError, match="dual target"):
+    dual.make_dual_control([1.0], 2, 10, 2, target="pace")
+  with pytest.raises(ConfigError, match="safety"):
+    dual.make_dual_control([1.0], 2, 10, 2, safety=1.5, capacity=[2.0],
+                           boost=1.0)
+  with pytest.raises(ConfigError, match="capacity"):
+    dual.make_dual_control([1.0], 2, 10, 2, safety=0.5)
+  with pytest.raises(ConfigError, match="group 1 needs m_g = 25 > c_g T"):
+    dual.make_dual_control([5.0, 25.0], 4, 10, 2, safety=0.5,
+                           capacity=[4.0, 2.0], boost=1.0)
+  with pytest.raises(ConfigError, match="headroom"):
+    dual.make_dual_control([1.0], 2, 10, 2, headroom=-0.1)
+  np.testing.assert_array_equal(
+      dual.group_capacity(np.array([0, 0, 0, 2]), 3, 2), [2, 0, 1])
+
+
+def test_job_config_fields_are_validated(tmp_path):
+  config = fairsync_config.get_config("smoke")
+  config.dual_target = "pace"
+  with pytest.raises(ConfigError, match="field 'dual_target'"):
+    runner.train_and_evaluate(fairsync_job, config, str(tmp_path))
+  config = fairsync_config.get_config("smoke")
+  config.safety = 2.0
+  with pytest.raises(ConfigError, match="field 'safety'"):
+    runner.train_and_evaluate(fairsync_job, config, str(tmp_path))
+
+
+def test_drifting_queries_change_the_preferred_groups():
+  rng = np.random.default_rng(0)
+  g_count, d = 6, 16
+  centre = np.linalg.qr(rng.normal(size=(d, d)))[0][:g_count]
+  centre[:, 0] = 0
+  grp = rng.integers(0, g_count, 3000).astype(np.int32)
+  v = (centre[grp] + 0.3 * rng.normal(size=(3000, d))).astype(np.float32)
+  q = (rng.normal(size=(400, d)) / 4).astype(np.float32)
+  out = requests_data.drifting_queries(q, v, grp, g_count, 2.0, 4, 2, seed=7)
+  again = requests_data.drifting_queries(q, v, grp, g_count, 2.0, 4, 2,
+                                         seed=7)
+  np.testing.assert_array_equal(out, again)
+  pull = out - q
+  phases = np.split(np.arange(400), 4)
+  for p in phases:  # constant within a phase, norm = drift
+    np.testing.assert_allclose(pull[p], np.broadcast_to(pull[p[0]],
+                                                         pull[p].shape))
+    np.testing.assert_allclose(np.linalg.norm(pull[p[0]]), 2.0, rtol=1e-5)
+  # The groups a plain top-K favours differ between phases.
+  tops = []
+  for p in phases:
+    s = out[p] @ v.T
+    top = np.argsort(-s, 1)[:, :20]
+    tops.append(np.bincount(grp[top].ravel(), minlength=g_count).argmax())
+  assert len(set(tops)) > 1
+  with pytest.raises(ConfigError, match="drift_phases"):
+    requests_data.drifting_queries(q, v, grp, g_count, 1.0, 0, 2)
+  with pytest.raises(ConfigError, match="drift_groups"):
+    requests_data.drifting_queries(q, v, grp, g_count, 1.0, 2, 9)
+
+
+def test_group_directions_are_unit_and_off_axis():
+  rng = np.random.default_rng(1)
+  v = rng.normal(size=(500, 5)).astype(np.float32)
+  grp = rng.integers(0, 3, 500).astype(np.int32)
+  c = requests_data.group_directions(v, grp, 3)
+  want = np.stack([v[grp == j].sum(0) for j in range(3)])
+  want[:, 0] = 0
+  want /= np.linalg.norm(want, axis=1, keepdims=True)
+  np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-6)
+
+
+def test_ml1m_tune_stream_is_held_apart_and_chronological(data_dir):
+  config = fairsync_config.get_config("dataset=ml1m-tune")
+  data = requests_data.prepare_interactions(config, str(data_dir))
+  from fairjax.data.registry import load_dataset
+  ds = load_dataset("ml1m-order", data_dir)
+  raw = ds.raw_user_ids[data.request_users]
+  assert raw.min() >= requests_data.TUNE_FIRST_USER
+  assert set(ds.raw_user_ids[data.train_user]) <= set(raw)
+  # Requests in the order of each user's first target (file Order).
+  order = ds.timestamp
+  first = []
+  for t in range(0, data.request_users.size, 101):
+    u = data.request_users[t]
+    rows = ds.user == u
+    tgt = set(data.target_items[data.target_ptr[t]:data.target_ptr[t + 1]])
+    first.append(min(o for i, o in zip(ds.item[rows], order[rows])
+                     if i in tgt))
+  assert first == sorted(first)
+
+
+@pytest.mark.slow
+def test_smoke_run_with_drift_writes_the_dual_figure(tmp_path):
+  from fairjax.report.fairsync import fairsync_figures
+  config = fairsync_config.get_config("smoke,drift=1.0")
+  config.methods = "unconstrained,FairSync"
+  summary = runner.train_and_evaluate(fairsync_job, config, str(tmp_path))
+  assert summary["FairSync"]["esp"] == 1.0
+  assert summary["fairsync_dual_target"] == "remaining"
+  res = json.loads((tmp_path / "methods" / "FairSync" /
+                    "result.json").read_text())
+  assert res["infeasible_groups"] == []
+  paths = fairsync_figures(tmp_path)
+  assert (tmp_path / "fairsync_dual.png") in paths
