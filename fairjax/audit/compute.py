@@ -1,8 +1,9 @@
 """One pass over the users' lists in blocks: every sum the report needs.
 
 For a block of users, the slots of their top-kmax lists are matched
-against the test pairs (a binary search of key u * I + i in the block's
-slice of the sorted test keys), and:
+against the test pairs (users with at most T_CAP test items by comparing
+each slot with the user's padded test row; others by a binary search of
+key u * I + i in the block's slice of the sorted test keys), and:
 
   * per-user Recall/Precision/NDCG/HR/F1@K come from
     `fairjax.metrics.topk_metrics`, the function the models' own

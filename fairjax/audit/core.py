@@ -210,12 +210,11 @@ def audit(o: Options) -> dict:
   if no_test.any():
     if o.on_bad != "skip":
       u0 = int(np.argmax(no_test))
-      src = recs_lib._Source(o.recs, o.sep)  # noqa: SLF001 (error path)
-      line = src.find_line(users.ids, items.ids, lambda u, i, v: u == u0)
+      line, col = recs_lib.line_of_user(o.recs, users.ids, items.ids, u0,
+                                        o.sep)
       raise DataError(f"user {str(users.ids.ids[u0])!r} has a list but no "
                       f"test items in {test.path.name} (pass --on_bad=skip to "
-                      "leave such users out)", str(lists.path), line,
-                      src.user)
+                      "leave such users out)", str(lists.path), line, col)
     skipped_users["users_without_test"] = int(no_test.sum())
   has_list = lists.has_list & ~no_test
   dropped = (lists.length > 0) & ~lists.has_list

@@ -110,6 +110,14 @@ class _Source:
     return None
 
 
+def line_of_user(path, users: IdTable, items: IdTable, user: int,
+                 sep: str | None = None) -> tuple[int | None, str]:
+  """(line of the first row of `user`, name of the user column) in a
+  recommendation file (error messages only)."""
+  src = _Source(path, sep)
+  return src.find_line(users, items, lambda u, i, v: u == user), src.user
+
+
 def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
                on_bad: str = "error", sep: str | None = None,
                block_bytes: int = blocks.BLOCK_BYTES,
