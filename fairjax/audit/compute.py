@@ -129,7 +129,6 @@ def accumulate(top: np.ndarray, evaluated: np.ndarray, test: Interactions,
   deferred = []
   for lo in range(0, num_users, block):
     hi = min(num_users, lo + block)
-    n = hi - lo
     ev = evaluated[lo:hi]
     items = np.where(ev[:, None], top[lo:hi], -1)
     filled = items >= 0
