@@ -10,7 +10,7 @@ Variants (comma-separated `key=value` after the colon):
   pretrain_epochs=100   rec_lambda=0.5   gamma=10   disc_steps=10
   fair_pretrain=1 chrono_batches=1 global_negatives=1 split_floor=1
   redraw_eval_negatives=1 (one official switch; =0 forces it off)
-  eta=20 eps=0 (FADE-DUAL)
+  eta=5 eps=0 lam_max=5 level_up=0 (FADE-DUAL)
   periods=9 (changes only num_periods)
 Any field can also be overridden as a flag, e.g.
   --config.methods=FINETUNE,FADE --config.fade.lam=1.0
@@ -85,10 +85,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # FADE-DUAL (fairjax.methods.fade_dual): dual ascent on |PD of NDCG@K| <=
   # eps measured on the last holdout_frac of each period.
   c.dual = ml_collections.ConfigDict()
-  c.dual.eta = float(v.get("eta", 20.0))
+  c.dual.eta = float(v.get("eta", 5.0))
   c.dual.eps = float(v.get("eps", 0.0))
   c.dual.lam_init = 0.0
-  c.dual.lam_max = float(v.get("lam_max", 20.0))
+  c.dual.lam_max = float(v.get("lam_max", 5.0))
   c.dual.holdout_frac = 0.1
   c.dual.update_every = 1
   # True: push only the disadvantaged group's DH up (stop-gradient on the
