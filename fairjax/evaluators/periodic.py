@@ -32,6 +32,7 @@ import numpy as np
 
 from fairjax import metrics as metrics_lib
 from fairjax import models as models_lib
+from fairjax.data import sampling
 
 METRICS = ("recall", "precision", "f1", "ndcg", "hr")
 
@@ -165,3 +166,43 @@ def summarise(per_user: dict[str, np.ndarray], user_group: np.ndarray,
 def _nanmean(x: np.ndarray) -> float:
   x = x[~np.isnan(x)]
   return float(x.mean()) if x.size else float("nan")
+
+
+def snapshot_metrics(evaluator: Evaluator, params, data, snapshot: int, *,
+                     redraw_seed=None, num_negatives: int = 100
+                     ) -> dict[str, dict[str, dict[str, float]]]:
+  """Every task, protocol and group of one snapshot of `data` (a FadeData).
+
+  Returns {f'{task}/{protocol}': `summarise` output} for task in task_r,
+  task_n and protocol in sampled, official (`official_metrics`: warm users,
+  found-normalised NDCG, from the same ranked lists), full (when the
+  evaluator ranks fully). With `redraw_seed` (a tuple of ints) the sampled
+  candidates' negatives are drawn for this (task, snapshot) among the
+  history's items minus the user's history and test items, seeded by
+  (*redraw_seed, snapshot, task index), instead of the evaluator's fixed set.
+  """
+  out = {}
+  hist = data.period <= snapshot
+  warm = np.bincount(data.user[hist], minlength=data.num_users) > 0
+  tasks = (("task_r", range(snapshot + 1, int(data.period.max()) + 1)),
+           ("task_n", [snapshot + 1]))
+  for task_id, (task, periods) in enumerate(tasks):
+    test = np.isin(data.period, list(periods))
+    es = make_eval_set(data.user[test], data.item[test], data.user[hist],
+                       data.item[hist], data.num_users, data.num_items)
+    negatives = None
+    if redraw_seed is not None:
+      negatives = sampling.eval_negatives(
+          (*redraw_seed, snapshot, task_id), es.history, es.relevant,
+          np.unique(data.item[hist]), data.num_users, n=num_negatives)
+    sampled = evaluator.sampled(params, es, negatives, found=True)
+    per_protocol = {
+        "sampled": {k: v for k, v in sampled.items()
+                    if not k.startswith("ndcg_found")},
+        "official": official_metrics(sampled, warm, evaluator.ks)}
+    if evaluator.full_ranking:
+      per_protocol["full"] = evaluator.full(params, es)
+    for protocol, per_user in per_protocol.items():
+      out[f"{task}/{protocol}"] = summarise(per_user, data.user_group,
+                                            data.group_names)
+  return out

@@ -64,39 +64,17 @@ def eval_negatives_for(data: F.FadeData, path, seed: int, n: int) -> np.ndarray:
 
 
 def eval_rows(evaluator, params, data, snapshot, method, config):
-  """metrics.csv rows for every (task, protocol, group, metric) at one
-  snapshot: the standard `sampled` and `full` protocols and the official
-  measure (`official`, warm users, found-normalised NDCG)."""
-  rows = []
-  hist = data.period <= snapshot
-  warm = np.bincount(data.user[hist], minlength=data.num_users) > 0
+  """metrics.csv rows of one snapshot (`periodic.snapshot_metrics`): the
+  standard `sampled` and `full` protocols and the official measure."""
   redraw = fade_protocol.switches(config)["redraw_eval_negatives"]
-  tasks = (("task_r", range(snapshot + 1, data.period.max() + 1)),
-           ("task_n", [snapshot + 1]))
-  for task_id, (task, periods) in enumerate(tasks):
-    test = np.isin(data.period, list(periods))
-    es = E.make_eval_set(data.user[test], data.item[test], data.user[hist],
-                         data.item[hist], data.num_users, data.num_items)
-    negatives = None
-    if redraw:  # the official code's draw per (task, snapshot).
-      negatives = sampling.eval_negatives(
-          (config.seed, 7, snapshot, task_id), es.history, es.relevant,
-          np.unique(data.item[hist]), data.num_users,
-          n=config.num_eval_negatives)
-    sampled = evaluator.sampled(params, es, negatives, found=True)
-    per_protocol = {
-        "sampled": {k: v for k, v in sampled.items()
-                    if not k.startswith("ndcg_found")},
-        "official": E.official_metrics(sampled, warm, config.ks)}
-    if evaluator.full_ranking:
-      per_protocol["full"] = evaluator.full(params, es)
-    for protocol, per_user in per_protocol.items():
-      summary = E.summarise(per_user, data.user_group, data.group_names)
-      for group, vals in summary.items():
-        for metric, value in vals.items():
-          rows.append(runner.row(method, 0, snapshot, f"{task}/{protocol}",
-                                 group, metric, value))
-  return rows
+  out = E.snapshot_metrics(
+      evaluator, params, data, snapshot,
+      redraw_seed=(config.seed, 7) if redraw else None,
+      num_negatives=config.num_eval_negatives)
+  return [runner.row(method, 0, snapshot, split, group, metric, value)
+          for split, summary in out.items()
+          for group, vals in summary.items()
+          for metric, value in vals.items()]
 
 
 class _PeriodLog:
