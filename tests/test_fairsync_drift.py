@@ -65,12 +65,13 @@ def test_remaining_target_repays_arrears_static_does_not():
   u = _drifting(u, v, g)
   k, b = 10, 16
   m = np.full(5, 0.6 * k * 512 / 5)
-  kw = dict(eta=0.05, headroom=0.0)
+  kw = dict(eta=0.2, headroom=0.0)
   static = fairsync.serve("FairSync", u, v, g, k, m, b, **kw)
   remaining = fairsync.serve("FairSync", u, v, g, k, m, b,
                              target="remaining", **kw)
   assert static.exposure[0] < m[0]
-  assert remaining.exposure[0] > static.exposure[0]
+  # Measured: 581 vs 319 of m_0 = 614.4.
+  assert remaining.exposure[0] > 1.5 * static.exposure[0]
   assert remaining.esp >= static.esp
 
 
@@ -150,19 +151,23 @@ def test_minimum_infeasible_for_the_remaining_horizon_is_logged(caplog):
   rng = np.random.default_rng(5)
   v = rng.normal(size=(60, 6)).astype(np.float32)
   g = np.repeat(np.arange(3), 20).astype(np.int32)
-  g[:18] = 1
-  v[:2] *= 0.01  # group 0: 2 items, never retrieved unless boosted
+  g[:18] = 1  # group 0: items 18 and 19
+  v[18:20] *= 0.01  # never retrieved unless boosted
   u = rng.normal(size=(128, 6)).astype(np.float32)
   m = np.array([1.8 * 128, 0.0, 0.0])
+  # Item 18 is excluded from every request: one group-0 item fits per list,
+  # so the net's premise fails and the minimum becomes infeasible.
+  ex = np.full((128, 1), 18, np.int32)
   with caplog.at_level(logging.WARNING, logger=fairsync.__name__):
-    r = fairsync.serve("FairSync", u, v, g, 4, m, 16, eta=1e-3, safety=1.0)
+    r = fairsync.serve("FairSync", u, v, g, 4, m, 16, eta=1e-3, safety=1.0,
+                       exclude=ex)
   assert r.infeasible_history.any() and r.infeasible_history[:, 0].any()
   assert "could no longer be met" in caplog.text and "[0]" in caplog.text
   # Once infeasible, the group stays forced (best effort): every later list
-  # holds both of its items.
+  # holds its one servable item.
   first = int(np.argmax(r.infeasible_history[:, 0]))
   late = r.item_ids[first * 16:]
-  assert (np.isin(late, [0, 1]).sum(1) == 2).all()
+  assert (late == 19).any(1).all() and not (late == 18).any()
   assert r.exposure[0] < m[0]
 
 
@@ -210,7 +215,8 @@ def test_drifting_queries_change_the_preferred_groups():
   phases = np.split(np.arange(400), 4)
   for p in phases:  # constant within a phase, norm = drift
     np.testing.assert_allclose(pull[p], np.broadcast_to(pull[p[0]],
-                                                         pull[p].shape))
+                                                         pull[p].shape),
+                               atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(pull[p[0]]), 2.0, rtol=1e-5)
   # The groups a plain top-K favours differ between phases.
   tops = []
@@ -243,7 +249,7 @@ def test_ml1m_tune_stream_is_held_apart_and_chronological(data_dir):
   ds = load_dataset("ml1m-order", data_dir)
   raw = ds.raw_user_ids[data.request_users]
   assert raw.min() >= requests_data.TUNE_FIRST_USER
-  assert set(ds.raw_user_ids[data.train_user]) <= set(raw)
+  assert ds.raw_user_ids[data.train_user].min() >= 3000
   # Requests in the order of each user's first target (file Order).
   order = ds.timestamp
   first = []

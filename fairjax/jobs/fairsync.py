@@ -229,8 +229,10 @@ def run_unit(config, ctx: Context, unit, udir, results) -> dict:
       num_neighbors=config.num_neighbors,
       block_size=config.block_size or None, **dual)
   secs = time.perf_counter() - t0
-  forced = np.asarray(res.forced_history)
-  short = np.nonzero(np.asarray(res.infeasible_history).any(0))[0]
+  none = np.zeros((1, ctx.num_groups), bool)  # centralised: no online dual
+  forced = none if res.forced_history is None else res.forced_history
+  short = np.nonzero((none if res.infeasible_history is None
+                      else res.infeasible_history).any(0))[0]
   if forced.any():
     runner.log(f"[{method}] safety net forced {int(forced.sum())} "
                f"(batch, group) pairs over {int(forced.any(1).sum())} of "
