@@ -4,7 +4,7 @@
 config field `job`) and draws that job's figures:
   fade      pd_over_time.png, tradeoff.png (+ lambda_sweep.png with `sweep`)
   itfr      cell_recall*.png, cv_vs_accuracy.png
-  fairsync  exposure_over_time.png, exposure_ratio.png
+  fairsync  exposure_over_time.png, exposure_ratio.png, fairsync_dual.png
   system    pareto.png, hypervolume.png, group_utility.png
 """
 
