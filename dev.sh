@@ -29,8 +29,12 @@ shift || true
 case "$cmd" in
   run)
     setup
+    # The quick start: FADE, its baselines and FADE-DUAL on the embedded
+    # synthetic data, under the official FADE protocol with lambda = 3
+    # (README, Quick start, says why).
     exec "$VENV/bin/python" -m launch.fade \
-      --config=configs/fade.py:dataset=synthetic \
+      --config=configs/fade.py:dataset=synthetic,protocol=official,lambda=3 \
+      --config.methods=PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER,FADE-DUAL \
       --workdir="${WORKDIR:-runs/quickstart}" "$@"
     ;;
   test)

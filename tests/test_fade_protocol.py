@@ -168,9 +168,15 @@ def test_dual_step_moves_the_side_that_is_violated():
   lam = fade_dual.dual_step(np.array([2.9, 0]), 1.0, 10, 0.0, 3)
   np.testing.assert_allclose(lam, [3.0, 0.0])
   np.testing.assert_allclose(fade_dual.dual_step(lam, np.nan, 10, 0, 3), lam)
-  train_rows, hold = fade_dual.split_holdout(np.arange(20, 0, -1), 0.1)
-  np.testing.assert_array_equal(hold, [19, 20])
-  assert train_rows.size == 18 and train_rows.max() == 18
+  train_rows, hold = fade_dual.split_holdout(np.arange(20, 0, -1), 0.1, (0,))
+  assert hold.size == 2 and train_rows.size == 18
+  np.testing.assert_array_equal(np.sort(np.r_[train_rows, hold]),
+                                np.arange(1, 21))
+  again, _ = fade_dual.split_holdout(np.arange(1, 21), 0.1, (0,))
+  np.testing.assert_array_equal(again, train_rows)  # a function of the seed
+  other = [tuple(fade_dual.split_holdout(np.arange(1, 21), 0.1, (s,))[1])
+           for s in range(5)]
+  assert len(set(other)) > 1
 
 
 def test_dual_loss_is_fade_loss_on_each_side():

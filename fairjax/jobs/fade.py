@@ -215,7 +215,8 @@ def _dual_period(config, ctx, state, lam, t, m_id, rng, seen):
   """One FADE-DUAL period: train on D_t minus its held-out slice, with a
   dual step on the slice's measured gap every `dual.update_every` epochs."""
   d, data = config.dual, ctx.data
-  train_rows, hold = fade_dual.split_holdout(data.rows([t]), d.holdout_frac)
+  train_rows, hold = fade_dual.split_holdout(data.rows([t]), d.holdout_frac,
+                                             (config.seed, 13, t))
   history = np.concatenate([data.rows(range(t)), train_rows])
   probe = fade_dual.GapProbe(ctx.evaluator, data, history, hold,
                              (config.seed, 11, t), config.ks[0],
