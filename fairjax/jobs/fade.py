@@ -194,8 +194,9 @@ def _run_sequential(config, ctx, method, m_id, log, mrng, udir) -> None:
       state, info = adv.run_period(state, rows_t, seen, t, rng_t)
       params = adv.rec_params(state)
     elif method == "FADE-DUAL":
-      state, lam, info = _dual_period(config, ctx, state, lam, t, m_id,
-                                      rng_t, seen)
+      state, lam, info = fade_dual.run_period(
+          config, ctx.trainer, ctx.evaluator, data, state, lam, t,
+          (config.seed, m_id, t), rng_t, seen, chrono)
       params = state.params
     else:
       kind = _FINETUNE_KIND[method]
@@ -209,39 +210,6 @@ def _run_sequential(config, ctx, method, m_id, log, mrng, udir) -> None:
     ck.save(t, state)
     _report(method, t, info, rows, config)
   ck.close()
-
-
-def _dual_period(config, ctx, state, lam, t, m_id, rng, seen):
-  """One FADE-DUAL period: train on D_t minus its held-out slice, with a
-  dual step on the slice's measured gap every `dual.update_every` epochs."""
-  d, data = config.dual, ctx.data
-  train_rows, hold = fade_dual.split_holdout(data.rows([t]), d.holdout_frac,
-                                             (config.seed, 13, t))
-  history = np.concatenate([data.rows(range(t)), train_rows])
-  probe = fade_dual.GapProbe(ctx.evaluator, data, history, hold,
-                             (config.seed, 11, t), config.ks[0],
-                             config.num_eval_negatives)
-  trace = []
-
-  def control(e, st):
-    nonlocal lam
-    if (e + 1) % d.update_every:
-      return None
-    gap, _ = probe.gap(st.params)
-    lam = fade_dual.dual_step(lam, gap, d.eta, d.eps, d.lam_max)
-    trace.append([gap, float(lam[0]), float(lam[1])])
-    return {"lam": jnp.asarray(lam, jnp.float32)}
-
-  chrono = ctx.switches["chrono_batches"]
-  state, info = ctx.trainer.run_epochs(
-      state, data, train_rows, "dual_up" if d.level_up else "dual", 0.0,
-      config.epochs,
-      (config.seed, m_id, t), rng, seen, mode="time" if chrono else "shuffle",
-      fixed_negatives=chrono,
-      extra_context={"lam": jnp.asarray(lam, jnp.float32)},
-      on_epoch_end=control)
-  info = dict(info, lam=[float(x) for x in lam], gap_trace=trace)
-  return state, lam, info
 
 
 def _run_retrain(config, ctx, method, m_id, log, mrng) -> None:

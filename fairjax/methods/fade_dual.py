@@ -52,6 +52,7 @@ the tuning data it closed far less of the gap.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from fairjax.data import sampling
@@ -126,3 +127,39 @@ class GapProbe:
     s = E.summarise({"v": per_user[f"ndcg@{self.k}"]}, self.data.user_group,
                     self.data.group_names)
     return float(s["pd"]["v"]), float(s["all"]["v"])
+
+
+def run_period(config, trainer, evaluator, data, state, lam, t: int,
+               seed_parts, rng, seen, chrono: bool):
+  """One FADE-DUAL period: train on D_t minus its held-out slice, with a
+  dual step on the slice's measured gap every `dual.update_every` epochs.
+
+  Returns (state, lam, info); info adds the final `lam` and `gap_trace`
+  ([gap, lam+, lam-] after each dual step) to the trainer's counters.
+  """
+  d = config.dual
+  train_rows, hold = split_holdout(data.rows([t]), d.holdout_frac,
+                                   (config.seed, 13, t))
+  history = np.concatenate([data.rows(range(t)), train_rows])
+  probe = GapProbe(evaluator, data, history, hold, (config.seed, 11, t),
+                   config.ks[0], config.num_eval_negatives)
+  trace = []
+  lam = np.asarray(lam, np.float64)
+
+  def control(e, st):
+    nonlocal lam
+    if (e + 1) % d.update_every:
+      return None
+    gap, _ = probe.gap(st.params)
+    lam = dual_step(lam, gap, d.eta, d.eps, d.lam_max)
+    trace.append([gap, float(lam[0]), float(lam[1])])
+    return {"lam": jnp.asarray(lam, jnp.float32)}
+
+  state, info = trainer.run_epochs(
+      state, data, train_rows, "dual_up" if d.level_up else "dual", 0.0,
+      config.epochs, seed_parts, rng, seen,
+      mode="time" if chrono else "shuffle", fixed_negatives=chrono,
+      extra_context={"lam": jnp.asarray(lam, jnp.float32)},
+      on_epoch_end=control)
+  info = dict(info, lam=[float(x) for x in lam], gap_trace=trace)
+  return state, lam, info
