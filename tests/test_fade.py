@@ -65,7 +65,8 @@ def test_all_methods_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
-  methods = "FINETUNE,FADE"
+  # FADE-DUAL: the state and the dual multipliers must both resume.
+  methods = "FINETUNE,FADE-DUAL"
   full = run(_config(methods, periods=6),
                                      str(tmp_path / "a"))
 
@@ -75,7 +76,7 @@ def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
     pass
 
   def killing_eval(evaluator, params, data, snapshot, method, ks):
-    if method == "FADE" and snapshot == 5:
+    if method == "FADE-DUAL" and snapshot == 5:
       raise Killed()
     return real_eval(evaluator, params, data, snapshot, method, ks)
 
@@ -84,7 +85,7 @@ def test_resume_after_kill_in_period_5_is_identical(tmp_path, monkeypatch):
     run(_config(methods, periods=6),
                                 str(tmp_path / "b"))
   monkeypatch.setattr(fade_job, "eval_rows", real_eval)
-  rows_b = json.loads((tmp_path / "b/methods/FADE/rows.json").read_text())
+  rows_b = json.loads((tmp_path / "b/methods/FADE-DUAL/rows.json").read_text())
   assert sorted(rows_b["periods"]) == ["1", "2", "3", "4"]
   resumed = run(_config(methods, periods=6),
                                         str(tmp_path / "b"))
