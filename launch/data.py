@@ -17,7 +17,7 @@ from fairjax.data import registry
 from fairjax.errors import ConfigError, DataError
 
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "synthetic, ml1m, ml1m-ts, ml100k, or a path to a RecBole "
+    "dataset", None, "synthetic, ml1m, ml1m-ts, ml1m-order, ml100k, or a path to a RecBole "
     "atomic folder / .inter file or a .csv file.", required=True)
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Folder holding ml-1m/ and ml-100k/ (default: "

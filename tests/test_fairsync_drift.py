@@ -17,13 +17,7 @@ from fairjax.methods import fairsync
 from fairjax.ops import dual
 
 
-def _problem(n=400, d=8, t=256, g=5, seed=0):
-  rng = np.random.default_rng(seed)
-  v = rng.normal(size=(n, d)).astype(np.float32)
-  grp = rng.integers(0, g, size=n).astype(np.int32)
-  v[grp == 0] *= 0.2  # group 0 is rarely retrieved without control
-  u = rng.normal(size=(t, d)).astype(np.float32)
-  return u, v, grp
+from test_fairsync_online import _problem  # noqa: E402  (shared problem)
 
 
 def _drifting(u, v, grp, g=5):
