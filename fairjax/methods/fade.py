@@ -227,7 +227,6 @@ class Trainer:
   tx: optax.GradientTransformation
   config: Any
   _epochs: dict = dataclasses.field(default_factory=dict)
-  _compiled: dict = dataclasses.field(default_factory=dict)
 
   def epoch_fn(self, kind: str, lam: float, fixed_negatives: bool = False,
                skip_empty: bool = False) -> Callable:
@@ -277,10 +276,8 @@ class Trainer:
       return b if pad_to is None else batching.pad_steps(b, pad_to)
 
     t0 = time.perf_counter()
-    compiled = self._compiled.get((fn, pad_to))
-    if compiled is None or pad_to is None:
-      compiled = fn.lower(state, batches_of(0), rng, context).compile()
-      self._compiled[(fn, pad_to)] = compiled
+    # JAX caches the executable per shape: equal (padded) shapes compile once.
+    compiled = fn.lower(state, batches_of(0), rng, context).compile()
     t1 = time.perf_counter()
     last, other = None, 0.0
     for e in range(epochs):

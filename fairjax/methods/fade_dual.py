@@ -121,12 +121,12 @@ class GapProbe:
         n=num_negatives)
     self.evaluator, self.data, self.k = evaluator, data, k
 
-  def gap(self, params) -> tuple[float, float]:
-    """(PD, mean) of ndcg@K over the slice's users."""
+  def gap(self, params) -> float:
+    """PD of ndcg@K over the slice's users."""
     per_user = self.evaluator.sampled(params, self.es, self.negatives)
     s = E.summarise({"v": per_user[f"ndcg@{self.k}"]}, self.data.user_group,
                     self.data.group_names)
-    return float(s["pd"]["v"]), float(s["all"]["v"])
+    return float(s["pd"]["v"])
 
 
 def run_period(config, trainer, evaluator, data, state, lam, t: int,
@@ -150,7 +150,7 @@ def run_period(config, trainer, evaluator, data, state, lam, t: int,
     nonlocal lam
     if (e + 1) % d.update_every:
       return None
-    gap, _ = probe.gap(st.params)
+    gap = probe.gap(st.params)
     lam = dual_step(lam, gap, d.eta, d.eps, d.lam_max)
     trace.append([gap, float(lam[0]), float(lam[1])])
     return {"lam": jnp.asarray(lam, jnp.float32)}
