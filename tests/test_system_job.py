@@ -11,6 +11,7 @@ import pytest
 from configs import system as system_config
 from fairjax import runner
 from fairjax.errors import ConfigError
+from fairjax.evaluators import welfare
 from fairjax.jobs import system as job
 
 
@@ -83,12 +84,12 @@ def test_failed_evaluation_is_recorded_and_skipped():
               "group_utility": np.zeros(2)}
 
   knobs = {"alpha": (1.0, 0.0, 0.0), "K": 50, "s": 0.0, "lam_index": 0}
-  broken = job._evaluate(Broken(), knobs, "valid")
+  broken = welfare.evaluate_knobs(Broken(), knobs, "valid")
   assert not broken["ok"] and "field 's'" in broken["error"]
-  nan = job._evaluate(NaNs(), knobs, "valid")
+  nan = welfare.evaluate_knobs(NaNs(), knobs, "valid")
   assert not nan["ok"] and nan["error"] == "NaN objective"
   ok = {"valid": {"ok": True, "welfare": 1.0, "der": 0.2}}
-  y = job._objectives([ok, {"valid": broken}, {"valid": nan}])
+  y = welfare.objectives([ok, {"valid": broken}, {"valid": nan}])
   assert y[0].tolist() == [1.0, -0.2] and np.isnan(y[1:]).all()
 
 

@@ -11,12 +11,16 @@ held-apart tuning stream: the users 3000-6040 (disjoint from ml1m-ts's
 as ml1m-ts. Synthetic (`synthetic_requests`): a generated catalog and
 queries, optionally drifting (`drifting_queries`: the preferred item groups
 change over the horizon); a request's targets are the exact
-top-`num_targets` items of a noisy copy of its query.
+top-`num_targets` items of a noisy copy of its query. `request_stream`
+picks one of the two and, on ML-1M, attaches the vectors of a retriever
+trained on the train rows and each request's excluded training items.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -146,6 +150,73 @@ def training_exclusion(train_user: np.ndarray, train_item: np.ndarray,
   col = np.arange(row.size) - first[row]
   out[row, col] = items[start[request_users][row] + col]
   return out
+
+
+def _log(msg: str) -> None:
+  print(f"[fairsync] {msg}", file=sys.stderr, flush=True)
+
+
+def request_stream(config, data_dir, mesh,
+                   embed: Callable[[Interactions],
+                                   tuple[np.ndarray, np.ndarray]]
+                   ) -> Requests:
+  """The requests of `config.dataset` with their vectors, ready to serve.
+
+  Synthetic: `synthetic_requests` (the generator's vectors; no history, so
+  nothing is excluded). ML-1M protocols: `prepare_interactions`, then
+  `embed(data) -> (user vectors [U, d], item vectors [I, d])` (FairSync: MF
+  + BPR on the train rows, `fairjax.methods.retriever.train_retriever`);
+  request t's vector is its user's, and with `config.exclude_train_items`
+  its list leaves out that user's training items (`training_exclusion`).
+
+  Args:
+    config: the FairSync config (dataset, seed, k, batch_size, synthetic...).
+    data_dir: dataset folder (None: `config.data_dir` or the default).
+    mesh: the item-sharding mesh (synthetic targets by exact search).
+    embed: the retriever, trained (or restored) on `data`'s train rows.
+
+  Returns:
+    `Requests` in arrival order.
+
+  Raises:
+    ConfigError: naming `k` when K exceeds the catalog (checked before a
+      synthetic catalog is generated), `batch_size` when B exceeds T.
+  """
+  if config.dataset == "synthetic":
+    _check_catalog(config.k, config.synthetic.num_items)
+    req = synthetic_requests(config, mesh)
+  else:
+    req = _interaction_requests(config, data_dir, embed)
+  t_total = req.user_emb.shape[0]
+  _check_catalog(config.k, req.item_emb.shape[0])
+  if config.batch_size > t_total:
+    raise ConfigError(f"field 'batch_size': B={config.batch_size} is larger "
+                      f"than the number of requests T={t_total}")
+  sharded.check_groups(req.item_group, len(req.group_names))
+  return req
+
+
+def _check_catalog(k: int, num_items: int) -> None:
+  if k > num_items:
+    raise ConfigError(f"field 'k': k={k} is larger than the catalog "
+                      f"({num_items} items)")
+
+
+def _interaction_requests(config, data_dir, embed) -> Requests:
+  data = prepare_interactions(config, data_dir)
+  _log(f"{data.name}: {data.num_users} users, {data.num_items} items, "
+       f"{data.train_user.size} train rows, {data.request_users.size} "
+       f"requests, {data.target_items.size} targets")
+  users, items = embed(data)
+  exclude = None
+  if config.exclude_train_items:
+    exclude = training_exclusion(data.train_user, data.train_item,
+                                 data.request_users, data.num_users)
+    _log(f"excluding each request user's training items (up to "
+         f"{exclude.shape[1]} per request)")
+  return Requests(data.name, users[data.request_users], items,
+                  data.item_group, data.group_names, data.target_ptr,
+                  data.target_items, exclude)
 
 
 def synthetic_requests(config, mesh) -> Requests:

@@ -5,12 +5,15 @@
   cells      full ranking with per-cell recall and CV/MIN/UCV/ICV (ITFR,
              DESIGN §4): `cells.CellEvaluator`;
   exposure   accuracy of served lists and ESP against minimums (FairSync,
-             DESIGN §5): `exposure.accuracy`, `exposure.esp_summary`.
+             DESIGN §5): `exposure.accuracy`, `exposure.esp_summary`;
+  welfare    welfare, DER and gap of pipeline knob settings, their Pareto
+             fronts re-evaluated on test (system, DESIGN §6):
+             `welfare.evaluate_knobs`, `welfare.front_on_test`.
 """
 
 import importlib
 
-NAMES = ("periodic", "cells", "exposure")
+NAMES = ("periodic", "cells", "exposure", "welfare")
 
 
 def get(name: str):

@@ -1,15 +1,15 @@
 """The FairSync job: FairSync and its baselines served online (DESIGN §5).
 
-  1. data (`fairjax.data.requests`): train rows, the requests u_1..u_T in
-     arrival order, each request's targets, the item groups;
+  1. data (`fairjax.data.requests.request_stream`): train rows, the
+     requests u_1..u_T in arrival order, their targets, the item groups;
   2. base retriever: MF trained with BPR (4 uniform negatives among unseen
      items) on `fairjax.train.fit`; the synthetic catalog uses the
      generator's vectors instead;
   3. units: `unconstrained` first (its exposure E0 fixes m_g, see
-     `choose_min_exposure`), then every other method of `config.methods`,
+     `feasible_min_exposure`), then every other method of `config.methods`,
      served with `fairjax.methods.fairsync.serve` (items sharded over
      `config.shards` devices);
-  4. per method: ESP and Recall/NDCG/HR@K (`fairjax.evaluators.exposure`).
+  4. per method: ESP and Recall/NDCG/HR@K (`evaluators.exposure.esp_summary`).
 
 FairSync is served with the config's dual (`eta`, `headroom`, `dual_target`,
 `safety`; see `fairjax.ops.dual`) against m_g itself (the headroom lives in
@@ -47,10 +47,9 @@ from fairjax import runner
 from fairjax.checkpoint import write_json_atomic
 from fairjax.data import requests as requests_data
 from fairjax.errors import ConfigError
-from fairjax.evaluators.exposure import ACCURACY, accuracy
+from fairjax.evaluators import exposure
 from fairjax.methods import fairsync
 from fairjax.methods.retriever import train_retriever
-from fairjax.methods.fairsync import choose_min_exposure, serving_target
 from fairjax.ops import dual as dual_ops
 from fairjax.retrieval import sharded
 
@@ -103,19 +102,11 @@ class Context:
   def __init__(self, config, workdir, data_dir):
     self.workdir, self.config = workdir, config
     self.mesh = mesh = make_mesh(config.shards)
-    if config.dataset == "synthetic" and config.k > config.synthetic.num_items:
-      raise ConfigError(f"field 'k': k={config.k} is larger than the catalog "
-                        f"({config.synthetic.num_items} items)")
-    self.req = req = _requests(config, workdir, data_dir, mesh)
+    self.req = req = requests_data.request_stream(
+        config, data_dir, mesh,
+        lambda data: train_retriever(config, data, workdir))
     t_total, n_items = req.user_emb.shape[0], req.item_emb.shape[0]
-    if config.k > n_items:
-      raise ConfigError(f"field 'k': k={config.k} is larger than the catalog "
-                        f"({n_items} items)")
-    if config.batch_size > t_total:
-      raise ConfigError(f"field 'batch_size': B={config.batch_size} is larger "
-                        f"than the number of requests T={t_total}")
     self.num_groups = g = len(req.group_names)
-    sharded.check_groups(req.item_group, g)
     runner.log(f"[fairsync] {req.name}: T={t_total} requests, N={n_items} "
                f"items, G={g}, K={config.k}, B={config.batch_size}, "
                f"shards={config.shards}")
@@ -128,17 +119,10 @@ class Context:
       c, req, t_total = self.config, self.req, self.req.user_emb.shape[0]
       e0 = np.asarray(self.unconstrained["exposure_over_time"])[-1]
       sizes = np.bincount(req.item_group, minlength=self.num_groups)
-      m, f, base = choose_min_exposure(e0, c.k, t_total, sizes,
-                                       c.exposure_frac, c.item_cap,
-                                       c.target_unconstrained_esp)
-      dual_ops.check_feasible(m, c.k, t_total, c.batch_size)
-      if "FairSync" in method_list(c):
-        try:
-          dual_ops.check_feasible(serving_target("FairSync", m, c.headroom),
-                                  c.k, t_total, c.batch_size)
-        except ConfigError as e:
-          raise ConfigError(f"field 'headroom': FairSync's target (1 + "
-                            f"{c.headroom:g}) m_g is infeasible: {e}") from e
+      m, f, base = fairsync.feasible_min_exposure(
+          e0, c.k, t_total, sizes, c.batch_size, c.exposure_frac,
+          c.item_cap, c.target_unconstrained_esp,
+          headroom=c.headroom if "FairSync" in method_list(c) else None)
       write_json_atomic(self.workdir / "min_exposure.json", dict(
           exposure_frac=f, base=base.tolist(), min_exposure=m.tolist(),
           unconstrained_exposure=e0.tolist(), groups=list(req.group_names)))
@@ -153,26 +137,6 @@ class Context:
     if method == "unconstrained":
       return np.zeros(self.num_groups, np.float32)
     return self.minimums()
-
-
-def _requests(config, workdir, data_dir, mesh) -> requests_data.Requests:
-  if config.dataset == "synthetic":
-    return requests_data.synthetic_requests(config, mesh)
-  data = requests_data.prepare_interactions(config, data_dir)
-  runner.log(f"[fairsync] {data.name}: {data.num_users} users, "
-             f"{data.num_items} items, {data.train_user.size} train rows, "
-             f"{data.request_users.size} requests, {data.target_items.size} "
-             "targets")
-  users, items = train_retriever(config, data, workdir)
-  exclude = None
-  if config.exclude_train_items:
-    exclude = requests_data.training_exclusion(
-        data.train_user, data.train_item, data.request_users, data.num_users)
-    runner.log(f"[fairsync] excluding each request user's training items (up "
-               f"to {exclude.shape[1]} per request)")
-  return requests_data.Requests(
-      data.name, users[data.request_users], items, data.item_group,
-      data.group_names, data.target_ptr, data.target_items, exclude)
 
 
 def prepare(config, workdir, data_dir) -> Context:
@@ -229,28 +193,12 @@ def run_unit(config, ctx: Context, unit, udir, results) -> dict:
       num_neighbors=config.num_neighbors,
       block_size=config.block_size or None, **dual)
   secs = time.perf_counter() - t0
-  none = np.zeros((1, ctx.num_groups), bool)  # centralised: no online dual
-  forced = none if res.forced_history is None else res.forced_history
-  short = np.nonzero((none if res.infeasible_history is None
-                      else res.infeasible_history).any(0))[0]
-  if forced.any():
-    runner.log(f"[{method}] safety net forced {int(forced.sum())} "
-               f"(batch, group) pairs over {int(forced.any(1).sum())} of "
-               f"{forced.shape[0]} batches")
-  if short.size:
-    runner.log(f"[{method}] warning: minimums of "
-               f"{[ctx.req.group_names[g] for g in short]} became "
-               "infeasible for the remaining horizon (served first, best "
-               "effort)")
-  acc = accuracy(np.asarray(res.item_ids), req.target_ptr, req.target_items,
-                 req.item_emb.shape[0], config.k)
-  e = np.asarray(res.exposure, np.float64)
+  for note in exposure.safety_notes(res, req.group_names):
+    runner.log(f"[{method}] {note}")
   out = dict(method=method, seconds=secs,
-             esp=float(metrics_lib.esp(e, np.asarray(m))), **acc,
-             exposure_over_time=np.asarray(res.exposure_over_time).tolist(),
-             mu_history=np.asarray(res.mu_history).tolist(),
-             forced_batches=forced.any(1).nonzero()[0].tolist(),
-             infeasible_groups=[ctx.req.group_names[g] for g in short],
+             **exposure.esp_summary(res, m, req.target_ptr, req.target_items,
+                                    req.item_emb.shape[0], config.k,
+                                    req.group_names),
              setting=_setting(method, config, m))
   k = config.k
   esp = f"esp {out['esp']:.3f} " if np.any(m > 0) else ""
@@ -271,25 +219,10 @@ def rows(config, ctx: Context, unit, r) -> list[dict]:
   """Exposure and mu per (batch, group); final metrics; m_g per group."""
   if unit.method not in method_list(config):
     return []
-  m, method = ctx.minimums(), unit.method
-  r = _final(ctx, method, r)
-  out = []
-  expo, mus = np.asarray(r["exposure_over_time"]), np.asarray(r["mu_history"])
-  for b in range(expo.shape[0]):
-    for j, name in enumerate(ctx.req.group_names):
-      out.append(runner.row(method, 0, b, "serve", name, "exposure",
-                            float(expo[b, j])))
-      out.append(runner.row(method, 0, b, "serve", name, "mu",
-                            float(mus[b, j])))
-  last = expo.shape[0] - 1
-  for key, value in r.items():
-    if key == "esp" or "@" in key:
-      out.append(runner.row(method, 0, last, "serve", "all", key,
-                            float(value)))
-  for j, name in enumerate(ctx.req.group_names):
-    out.append(runner.row(method, 0, last, "serve", name, "min_exposure",
-                          float(m[j])))
-  return out
+  m, method = ctx.minimums(), unit.method  # m_g first: it sets unc_esp
+  return [runner.row(method, 0, step, "serve", group, metric, value)
+          for step, group, metric, value in exposure.measurements(
+              _final(ctx, method, r), m, ctx.req.group_names)]
 
 
 def summarise(config, ctx: Context, results, workdir) -> dict:
@@ -302,7 +235,7 @@ def summarise(config, ctx: Context, results, workdir) -> dict:
   final = {meth: _final(ctx, meth, results[meth])
            for meth in method_list(config)}
   summary = {meth: {"esp": r["esp"], **{f"{a}@{k}": r[f"{a}@{k}"]
-                                         for a in ACCURACY}}
+                                         for a in exposure.ACCURACY}}
              for meth, r in final.items()}
   summary.update(k=k, min_exposure=m.tolist(), unconstrained_esp=ctx.unc_esp,
                  exposure_frac=ctx.exposure_frac,

@@ -434,3 +434,33 @@ def serving_target(method: str, m: np.ndarray, headroom: float) -> np.ndarray:
   if method == "FairSync":
     return (np.asarray(m, np.float64) * (1.0 + headroom)).astype(np.float32)
   return np.asarray(m, np.float32)
+
+
+def feasible_min_exposure(unconstrained_exposure, k: int, horizon: int,
+                          group_sizes, batch_size: int, frac: float,
+                          item_cap: float, target_esp: float = 0.6,
+                          headroom: float | None = None
+                          ) -> tuple[np.ndarray, float, np.ndarray]:
+  """`choose_min_exposure`, checked servable with K, T and B.
+
+  `dual_ops.check_feasible` on m_g and, when FairSync is served (`headroom`
+  given), on its target (1 + headroom) m_g (`serving_target`).
+
+  Returns:
+    (m [G] float32, f, base [G]) as `choose_min_exposure`.
+
+  Raises:
+    ConfigError: m_g infeasible (sum_g m_g > K T, B > T, ...), or only
+      FairSync's target infeasible (the message names `headroom`).
+  """
+  m, f, base = choose_min_exposure(unconstrained_exposure, k, horizon,
+                                   group_sizes, frac, item_cap, target_esp)
+  dual_ops.check_feasible(m, k, horizon, batch_size)
+  if headroom is not None:
+    try:
+      dual_ops.check_feasible(serving_target("FairSync", m, headroom), k,
+                              horizon, batch_size)
+    except ConfigError as e:
+      raise ConfigError(f"field 'headroom': FairSync's target (1 + "
+                        f"{headroom:g}) m_g is infeasible: {e}") from e
+  return m, f, base
