@@ -18,7 +18,7 @@ Any field can also be overridden as a flag, e.g.
 
 import ml_collections
 
-from configs.common import parse_variant
+from configs.common import base_config, parse_variant
 
 ALL_METHODS = "PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER"
 # Methods beyond the paper (not in the default list): FADE-DUAL.
@@ -27,12 +27,7 @@ ALL_METHODS = "PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER"
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the FADE config; `arg` holds the variant."""
   v = parse_variant(arg)
-  c = ml_collections.ConfigDict()
-  c.job = "fade"
-  c.dataset = v.get("dataset", "synthetic")
-  c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
-  c.seed = int(v.get("seed", 0))
-  c.methods = v.get("methods", ALL_METHODS).replace(";", ",")
+  c = base_config("fade", v, "synthetic", ALL_METHODS)
   c.positive_threshold = 3.0  # binarization: rating >= 3 is positive.
 
   # Chronological protocol.

@@ -3,16 +3,22 @@ r"""FairSync: item-sharded retrieval with online group-exposure control.
 Launch (the ML-1M table):
   FAIRJAX_DATA_DIR=../shared/data python -m launch.fairsync \
       --config=configs/fairsync.py:dataset=ml1m --workdir=runs/fairsync_ml1m
-Variants (comma-separated `key=value` after the colon):
+Variants (comma-separated `key=value` after the colon; a key is the name
+of the config field it sets):
   dataset=ml1m|ml1m-ts|synthetic   num_items=1000000 (synthetic catalog)
-  num_requests=2000 (synthetic T)   shards=2   k=50   b=64 (batch B)
-  eta=0.05   headroom=0.1   target=remaining|static   safety=0.5
-  frac=0.5 (m_g fraction, 0 = auto)   epochs=20   seed=0
-  drift=0.5 phases=4 drift_groups=3 (synthetic requests whose preferred
-  groups change over the horizon)
+  num_requests=2000 (synthetic T)   shards=2   k=50   batch_size=64 (B)
+  eta=0.05   headroom=0.1   dual_target=remaining|static   safety=0.5
+  exposure_frac=0.5 (m_g fraction f, 0 = auto)   epochs=20   seed=0
+  min_reg_lambda=1.0   num_neighbors=3
+  drift=0.5 drift_phases=4 drift_groups=3 (synthetic requests whose
+  preferred groups change over the horizon)
   dataset=ml1m-tune (the held-apart tuning stream; never reported)
-  exclude_train=0 (serve training items too: the pre-exclusion protocol)
+  exclude_train_items=0 (serve training items too: the pre-exclusion
+  protocol)
   smoke (tiny synthetic, seconds)
+The short keys of earlier versions (b, frac, lam, target, neighbors,
+exclude_train, phases) still work and print a deprecation warning naming
+the canonical key.
 Any field can also be overridden as a flag, e.g.
   --config.methods=unconstrained,FairSync --config.eta=0.05
 
@@ -48,25 +54,24 @@ either way.
 
 import ml_collections
 
-from configs.common import parse_variant
+from configs.common import base_config, parse_variant
 
 ALL_METHODS = "unconstrained,FairSync,k-neighbor,min-regularizer,centralised"
+# Deprecated variant keys -> the config field they set.
+ALIASES = {"b": "batch_size", "frac": "exposure_frac", "lam": "min_reg_lambda",
+           "target": "dual_target", "neighbors": "num_neighbors",
+           "exclude_train": "exclude_train_items", "phases": "drift_phases"}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the FairSync config; `arg` holds the variant."""
-  v = parse_variant(arg)
-  c = ml_collections.ConfigDict()
-  c.job = "fairsync"
-  c.dataset = v.get("dataset", "ml1m")
-  c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
-  c.seed = int(v.get("seed", 0))
-  c.methods = v.get("methods", ALL_METHODS).replace(";", ",")
+  v = parse_variant(arg, ALIASES)
+  c = base_config("fairsync", v, "ml1m", ALL_METHODS)
   c.train_frac = 0.8  # per user: earlier / random 80% train, 20% targets.
 
   # Serving.
   c.k = int(v.get("k", 50))
-  c.batch_size = int(v.get("b", v.get("batch_size", 64)))  # B
+  c.batch_size = int(v.get("batch_size", 64))  # B
   # FairSync's dual (ops.dual). Every default below was chosen on tuning
   # streams that are never reported (README, FairSync section): ML-1M on
   # `ml1m-tune` (users 3000-6040 in time order) and `ml1m` seed 3; the
@@ -85,22 +90,23 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Target rate rho_g: "static" m_g / T (DESIGN §5) or "remaining"
   # (m_g - E_g)^+ / (T - t), what is still owed over the requests still to
   # come (repays arrears under drift; issue 17).
-  c.dual_target = v.get("target", "remaining")
+  c.dual_target = v.get("dual_target", "remaining")
   # End-game safety net gamma in [0, 1] (0 = off): a group owing more than
   # gamma c_g x (requests after the batch), c_g = min(K, |I_g|), is served
   # first for that batch (ops.dual: the guarantee and its premises).
   c.safety = float(v.get("safety", 0.5))
-  c.exposure_frac = float(v.get("frac", 0.0))  # f; 0 = auto (see above).
+  c.exposure_frac = float(v.get("exposure_frac", 0.0))  # f; 0 = auto (see above).
   c.target_unconstrained_esp = 0.6
   c.item_cap = 0.25
   c.shards = int(v.get("shards", 1))  # mesh axis `shard` size.
   c.block_size = 0  # retrieval block bound; 0 = library default.
-  c.min_reg_lambda = float(v.get("lam", 1.0))
-  c.num_neighbors = int(v.get("neighbors", 3))
+  c.min_reg_lambda = float(v.get("min_reg_lambda", 1.0))
+  c.num_neighbors = int(v.get("num_neighbors", 3))
   # Leave each request user's training items out of its list (real data).
-  flag = str(v.get("exclude_train", "1")).lower()
+  flag = str(v.get("exclude_train_items", "1")).lower()
   if flag not in ("0", "1", "false", "true"):
-    raise ValueError(f"variant exclude_train={flag!r}: use 0/1/false/true")
+    raise ValueError(f"variant exclude_train_items={flag!r}: use "
+                     "0/1/false/true")
   c.exclude_train_items = flag in ("1", "true")
 
   # Base retriever (MF + BPR on the platform train loop).
@@ -124,7 +130,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # the horizon is cut into `drift_phases` phases, each pulling the requests
   # by `drift` towards `drift_groups` random item groups (new set per phase).
   c.synthetic.drift = float(v.get("drift", 0.0))
-  c.synthetic.drift_phases = int(v.get("phases", 4))
+  c.synthetic.drift_phases = int(v.get("drift_phases", 4))
   c.synthetic.drift_groups = int(v.get("drift_groups", 3))
 
   if "smoke" in v or "runlocal" in v:
@@ -134,7 +140,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.synthetic.num_groups = 6
     c.synthetic.num_targets = int(v.get("num_targets", 5))
     c.k = int(v.get("k", 10))
-    c.batch_size = int(v.get("b", 10))
+    c.batch_size = int(v.get("batch_size", 10))
     c.eta = float(v.get("eta", 0.05))
     c.epochs = int(v.get("epochs", 2))
   return c

@@ -15,7 +15,7 @@ Methods: BPR, BPR-Norm, GroupDRO, ITFR, ITFR-noSAM, ITFR-noCLB, ITFR-noNorm
 
 import ml_collections
 
-from configs.common import parse_variant
+from configs.common import base_config, parse_variant
 
 ALL_METHODS = "BPR,GroupDRO,ITFR,ITFR-noSAM,ITFR-noCLB,ITFR-noNorm"
 ML1M_GENRES = ("Sci-Fi", "Adventure", "Children's", "Crime", "Horror",
@@ -25,11 +25,7 @@ ML1M_GENRES = ("Sci-Fi", "Adventure", "Children's", "Crime", "Horror",
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the ITFR config; `arg` holds the variant."""
   v = parse_variant(arg)
-  c = ml_collections.ConfigDict()
-  c.job = "itfr"
-  c.dataset = v.get("dataset", "synthetic")
-  c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
-  c.seed = int(v.get("seed", 0))  # seed s of num_seeds uses seed + s.
+  c = base_config("itfr", v, "synthetic")  # seed s of num_seeds: seed + s.
   c.num_seeds = int(v.get("seeds", 5))
   c.methods = v.get("methods", ALL_METHODS).replace(";", ",")
 

@@ -16,7 +16,7 @@ Any field can also be overridden as a flag, e.g. --config.num_seeds=2.
 
 import ml_collections
 
-from configs.common import parse_variant
+from configs.common import base_config, parse_variant
 
 ALL_OPTIMIZERS = "bo,random,sobol,nsga2,motpe"
 
@@ -24,11 +24,7 @@ ALL_OPTIMIZERS = "bo,random,sobol,nsga2,motpe"
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the system config; `arg` holds the variant."""
   v = parse_variant(arg)
-  c = ml_collections.ConfigDict()
-  c.job = "system"
-  c.dataset = v.get("dataset", "synthetic")
-  c.data_dir = ""  # empty: --data_dir flag or $FAIRJAX_DATA_DIR.
-  c.seed = int(v.get("seed", 0))  # seed s of num_seeds uses seed + s.
+  c = base_config("system", v, "synthetic")  # seed s of num_seeds: seed + s.
   synthetic = c.dataset == "synthetic"
   c.num_seeds = int(v.get("num_seeds", 10 if synthetic else 5))
   c.groups = v.get("groups", "gender")  # gender | age (3 buckets)

@@ -179,7 +179,7 @@ def test_accuracy_matches_python_loop():
 
 @pytest.mark.slow
 def test_infeasible_minimums_one_line_error_from_launcher(tmp_path):
-  proc = _launch(tmp_path / "w", "smoke,frac=100")
+  proc = _launch(tmp_path / "w", "smoke,exposure_frac=100")
   assert proc.returncode == 1
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith("error: "), proc.stderr
@@ -190,8 +190,8 @@ def test_infeasible_minimums_one_line_error_from_launcher(tmp_path):
 
 @pytest.mark.parametrize("variant,needle", [
     ("smoke,k=1000", "field 'k': k=1000 is larger than the catalog"),
-    ("smoke,b=500", "field 'batch_size': B=500 is larger than the number"),
-    ("smoke,frac=100", "infeasible exposure minimums"),
+    ("smoke,batch_size=500", "field 'batch_size': B=500 is larger than the number"),
+    ("smoke,exposure_frac=100", "infeasible exposure minimums"),
 ])
 def test_bad_input_raises_config_error(tmp_path, variant, needle):
   config = fairsync_config.get_config(variant)
@@ -289,7 +289,8 @@ def test_run_excludes_training_items_for_every_method(tmp_path, monkeypatch):
     return res
 
   monkeypatch.setattr(fairsync_method, "serve", spy)
-  config = fairsync_config.get_config("dataset=ml1m,k=5,b=8,epochs=2,frac=0.5")
+  config = fairsync_config.get_config(
+      "dataset=ml1m,k=5,batch_size=8,epochs=2,exposure_frac=0.5")
   assert config.exclude_train_items  # the default
   summary = run(config, str(tmp_path))
   assert summary["exclude_train_items"] is True
