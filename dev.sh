@@ -33,7 +33,7 @@ case "$cmd" in
     # synthetic data, under the official FADE protocol with lambda = 3
     # (README, Quick start, says why).
     exec "$VENV/bin/python" -m launch.fade \
-      --config=configs/fade.py:dataset=synthetic,protocol=official,lambda=3 \
+      --config=configs/fade.py:dataset=synthetic,protocol=official,fade.lam=3 \
       --config.methods=PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER,FADE-DUAL \
       --workdir="${WORKDIR:-runs/quickstart}" "$@"
     ;;

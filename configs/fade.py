@@ -6,12 +6,18 @@ Launch (the ml1m-ts table, MF):
 Variants (comma-separated `key=value` after the colon):
   dataset=synthetic|ml1m-ts|ml1m-order|ml100k   model=mf|ncf
   protocol=standard|official   smoke (tiny, seconds)
-  lambda=0.5   tau=3   form=signed|absolute   epochs=10 (per period)
-  pretrain_epochs=100   rec_lambda=0.5   gamma=10   disc_steps=10
-  fair_pretrain=1 chrono_batches=1 global_negatives=1 split_floor=1
-  redraw_eval_negatives=1 (one official switch; =0 forces it off)
-  eta=5 eps=0 lam_max=5 level_up=0 (FADE-DUAL)
-  periods=9 (changes only num_periods)
+  fade.lam=0.5   fade.tau=3   fade.form=signed|absolute   epochs=10 (per
+  period)   pretrain_epochs=100   rec.lam=0.5   adver.gamma=10
+  adver.disc_steps=10
+  official.fair_pretrain=1 official.chrono_batches=1
+  official.global_negatives=1 official.split_floor=1
+  official.redraw_eval_negatives=1 (one official switch; =0 forces it off)
+  dual.eta=5 dual.eps=0 dual.lam_max=5 dual.level_up=0 (FADE-DUAL)
+  num_periods=9
+A variant key is the path of the field it sets. The earlier short keys
+(lambda, tau, form, rec_lambda, gamma, disc_steps, eta, eps, lam_max,
+level_up, periods, and each switch without `official.`) still work with a
+warning naming the field.
 Any field can also be overridden as a flag, e.g.
   --config.methods=FINETUNE,FADE --config.fade.lam=1.0
 """
@@ -20,13 +26,23 @@ import ml_collections
 
 from configs.common import base_config, parse_variant
 
+SWITCHES = ("fair_pretrain", "chrono_batches", "global_negatives",
+            "split_floor", "redraw_eval_negatives")
+# Deprecated short variant keys -> the field paths.
+ALIASES = {"lambda": "fade.lam", "tau": "fade.tau", "form": "fade.form",
+           "rec_lambda": "rec.lam", "gamma": "adver.gamma",
+           "disc_steps": "adver.disc_steps", "eta": "dual.eta",
+           "eps": "dual.eps", "lam_max": "dual.lam_max",
+           "level_up": "dual.level_up", "periods": "num_periods",
+           **{name: f"official.{name}" for name in SWITCHES}}
+
 ALL_METHODS = "PRE-TRAIN,RETRAIN,FINETUNE,FADE,FADE-RETRAIN,REC,ADVER"
 # Methods beyond the paper (not in the default list): FADE-DUAL.
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the FADE config; `arg` holds the variant."""
-  v = parse_variant(arg)
+  v = parse_variant(arg, ALIASES)
   c = base_config("fade", v, "synthetic", ALL_METHODS)
   c.positive_threshold = 3.0  # binarization: rating >= 3 is positive.
 
@@ -41,9 +57,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # protocol says, True/False = forced (e.g. --config.official.split_floor=True).
   c.protocol = v.get("protocol", "standard")
   c.official = ml_collections.ConfigDict()
-  for name in ("fair_pretrain", "chrono_batches", "global_negatives",
-               "split_floor", "redraw_eval_negatives"):
-    value = v.get(name)
+  for name in SWITCHES:
+    value = v.get(f"official.{name}")
     c.official[name] = ml_collections.FieldReference(
         None if value is None else value.lower() in ("1", "true", "on"),
         field_type=bool)
@@ -66,35 +81,35 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # FADE / REC fairness term.
   c.fade = ml_collections.ConfigDict()
   default_lam = 0.5 if c.model == "mf" else 0.5
-  c.fade.lam = float(v.get("lambda", default_lam))
-  c.fade.tau = float(v.get("tau", 3.0))
+  c.fade.lam = float(v.get("fade.lam", default_lam))
+  c.fade.tau = float(v.get("fade.tau", 3.0))
   c.fade.k = 1  # DH@1.
   # 'signed': L_fair = softplus(PD_diff) (DESIGN §3, the official 'log');
   # 'absolute': softplus(|PD_diff|) (the official code's 'absolute' option).
-  c.fade.form = v.get("form", "signed")
+  c.fade.form = v.get("fade.form", "signed")
 
   # REC: FADE with the mean positive score as the group statistic.
   c.rec = ml_collections.ConfigDict()
-  c.rec.lam = float(v.get("rec_lambda", c.fade.lam))
+  c.rec.lam = float(v.get("rec.lam", c.fade.lam))
 
   # FADE-DUAL (fairjax.methods.fade_dual): dual ascent on |PD of NDCG@K| <=
   # eps measured on the last holdout_frac of each period.
   c.dual = ml_collections.ConfigDict()
-  c.dual.eta = float(v.get("eta", 5.0))
-  c.dual.eps = float(v.get("eps", 0.0))
+  c.dual.eta = float(v.get("dual.eta", 5.0))
+  c.dual.eps = float(v.get("dual.eps", 0.0))
   c.dual.lam_init = 0.0
-  c.dual.lam_max = float(v.get("lam_max", 5.0))
+  c.dual.lam_max = float(v.get("dual.lam_max", 5.0))
   c.dual.holdout_frac = 0.1
   c.dual.update_every = 1
   # True: push only the disadvantaged group's DH up (stop-gradient on the
   # other group's mean); False: FADE's two-sided push.
-  c.dual.level_up = v.get("level_up", "0") in ("1", "true", "True")
+  c.dual.level_up = v.get("dual.level_up", "0") in ("1", "true", "True")
 
   # ADVER.
   c.adver = ml_collections.ConfigDict()
-  c.adver.gamma = float(v.get("gamma", 10.0))
+  c.adver.gamma = float(v.get("adver.gamma", 10.0))
   c.adver.hidden = 64
-  c.adver.disc_steps = int(v.get("disc_steps", 10))
+  c.adver.disc_steps = int(v.get("adver.disc_steps", 10))
   c.adver.disc_lr = 1e-3
 
   # Evaluation.
@@ -114,7 +129,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.pretrain_epochs = int(v.get("pretrain_epochs", 3))
     c.retrain_epochs = int(v.get("retrain_epochs", 3))
     c.epochs = int(v.get("epochs", 2))
-    c.num_periods = int(v.get("periods", 3))
-  elif "periods" in v:
-    c.num_periods = int(v["periods"])
+    c.num_periods = int(v.get("num_periods", 3))
+  elif "num_periods" in v:
+    c.num_periods = int(v["num_periods"])
   return c

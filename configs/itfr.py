@@ -5,7 +5,7 @@ Launch (the ML-1M table, MF):
       --workdir=runs/itfr_ml1m_mf [--data_dir=../shared/data]
 Variants (comma-separated `key=value` after the colon):
   dataset=synthetic|ml1m|ml100k|PATH   model=mf|lightgcn   epochs=200
-  seeds=5   methods=BPR;ITFR (';' between names here)   smoke (tiny, seconds)
+  num_seeds=5   methods=BPR;ITFR (';' between names here)   smoke (tiny, seconds)
 Any field can also be overridden as a flag, e.g.
   --config.methods=BPR,ITFR --config.num_seeds=1 --config.itfr.rho=0.05
 
@@ -24,9 +24,9 @@ ML1M_GENRES = ("Sci-Fi", "Adventure", "Children's", "Crime", "Horror",
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the ITFR config; `arg` holds the variant."""
-  v = parse_variant(arg)
+  v = parse_variant(arg, {"seeds": "num_seeds"})  # `seeds=`: deprecated.
   c = base_config("itfr", v, "synthetic")  # seed s of num_seeds: seed + s.
-  c.num_seeds = int(v.get("seeds", 5))
+  c.num_seeds = int(v.get("num_seeds", 5))
   c.methods = v.get("methods", ALL_METHODS).replace(";", ",")
 
   # Protocol: groups, k-core, random split.
@@ -79,7 +79,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.synthetic.num_users = 150
     c.synthetic.num_items = 120
     c.epochs = int(v.get("epochs", 3))
-    c.num_seeds = int(v.get("seeds", 1))
+    c.num_seeds = int(v.get("num_seeds", 1))
     c.batch_size = 256
     c.ckpt_every = 2
     c.log_every = 1

@@ -156,6 +156,29 @@ class WorkdirLock:
     self.release()
 
 
+class StepLog:
+  """Rows and extras of a unit's finished steps (e.g. FADE's periods) in
+  `<unit dir>/rows.json`, rewritten atomically after each step, so a unit
+  killed mid-way knows which steps it need not run again."""
+
+  def __init__(self, directory: pathlib.Path):
+    self.path = pathlib.Path(directory) / "rows.json"
+    self.state = (ckpt_lib.read_json(self.path) if self.path.exists() else
+                  {"periods": {}})
+
+  def done(self, t: int) -> bool:
+    return str(t) in self.state["periods"]
+
+  def add(self, t: int, rows, seconds: float, extra: dict) -> None:
+    self.state["periods"][str(t)] = dict(rows=rows, seconds=seconds, **extra)
+    ckpt_lib.write_json_atomic(self.path, self.state)
+
+  def truncate(self, last: int) -> None:
+    """Forgets the steps after `last` (they are run again)."""
+    self.state["periods"] = {k: v for k, v in self.state["periods"].items()
+                             if int(k) <= last}
+
+
 def unit_dir(workdir: str | os.PathLike, unit: Unit | str) -> pathlib.Path:
   key = unit.key if isinstance(unit, Unit) else unit
   return pathlib.Path(workdir) / "methods" / key

@@ -7,9 +7,12 @@ The step is a pure function `(state, batch, rng) -> (state, metrics)`:
 
 where the loss function is supplied by the method. An epoch is `lax.scan` of
 the step over a stacked batch pytree (leading axis = steps), compiled once per
-shape. `fit` runs epochs, prints progress (epoch, loss, examples/s, ETA),
-checkpoints every `ckpt_every` epochs, and on a rerun with the same directory
-resumes from the last checkpoint. Because each epoch's batches and randomness
+shape. `fit` is the one training loop of every method (FADE and its
+baselines, ADVER, ITFR, the retrievers and heads): it runs epochs, calls an
+`on_epoch_end` hook (validation, best-model tracking, dual updates), times
+training apart from compilation and hooks, prints progress (epoch, loss,
+examples/s, ETA), checkpoints every `ckpt_every` epochs, and on a rerun with
+the same directory resumes from the last checkpoint. Because each epoch's batches and randomness
 are pure functions of (seed, epoch), a resumed run is bit-identical to an
 uninterrupted one on CPU.
 """
@@ -141,67 +144,135 @@ class Progress:
           f"{rate:,.0f} ex/s ETA {eta:.1f}s", file=self.stream, flush=True)
 
 
+@dataclasses.dataclass
+class FitInfo:
+  """What `fit` measured.
+
+  Attributes:
+    history: one record per epoch run (from the start epoch): the float mean
+      of each step metric, `seconds` with `time_epochs`, and what the hook
+      returned.
+    last_metrics: the raw per-step metrics of the final epoch (None if no
+      epoch ran).
+    train_seconds: wall time of the epochs (batching included; compilation
+      and hooks excluded).
+    compile_seconds: time to compile the epoch before the first one.
+    hook_seconds: time spent in `on_epoch_end`.
+  """
+
+  history: list = dataclasses.field(default_factory=list)
+  last_metrics: dict | None = None
+  train_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  hook_seconds: float = 0.0
+
+
 def fit(state: TrainState, epoch_fn: Callable, batches_for_epoch: Callable,
-        num_epochs: int, rng: jax.Array, *, context=None,
-        checkpoint_dir=None, ckpt_every: int = 10, name: str = "train", log_every: int = 1,
-        on_epoch_end: Callable | None = None) -> tuple[TrainState, list]:
-  """Runs `num_epochs` epochs with progress, checkpoints and resume.
+        num_epochs: int, rng, *, context=None, start_epoch: int = 0,
+        on_epoch_end: Callable | None = None, checkpoint_dir=None,
+        ckpt_every: int = 10, name: str = "train", log_every: int = 1,
+        show_progress: bool = True, time_epochs: bool = False
+        ) -> tuple[TrainState, FitInfo]:
+  """The training loop of every method: epochs with hooks, timing, resume.
+
+  Epoch e runs `epoch_fn(state, batches_for_epoch(e), key_e, context)`. The
+  epoch is compiled once before the clock starts; an epoch whose batches
+  have other shapes (pad with `batching.pad_steps` to avoid it) falls back
+  to `epoch_fn`, which compiles again.
 
   Args:
     state: initial state (ignored when a checkpoint exists).
-    epoch_fn: from `make_epoch`.
+    epoch_fn: jitted `(state, batches, rng, context) -> (state, metrics)`,
+      e.g. from `make_epoch`; metrics hold one value per step.
     batches_for_epoch: `epoch -> batches pytree` (host arrays), a pure
       function of the epoch index so that a resumed run sees the same data.
-    num_epochs: total epochs.
-    rng: base key; epoch e uses `fold_in(rng, e)`.
+    num_epochs: total epochs (counting those before `start_epoch`).
+    rng: a base key (epoch e uses `fold_in(rng, e)`) or a function
+      `epoch -> key`.
     context: read-only pytree passed to every step (see `LossFn`).
-    checkpoint_dir: where to save `{'state', 'epoch'}`; None disables.
-    ckpt_every: save every this many epochs (and after the last).
-    name: label for progress lines.
-    on_epoch_end: optional `(epoch, state, metrics) -> None`.
+    start_epoch: first epoch to run, for callers that restore their own
+      checkpoint (with `checkpoint_dir`, the restored epoch wins).
+    on_epoch_end: `(epoch, state, means) -> dict | None` after each epoch
+      (the loop then waits for the epoch to finish). Entries of a returned
+      dict join the epoch's history record and progress line, except
+      `context`, a dict that replaces those entries of the context from the
+      next epoch on (e.g. dual multipliers). Its time is not training time.
+    checkpoint_dir: where to save the state every `ckpt_every` epochs (and
+      after the last), and resume from on a rerun; None disables.
+    name, log_every, show_progress: the progress lines on stderr.
+    time_epochs: wait for each epoch and record its `seconds`.
 
   Returns:
-    (final state, list of per-epoch mean metrics as floats).
+    (final state, `FitInfo`).
   """
-  start = 0
   ckpt = None
   if checkpoint_dir is not None:
     ckpt = ckpt_lib.Checkpointer(checkpoint_dir)
     restored = ckpt.restore_latest(state)
     if restored is not None:
-      start, state = restored
+      start_epoch, state = restored
       state = jax.tree.map(jnp.asarray, state)
-      print(f"[{name}] resumed from epoch {start}", file=sys.stderr)
-  history = []
-  pending = None  # log the previous epoch's metrics: the host never waits.
-  progress = None
-  for epoch in range(start, num_epochs):
-    batches = batches_for_epoch(epoch)
-    if progress is None:
-      lead = jax.tree.leaves(batches)[0].shape
-      progress = Progress(name, num_epochs, int(lead[0] * lead[1]),
-                          every=log_every)
-    state, metrics = epoch_fn(state, batches, jax.random.fold_in(rng, epoch),
-                              context)
+      print(f"[{name}] resumed from epoch {start_epoch}", file=sys.stderr)
+  key_of = rng if callable(rng) else (lambda e: jax.random.fold_in(rng, e))
+  info = FitInfo()
+  if start_epoch >= num_epochs:
+    return state, info
+  first = batches_for_epoch(start_epoch)
+  t0 = time.perf_counter()
+  run = (epoch_fn.lower(state, first, key_of(start_epoch), context).compile()
+         if hasattr(epoch_fn, "lower") else epoch_fn)
+  info.compile_seconds = time.perf_counter() - t0
+  lead = jax.tree.leaves(first)[0].shape
+  progress = Progress(name, num_epochs, int(np.prod(lead[:2])),
+                      every=log_every) if show_progress else None
+  wait = on_epoch_end is not None or time_epochs
+  pending = None  # the previous epoch's metrics: the host need not wait.
+  t_start = time.perf_counter()
+  for epoch in range(start_epoch, num_epochs):
+    batches = first if epoch == start_epoch else batches_for_epoch(epoch)
+    t_epoch = time.perf_counter()
+    try:
+      state, metrics = run(state, batches, key_of(epoch), context)
+    except TypeError:  # other shapes or types than the compiled ones
+      run = epoch_fn
+      state, metrics = run(state, batches, key_of(epoch), context)
+    info.last_metrics = metrics
     if pending is not None:
-      _finish(pending, history, progress, on_epoch_end)
-    pending = (epoch, state, metrics)
+      _record(info, progress, pending[0], _means(pending[1]))
+      pending = None
+    if not wait:
+      pending = (epoch, metrics)
+    else:
+      jax.block_until_ready(state)
+      seconds = time.perf_counter() - t_epoch
+      record = _means(metrics)
+      if time_epochs:
+        record["seconds"] = seconds
+      if on_epoch_end is not None:
+        t_hook = time.perf_counter()
+        out = dict(on_epoch_end(epoch, state, dict(record)) or {})
+        if "context" in out:
+          context = dict(context or {}, **out.pop("context"))
+        record.update(out)
+        info.hook_seconds += time.perf_counter() - t_hook
+      _record(info, progress, epoch, record)
     if ckpt is not None and ((epoch + 1) % ckpt_every == 0 or
                              epoch + 1 == num_epochs):
-      _finish(pending, history, progress, on_epoch_end)
-      pending = None
       ckpt.save(epoch + 1, state)
   if pending is not None:
-    _finish(pending, history, progress, on_epoch_end)
+    _record(info, progress, pending[0], _means(pending[1]))
+  jax.block_until_ready(state)
+  info.train_seconds = time.perf_counter() - t_start - info.hook_seconds
   if ckpt is not None:
     ckpt.close()
-  return state, history
+  return state, info
 
 
-def _finish(pending, history, progress, on_epoch_end):
-  epoch, state, metrics = pending
-  means = {k: float(np.mean(np.asarray(v))) for k, v in metrics.items()}
-  history.append(means)
-  progress.update(epoch, means)
-  if on_epoch_end is not None:
-    on_epoch_end(epoch, state, means)
+def _means(metrics: dict) -> dict:
+  return {k: float(np.mean(np.asarray(v))) for k, v in metrics.items()}
+
+
+def _record(info: FitInfo, progress, epoch: int, record: dict) -> None:
+  info.history.append(record)
+  if progress is not None:
+    progress.update(epoch, record)

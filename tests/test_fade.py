@@ -26,7 +26,7 @@ def run(config, workdir):
 
 
 def _config(methods, periods=3, **overrides):
-  c = fade_config.get_config(f"dataset=synthetic,smoke,periods={periods}")
+  c = fade_config.get_config(f"dataset=synthetic,smoke,num_periods={periods}")
   c.methods = methods
   for k, v in overrides.items():
     setattr(c, k, v)
@@ -159,7 +159,7 @@ def test_one_group_batch_has_no_fairness_term():
 def test_launcher_and_report(tmp_path):
   wd = tmp_path / "run"
   cmd = [sys.executable, "-m", "launch.fade",
-         "--config=configs/fade.py:dataset=synthetic,smoke,periods=2",
+         "--config=configs/fade.py:dataset=synthetic,smoke,num_periods=2",
          f"--workdir={wd}", "--config.methods=FINETUNE,FADE"]
   out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                        timeout=600)
@@ -216,7 +216,7 @@ def test_absolute_form_is_symmetric_and_signed_is_not():
 
 @pytest.mark.slow
 def test_ncf_backbone_runs(tmp_path):
-  c = fade_config.get_config("dataset=synthetic,smoke,periods=1,model=ncf")
+  c = fade_config.get_config("dataset=synthetic,smoke,num_periods=1,model=ncf")
   c.methods = "FADE"
   c.dim = 8
   summary = run(c, str(tmp_path))

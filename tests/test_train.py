@@ -34,8 +34,9 @@ def _problem():
 
 def test_fit_learns_and_counts_steps():
   state, epoch_fn, batches, w_true = _problem()
-  state, history = train.fit(state, epoch_fn, batches, 30,
-                             jax.random.key(0), name="t")
+  state, info = train.fit(state, epoch_fn, batches, 30,
+                          jax.random.key(0), name="t")
+  history = info.history
   assert int(state.step) == 30 * 8
   assert int(state.aux["seen"]) == 30 * 64
   assert history[-1]["loss"] < 0.1 * history[0]["loss"]
@@ -83,3 +84,45 @@ def test_step_keys_match_the_step_fold_in():
     np.testing.assert_array_equal(
         jax.random.key_data(keys[i]),
         jax.random.key_data(jax.random.fold_in(rng, 7 + i)))
+
+
+def test_fit_in_two_calls_equals_one():
+  """`start_epoch` continues a run (callers that restore their own state)."""
+  state, epoch_fn, batches, _ = _problem()
+  whole, _ = train.fit(state, epoch_fn, batches, 6, jax.random.key(3),
+                       show_progress=False)
+  state, epoch_fn, batches, _ = _problem()
+  half, first = train.fit(state, epoch_fn, batches, 3, jax.random.key(3),
+                          show_progress=False)
+  rest, second = train.fit(half, epoch_fn, batches, 6, jax.random.key(3),
+                           start_epoch=3, show_progress=False)
+  assert len(first.history) == 3 and len(second.history) == 3
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(rest)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_hook_updates_context_and_records():
+  """A hook's `context` entry reaches the next epoch's steps; its other
+  entries and `seconds` join the history record; a fixed key per epoch."""
+  def loss_fn(params, batch, rng_t, aux, context):
+    loss = context["scale"] * jnp.sum(params["w"] ** 2) + 0 * batch["x"].sum()
+    return loss, ({"scale": context["scale"] + 0 * loss}, aux)
+
+  tx = optax.sgd(0.1)
+  state = train.create_state({"w": jnp.ones(3)}, tx)
+  epoch_fn = train.make_epoch(train.make_step(loss_fn, tx))
+  batches = lambda e: {"x": np.ones((2, 4), np.float32)}  # noqa: E731
+  seen_keys = []
+
+  def hook(epoch, s, means):
+    seen_keys.append(epoch)
+    return {"context": {"scale": jnp.float32(epoch + 2)}, "tag": epoch * 10.0}
+
+  _, info = train.fit(state, epoch_fn, batches, 3, lambda e: jax.random.key(0),
+                      context={"scale": jnp.float32(1)}, on_epoch_end=hook,
+                      show_progress=False, time_epochs=True)
+  assert [h["scale"] for h in info.history] == [1.0, 2.0, 3.0]
+  assert [h["tag"] for h in info.history] == [0.0, 10.0, 20.0]
+  assert all(h["seconds"] > 0 for h in info.history)
+  assert seen_keys == [0, 1, 2] and info.hook_seconds >= 0
+  assert info.compile_seconds > 0 and info.train_seconds > 0

@@ -148,12 +148,10 @@ def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
     v = b.cols[src.value]
     bad_u = u < 0
     if bad_u.any():
-      if not skip:
-        r = int(np.argmax(bad_u))
-        src.fail(f"{src.user} {str(b.cols[src.user][r])!r} is not in the "
-                 "users file (pass --on_bad=skip to drop such rows)",
-                 int(b.lines[r]), src.user)
-      st.skipped["unknown_user"] += int(bad_u.sum())
+      st.skipped["unknown_user"] += _bad_rows(
+          src, bad_u, skip, b.lines, src.user,
+          lambda r: f"{src.user} {str(b.cols[src.user][r])!r} is not in the "
+          "users file (pass --on_bad=skip to drop such rows)")
       keep = ~bad_u
       u, i, v, lines = u[keep], i[keep], v[keep], b.lines[keep]
       cols_item = b.cols[src.item][keep]
@@ -161,23 +159,19 @@ def read_lists(path, users: IdTable, items: IdTable, kmax: int, *,
       lines, cols_item = b.lines, b.cols[src.item]
     bad_i = i < 0
     if bad_i.any():
-      if not skip:
-        r = int(np.argmax(bad_i))
-        src.fail(f"{src.item} {str(cols_item[r])!r} is not in the items file "
-                 "(pass --on_bad=skip to leave such slots empty)",
-                 int(lines[r]), src.item)
-      st.skipped["unknown_item"] += int(bad_i.sum())
+      st.skipped["unknown_item"] += _bad_rows(
+          src, bad_i, skip, lines, src.item,
+          lambda r: f"{src.item} {str(cols_item[r])!r} is not in the items "
+          "file (pass --on_bad=skip to leave such slots empty)")
       i = np.where(bad_i, _UNKNOWN, i).astype(np.int32)
     if src.mode == "rank":
       bad_v = ~np.isfinite(v) | (v < 1) | (v != np.rint(v))
     else:
       bad_v = ~np.isfinite(v)
     if bad_v.any():
-      if not skip:
-        r = int(np.argmax(bad_v))
-        what = ("an integer >= 1" if src.mode == "rank" else "a finite number")
-        src.fail(f"{src.value} {float(v[r]):g} is not {what}", int(lines[r]),
-                 src.value)
+      what = "an integer >= 1" if src.mode == "rank" else "a finite number"
+      _bad_rows(src, bad_v, skip, lines, src.value,
+                lambda r: f"{src.value} {float(v[r]):g} is not {what}")
       st.drop(u[bad_v], "bad_rank")
       u, i, v, lines = u[~bad_v], i[~bad_v], v[~bad_v], lines[~bad_v]
       cols_item = cols_item[~bad_v]
@@ -296,6 +290,16 @@ class _State:
         if not skip:
           _item_error(src, users, items, int(bad[0]))
         self.drop(bad, "duplicate_item")
+
+
+def _bad_rows(src: _Source, bad: np.ndarray, skip: bool, lines, field: str,
+              message) -> int:
+  """How many rows `bad` marks; unless `skip`, fails on the first of them
+  with `message(row)`, naming its line and `field`."""
+  if not skip:
+    r = int(np.argmax(bad))
+    src.fail(message(r), int(lines[r]), field)
+  return int(bad.sum())
 
 
 def _rank_error(src: _Source, users, items, u0: int):

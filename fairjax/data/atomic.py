@@ -377,21 +377,13 @@ def read_atomic(path_prefix_or_dir: PathLike, name: str | None = None) -> Datase
   users = items = None
   user_path, item_path = pathlib.Path(f"{prefix}.user"), pathlib.Path(f"{prefix}.item")
   if user_path.exists():
-    h, udf, ulines = _read_table(user_path, "\t", quoted=False)
-    uf = _atomic_fields(h, user_path, ulines)
-    udf.columns = list(uf)
-    if "user_id" not in uf:
-      raise DataError("missing required column", str(user_path), field="user_id")
+    udf, ulines, uf = _side_file(user_path, "user_id")
     kinds = {k: ("float" if t == "float" else "token") for k, t in uf.items()
              if k != "user_id" and t in ("token", "float")}
     users = _user_table(user_path, udf, ulines, "user_id", kinds)
     check_unique(users.ids, user_path, ulines, "user_id")
   if item_path.exists():
-    h, idf, ilines = _read_table(item_path, "\t", quoted=False)
-    itf = _atomic_fields(h, item_path, ilines)
-    idf.columns = list(itf)
-    if "item_id" not in itf:
-      raise DataError("missing required column", str(item_path), field="item_id")
+    idf, ilines, itf = _side_file(item_path, "item_id")
     cands = [f for f in GENRE_FIELDS if f in itf and itf[f].startswith("token")]
     cands += [f for f, t in itf.items() if t == "token_seq"]
     items = _item_table(item_path, idf, ilines, "item_id",
@@ -399,6 +391,17 @@ def read_atomic(path_prefix_or_dir: PathLike, name: str | None = None) -> Datase
     check_unique(items.ids, item_path, ilines, "item_id")
   return _finish(stem, user, item, rating, ts, inter_path, line_of,
                  ("user_id", "item_id"), users, items)
+
+
+def _side_file(path: pathlib.Path, id_field: str):
+  """A `.user` / `.item` file: (frame with typed column names, line_of,
+  {field: type}); DataError if `id_field` is missing."""
+  header, df, line_of = _read_table(path, "\t", quoted=False)
+  fields = _atomic_fields(header, path, line_of)
+  df.columns = list(fields)
+  if id_field not in fields:
+    raise DataError("missing required column", str(path), field=id_field)
+  return df, line_of, fields
 
 
 def _finish(name, user, item, rating, ts, path, line_of, id_fields, users, items):

@@ -7,7 +7,7 @@ train history is D_0..D_k and the two test tasks are
 
 Each task is scored with two protocols:
   sampled: a user's candidates are all their test positives plus 100 fixed
-    negatives (drawn once per workdir, see `fade.eval_negatives_for`);
+    negatives (drawn once per workdir, `fixed_negatives`);
   full: all items, the user's history items excluded.
 Users with no test positive get NaN and drop out of every mean. For each
 metric the report holds the mean over users (`all`), the mean per user group,
@@ -205,4 +205,49 @@ def snapshot_metrics(evaluator: Evaluator, params, data, snapshot: int, *,
     for protocol, per_user in per_protocol.items():
       out[f"{task}/{protocol}"] = summarise(per_user, data.user_group,
                                             data.group_names)
+  return out
+
+
+def fixed_negatives(data, path, seed: int, n: int) -> np.ndarray:
+  """The sampled protocol's fixed negatives [U, n] (`data` a FadeData):
+  items of D_0 the user never interacts with, in any period.
+
+  One set per workdir (saved at `path`, reloaded on reruns) serves every
+  method, snapshot and task, so all methods face the same candidates; it
+  never collides with a train or test positive.
+  """
+  def make():
+    all_seen = data.seen(int(data.period.max()))
+    pool = np.unique(data.item[data.period == 0])
+    return sampling.eval_negatives(seed, all_seen, all_seen, pool,
+                                   data.num_users, n=n)
+  return sampling.load_or_create_eval_negatives(path, make)
+
+
+def over_periods(rows: list[dict], methods, protocol: str, names,
+                 last: int | None = None) -> dict:
+  """{task: {method: {name: mean, pd_name: mean |PD|}}} over snapshots.
+
+  `rows` are metrics.csv rows (`runner.row`) of `snapshot_metrics` outputs;
+  for task in task_r, task_n the value of `name` is the mean over snapshots
+  (up to `last` when given) of the all-user value, `pd_name` the mean of
+  |PD_t|. NaN snapshots drop out; a metric absent from the rows is left out.
+  """
+  acc: dict = {}
+  for r in rows:
+    if r["group"] in ("all", "pd") and (last is None or r["step"] <= last):
+      key = (r["split"], r["method"], r["group"], r["metric"])
+      acc.setdefault(key, []).append(r["value"])
+  out = {}
+  for task in ("task_r", "task_n"):
+    out[task] = {}
+    for method in methods:
+      vals = {}
+      for name in names:
+        a = acc.get((f"{task}/{protocol}", method, "all", name))
+        p = acc.get((f"{task}/{protocol}", method, "pd", name))
+        if a is not None:
+          vals[name] = float(np.nanmean(a))
+          vals[f"pd_{name}"] = float(np.nanmean(np.abs(p)))
+      out[task][method] = vals
   return out

@@ -25,10 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax import checkpoint as ckpt_lib
-from fairjax import models as models_lib
 from fairjax import runner
 from fairjax import train
-from fairjax.data import sampling
 from fairjax.evaluators import periodic as E
 from fairjax.methods import fade as F
 from fairjax.methods import fade_dual
@@ -48,21 +46,6 @@ def _lam(config, kind: str) -> float:
   return {"bpr": 0.0, "fade": config.fade.lam, "rec": config.rec.lam}[kind]
 
 
-def eval_negatives_for(data: F.FadeData, path, seed: int, n: int) -> np.ndarray:
-  """Fixed negatives [U, n]: items of D_0, never interacted with by the user.
-
-  One set per workdir serves every method, snapshot and task, so all methods
-  face the same candidates. It excludes every item the user interacts with in
-  any period, hence never collides with a train or test positive.
-  """
-  def make():
-    all_seen = data.seen(int(data.period.max()))
-    pool = np.unique(data.item[data.period == 0])
-    return sampling.eval_negatives(seed, all_seen, all_seen, pool,
-                                   data.num_users, n=n)
-  return sampling.load_or_create_eval_negatives(path, make)
-
-
 def eval_rows(evaluator, params, data, snapshot, method, config):
   """metrics.csv rows of one snapshot (`periodic.snapshot_metrics`): the
   standard `sampled` and `full` protocols and the official measure."""
@@ -77,26 +60,6 @@ def eval_rows(evaluator, params, data, snapshot, method, config):
           for metric, value in vals.items()]
 
 
-class _PeriodLog:
-  """Rows and timings of one method's finished periods, saved atomically."""
-
-  def __init__(self, directory: pathlib.Path):
-    self.path = directory / "rows.json"
-    self.state = (ckpt_lib.read_json(self.path) if self.path.exists() else
-                  {"periods": {}})
-
-  def done(self, t: int) -> bool:
-    return str(t) in self.state["periods"]
-
-  def add(self, t: int, rows, seconds: float, extra: dict) -> None:
-    self.state["periods"][str(t)] = dict(rows=rows, seconds=seconds, **extra)
-    ckpt_lib.write_json_atomic(self.path, self.state)
-
-  def truncate(self, last: int) -> None:
-    self.state["periods"] = {k: v for k, v in self.state["periods"].items()
-                             if int(k) <= last}
-
-
 class Context:
   """Data, model, trainer, evaluator and the (lazily) pretrained states."""
 
@@ -106,11 +69,10 @@ class Context:
     runner.log(f"[fade] {data.name}: {data.num_users} users, "
                f"{data.num_items} items, period sizes "
                f"{list(data.period_sizes)}; {fade_protocol.describe(config)}")
-    self.model = models_lib.create(config.model, data.num_users,
-                                   data.num_items, **_model_kwargs(config))
+    self.model = F.create_model(config, data)
     self.trainer = F.Trainer(self.model, F.make_optimizer(config), config)
-    self.negs = eval_negatives_for(data, workdir / "eval_negatives.npy",
-                                   config.seed, config.num_eval_negatives)
+    self.negs = E.fixed_negatives(data, workdir / "eval_negatives.npy",
+                                  config.seed, config.num_eval_negatives)
     self.evaluator = E.Evaluator(self.model, self.negs, ks=config.ks,
                                  full_ranking=bool(config.eval_full))
     self.rng = jax.random.key(config.seed)
@@ -128,7 +90,11 @@ class Context:
     """The pretrained state: plain BPR, or with `fair` FADE's loss (the
     `fair_pretrain` switch), each checkpointed in its own folder."""
     if fair not in self._pre:
-      self._pre[fair] = _pretrain(self, fair)
+      self._pre[fair] = self.trainer.pretrain(
+          self.data, self.seen(0), self.rng, fair=fair,
+          mode="batch_order" if self.switches["chrono_batches"] else "shuffle",
+          checkpoint_dir=self.workdir / ("pretrain_fade" if fair else
+                                         "pretrain") / "ckpt")
     return self._pre[fair]
 
 
@@ -145,7 +111,7 @@ def run_unit(config, ctx: Context, unit: runner.Unit, udir, results) -> dict:
   """Runs one method over every period (resuming finished periods)."""
   del results
   method, m_id = unit.method, unit.info["m_id"]
-  log = _PeriodLog(udir)
+  log = runner.StepLog(udir)
   mrng = jax.random.fold_in(ctx.rng, 1000 + m_id)
   periods = range(1, config.num_periods + 1)
   if method in _FINETUNE_KIND or method in ("ADVER", "FADE-DUAL"):
@@ -236,31 +202,6 @@ def rows(config, ctx, unit, result) -> list[dict]:
           for r in result["periods"][str(t)]["rows"]]
 
 
-def _model_kwargs(config) -> dict:
-  """Backbone options from the config: MF d; NCF GMF and MLP widths."""
-  if config.model == "ncf":
-    return dict(gmf_dim=config.dim, mlp_embed_dim=config.dim)
-  return dict(dim=config.dim)
-
-
-def _pretrain(ctx: Context, fair: bool) -> train.TrainState:
-  trainer, data, config = ctx.trainer, ctx.data, ctx.config
-  state = trainer.init_state(jax.random.fold_in(ctx.rng, 0))
-  rows = data.rows([0])
-  mode = "batch_order" if ctx.switches["chrono_batches"] else "shuffle"
-  context = {"seen": ctx.seen(0), "user_group": data.user_group}
-  kind, lam = ("fade", config.fade.lam) if fair else ("bpr", 0.0)
-  state, _ = train.fit(
-      state, trainer.epoch_fn(kind, lam),
-      lambda e: F.epoch_batches(rows, data, config.batch_size,
-                                (config.seed, 99, e), mode),
-      config.pretrain_epochs, jax.random.fold_in(ctx.rng, 1), context=context,
-      checkpoint_dir=ctx.workdir / ("pretrain_fade" if fair else "pretrain")
-      / "ckpt", ckpt_every=10, name="pretrain-fade" if fair else "pretrain",
-      log_every=max(1, config.pretrain_epochs // 10))
-  return state
-
-
 def _report(method, t, info, rows, config) -> None:
   k = config.ks[0]
   get = {(r["split"], r["group"], r["metric"]): r["value"] for r in rows}
@@ -273,7 +214,8 @@ def _report(method, t, info, rows, config) -> None:
 
 
 def summarise(config, ctx, results, workdir) -> dict:
-  """summary.json: per task, method -> summary of each metric.
+  """summary.json: per task, method -> summary of each metric
+  (`periodic.over_periods`).
 
   Standard measure (top level: sampled protocol; `full`: full ranking):
   `x@K` is the mean over periods 1..num_periods of the all-user value,
@@ -281,43 +223,18 @@ def summarise(config, ctx, results, workdir) -> dict:
   FADE measure (warm users, found-normalised NDCG; `fade_protocol`), means
   over snapshots 1..6 only. `seconds_per_period[M]`: mean training seconds.
   """
-  acc: dict = {}
-  seconds = {}
   methods = F.method_list(config)
-  for method in methods:
-    res = results[method]
-    for r in rows(config, ctx, None, res):
-      if r["group"] in ("all", "pd"):
-        key = (r["split"], r["method"], r["group"], r["metric"])
-        acc.setdefault(key, []).append((r["step"], r["value"]))
-    seconds[method] = float(np.mean(
-        [res["periods"][str(t)]["seconds"]
-         for t in range(1, config.num_periods + 1)]))
-
-  def block(protocol, names, last=None):
-    out = {}
-    for task in ("task_r", "task_n"):
-      out[task] = {}
-      for method in methods:
-        vals = {}
-        for name in names:
-          a = acc.get((f"{task}/{protocol}", method, "all", name))
-          p = acc.get((f"{task}/{protocol}", method, "pd", name))
-          if a is not None:
-            a = [v for t, v in a if last is None or t <= last]
-            p = [v for t, v in p if last is None or t <= last]
-            vals[name] = float(np.nanmean(a))
-            vals[f"pd_{name}"] = float(np.nanmean(np.abs(p)))
-        out[task][method] = vals
-    return out
-
+  all_rows = [r for m in methods for r in rows(config, ctx, None, results[m])]
   standard = [f"{m}@{k}" for k in config.ks for m in SUMMARY_METRICS]
-  summary = block("sampled", standard)
+  summary = E.over_periods(all_rows, methods, "sampled", standard)
   if config.eval_full:
-    summary["full"] = block("full", standard)
-  summary["official"] = block(
-      "official", [f"{m}@{k}" for k in config.ks
-                   for m in ("ndcg", "recall", "f1")],
+    summary["full"] = E.over_periods(all_rows, methods, "full", standard)
+  summary["official"] = E.over_periods(
+      all_rows, methods, "official",
+      [f"{m}@{k}" for k in config.ks for m in ("ndcg", "recall", "f1")],
       last=fade_protocol.OFFICIAL_LAST_SNAPSHOT)
-  summary["seconds_per_period"] = seconds
+  summary["seconds_per_period"] = {
+      m: float(np.mean([results[m]["periods"][str(t)]["seconds"]
+                        for t in range(1, config.num_periods + 1)]))
+      for m in methods}
   return summary

@@ -20,8 +20,6 @@ epoch count) in summary.json and metrics.csv (step).
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,7 +95,8 @@ def run_unit(config, ctx: Context, unit: runner.Unit, udir, results) -> dict:
                        jax.random.fold_in(rng, 0))
   epochs = int(config.epochs)
   # history columns: train loss, valid ndcg, valid recall, train seconds,
-  # 1 if the epoch included compilation.
+  # 1 if the epoch included compilation (0 since `train.fit` compiles before
+  # the first epoch; kept so older checkpoints restore).
   hist = np.full((epochs, 5), np.nan, np.float64)
   saved = {"state": state, "best_params": _copy(state.params),
            "best": np.array([-np.inf, -1.0]), "hist": hist}
@@ -112,22 +111,11 @@ def run_unit(config, ctx: Context, unit: runner.Unit, udir, results) -> dict:
   best = np.asarray(saved["best"], np.float64).copy()
   hist = np.asarray(saved["hist"], np.float64).copy()
   k = evaluator.ks[0]
-  progress = train.Progress(f"{name} seed {seed}", epochs,
-                            int(data.train_user.size),
-                            every=max(1, int(config.log_every)))
-  first = True
-  for epoch in range(start, epochs):
-    batches = M.epoch_batches(data, config.batch_size,
-                              (int(config.seed) + seed, epoch))
-    t0 = time.perf_counter()
-    state, m = epoch_fn(state, batches, jax.random.fold_in(rng, 1 + epoch),
-                        compiled.context)
-    jax.block_until_ready(state)
-    secs = time.perf_counter() - t0
-    loss = float(jnp.mean(m["loss"]))
-    hist[epoch, [0, 3, 4]] = loss, secs, float(first)
-    first = False
-    shown = {"loss": loss}
+
+  def on_epoch_end(epoch, state, means):
+    nonlocal best, best_params
+    hist[epoch, [0, 3, 4]] = means["loss"], means["seconds"], 0.0
+    shown = {}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs:
       val = evaluator.validate(model, state.params)
       hist[epoch, 1:3] = val["ndcg"], val["recall"]
@@ -135,16 +123,23 @@ def run_unit(config, ctx: Context, unit: runner.Unit, udir, results) -> dict:
       if val["ndcg"] > best[0]:
         best = np.array([val["ndcg"], epoch])
         best_params = _copy(state.params)
-    progress.update(epoch, shown)
     if (epoch + 1) % config.ckpt_every == 0 or epoch + 1 == epochs:
       ck.save(epoch + 1, {"state": state, "best_params": best_params,
                           "best": best, "hist": hist})
+    return shown
+
+  state, _ = train.fit(
+      state, epoch_fn,
+      lambda e: M.epoch_batches(data, config.batch_size,
+                                (int(config.seed) + seed, e)),
+      epochs, lambda e: jax.random.fold_in(rng, 1 + e),
+      context=compiled.context, start_epoch=start, on_epoch_end=on_epoch_end,
+      name=f"{name} seed {seed}", log_every=max(1, int(config.log_every)),
+      time_epochs=True)
   ck.close()
   test, cells, per_user = evaluator.test(
       model, jax.tree.map(jnp.asarray, best_params))
   timed = hist[:, 3][(hist[:, 4] == 0) & ~np.isnan(hist[:, 3])]
-  if timed.size == 0:
-    timed = hist[:, 3][~np.isnan(hist[:, 3])]
   ckpt_lib.save_npy_atomic(udir / "per_user.npy", per_user.astype(np.float32))
   runner.log(f"[{name} seed {seed}] best epoch {int(best[1]) + 1} | test "
              + " ".join(f"{a} {b:.4f}" for a, b in test.items()))

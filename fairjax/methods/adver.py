@@ -16,8 +16,6 @@ periods); the filter and discriminator have their own Adam states.
 
 from __future__ import annotations
 
-import time
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,7 @@ import optax
 
 from fairjax import models as models_lib
 from fairjax import ops
+from fairjax import train
 from fairjax.data import sampling
 from fairjax.methods import fade as F
 
@@ -154,16 +153,12 @@ class AdverRunner:
     c, data = self.config, self.data
     context = {"seen": jnp.asarray(seen),
                "user_group": jnp.asarray(data.user_group)}
-    all_batches = [F.epoch_batches(rows, data, c.batch_size,
-                                   (c.seed, 77, t, e)) for e in range(c.epochs)]
-    t0 = time.perf_counter()
-    compiled = self._epoch.lower(state, all_batches[0], rng, context).compile()
-    t1 = time.perf_counter()
-    m = None
-    for e, batches in enumerate(all_batches):
-      state, m = compiled(state, batches, jax.random.fold_in(rng, e), context)
-    jax.block_until_ready(state.params)
-    t2 = time.perf_counter()
-    return state, {"train_seconds": t2 - t1, "compile_seconds": t1 - t0,
+    state, fit = train.fit(
+        state, self._epoch,
+        lambda e: F.epoch_batches(rows, data, c.batch_size, (c.seed, 77, t, e)),
+        c.epochs, rng, context=context, show_progress=False)
+    m = fit.last_metrics
+    return state, {"train_seconds": fit.train_seconds,
+                   "compile_seconds": fit.compile_seconds,
                    "loss": float(jnp.mean(m["loss"])),
                    "disc_loss": float(jnp.mean(m["disc"]))}

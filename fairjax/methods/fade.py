@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable
 
 import jax
@@ -135,6 +134,14 @@ def prepare_data(config, data_dir: str | None = None) -> FadeData:
       period=np.asarray(split.period)[order].astype(np.int32),
       period_sizes=tuple(int(x) for x in split.period_sizes),
       user_group=np.asarray(user_group, np.int32), group_names=tuple(names))
+
+
+def create_model(config, data: FadeData):
+  """The backbone: MF of width `dim`, or NCF with GMF and MLP widths `dim`."""
+  kwargs = (dict(gmf_dim=config.dim, mlp_embed_dim=config.dim)
+            if config.model == "ncf" else dict(dim=config.dim))
+  return models_lib.create(config.model, data.num_users, data.num_items,
+                           **kwargs)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -247,6 +254,25 @@ class Trainer:
     params = models_lib.init_params(self.model, rng)
     return train.create_state(params, self.tx)
 
+  def pretrain(self, data: FadeData, seen, rng, *, fair: bool, mode: str,
+               checkpoint_dir) -> train.TrainState:
+    """Pretraining on D_0 for `pretrain_epochs` epochs: BPR, or with `fair`
+    FADE's loss (the official code's, `fair_pretrain`). Checkpointed every
+    10 epochs under `checkpoint_dir`; a rerun resumes or restores it."""
+    c = self.config
+    rows = data.rows([0])
+    kind, lam = ("fade", c.fade.lam) if fair else ("bpr", 0.0)
+    state, _ = train.fit(
+        self.init_state(jax.random.fold_in(rng, 0)), self.epoch_fn(kind, lam),
+        lambda e: epoch_batches(rows, data, c.batch_size, (c.seed, 99, e),
+                                mode),
+        c.pretrain_epochs, jax.random.fold_in(rng, 1),
+        context={"seen": seen, "user_group": data.user_group},
+        checkpoint_dir=checkpoint_dir, ckpt_every=10,
+        name="pretrain-fade" if fair else "pretrain",
+        log_every=max(1, c.pretrain_epochs // 10))
+    return state
+
   def run_epochs(self, state, data: FadeData, rows, kind, lam, epochs,
                  seed_parts, rng, seen, *, mode: str = "shuffle",
                  fixed_negatives: bool = False, extra_context=None,
@@ -275,30 +301,22 @@ class Trainer:
                         mode)
       return b if pad_to is None else batching.pad_steps(b, pad_to)
 
-    t0 = time.perf_counter()
-    # JAX caches the executable per shape: equal (padded) shapes compile once.
-    compiled = fn.lower(state, batches_of(0), rng, context).compile()
-    t1 = time.perf_counter()
-    last, other = None, 0.0
-    for e in range(epochs):
-      batches = batches_of(e)
-      state, last = compiled(
-          state, batches, rng if fixed_negatives else jax.random.fold_in(rng, e),
-          context)
-      if on_epoch_end is not None:
-        jax.block_until_ready(state.params)
-        t_hook = time.perf_counter()
-        update = on_epoch_end(e, state)
-        if update:
-          context = dict(context, **update)
-        other += time.perf_counter() - t_hook
-    jax.block_until_ready(state.params)
-    t2 = time.perf_counter()
-    info = {"train_seconds": t2 - t1 - other, "compile_seconds": t1 - t0,
+    hook = None
+    if on_epoch_end is not None:
+      def hook(e, s, _):
+        update = on_epoch_end(e, s)
+        return {"context": update} if update else None
+    state, fit = train.fit(
+        state, fn, batches_of, epochs,
+        (lambda e: rng) if fixed_negatives else rng, context=context,
+        on_epoch_end=hook, show_progress=False)
+    last = fit.last_metrics
+    info = {"train_seconds": fit.train_seconds,
+            "compile_seconds": fit.compile_seconds,
             "loss": _mean_over_valid(last["loss"]) if last else float("nan"),
             "one_group_batches": int(jnp.sum(last["one_group"])) if last else 0}
     if on_epoch_end is not None:
-      info["control_seconds"] = other
+      info["control_seconds"] = fit.hook_seconds
     return state, info
 
 

@@ -56,6 +56,7 @@ import numpy as np
 
 from fairjax.errors import DataError
 from fairjax.models.mf import normalize_rows
+from fairjax.models.mf import pair_scores
 
 Array = jax.Array
 UserTransform = Callable[[Array], Array] | None
@@ -405,11 +406,7 @@ class LightGCN(nn.Module):
     e_u, ei_all = self.final_embeddings(graph, users)
     e_u = self._user_vec(e_u, user_transform)
     e_i = ei_all[items]
-    if self.cosine:
-      e_i = normalize_rows(e_i)
-    e_u = e_u.reshape(e_u.shape[:1] + (1,) * (e_i.ndim - 2) + e_u.shape[1:])
-    s = jnp.sum(e_u * e_i, axis=-1)
-    return s / tau if self.cosine else s
+    return pair_scores(e_u, e_i, tau, self.cosine)
 
   def score_all(self, users: Array, tau: float | Array = 1.0,
                 graph: Graph | Bipartite | None = None,

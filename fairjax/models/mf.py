@@ -40,6 +40,17 @@ def normalize_rows(x: Array) -> Array:
                                        _EPS))
 
 
+def pair_scores(e_u: Array, e_i: Array, tau: float | Array,
+                cosine: bool) -> Array:
+  """<e_u[b], e_i[b, ...]> with the shape of e_i minus its last axis; with
+  `cosine` the item rows are normalised (e_u already is) and the score is
+  divided by tau."""
+  if cosine:
+    e_i = normalize_rows(e_i)
+  e_u = e_u.reshape(e_u.shape[:1] + (1,) * (e_i.ndim - 2) + e_u.shape[1:])
+  s = jnp.sum(e_u * e_i, axis=-1)
+  return s / tau if cosine else s
+
 
 class MF(nn.Module):
   """Dot-product (or cosine) matrix factorisation.
@@ -96,11 +107,7 @@ class MF(nn.Module):
     """
     e_u = self._user_vec(users, user_transform)  # [B, d]
     e_i = self.item(items)  # [B, ..., d]
-    if self.cosine:
-      e_i = normalize_rows(e_i)
-    e_u = e_u.reshape(e_u.shape[:1] + (1,) * (e_i.ndim - 2) + e_u.shape[1:])
-    s = jnp.sum(e_u * e_i, axis=-1)
-    return s / tau if self.cosine else s
+    return pair_scores(e_u, e_i, tau, self.cosine)
 
   def score_all(self, users: Array, tau: float | Array = 1.0,
                 user_transform: UserTransform = None) -> Array:
