@@ -8,6 +8,7 @@ of the config field it sets):
   dataset=ml1m|ml1m-ts|synthetic   num_items=1000000 (synthetic catalog)
   num_requests=2000 (synthetic T)   shards=2   k=50   batch_size=64 (B)
   eta=0.05   headroom=0.1   dual_target=remaining|static   safety=0.5
+  safety_rule=group|joint
   exposure_frac=0.5 (m_g fraction f, 0 = auto)   epochs=20   seed=0
   min_reg_lambda=1.0   num_neighbors=3
   drift=0.5 drift_phases=4 drift_groups=3 (synthetic requests whose
@@ -95,6 +96,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # gamma c_g x (requests after the batch), c_g = min(K, |I_g|), is served
   # first for that batch (ops.dual: the guarantee and its premises).
   c.safety = float(v.get("safety", 0.5))
+  # "group": each group's own trigger; "joint": fire when what all groups owe,
+  # in whole lists, exceeds gamma x the requests after the batch, forcing the
+  # most indebted groups, about one batch of lists (ops.dual).
+  c.safety_rule = v.get("safety_rule", "group")
   c.exposure_frac = float(v.get("exposure_frac", 0.0))  # f; 0 = auto (see above).
   c.target_unconstrained_esp = 0.6
   c.item_cap = 0.25

@@ -85,6 +85,8 @@ def validate_config(config) -> None:
        f"expected one of {dual_ops.TARGETS}, got {config.dual_target!r}")
   need(0 <= config.safety <= 1, "safety",
        f"must be in [0, 1] (0 = off), got {config.safety}")
+  need(config.safety_rule in ("group", "joint"), "safety_rule",
+       f"must be group or joint, got {config.safety_rule!r}")
   need(config.exposure_frac >= 0, "exposure_frac",
        f"must be >= 0 (0 = auto), got {config.exposure_frac}")
   need(0 < config.train_frac < 1, "train_frac",
@@ -163,6 +165,8 @@ def _setting(method, config, m) -> dict:
     s.update(eta=config.eta, headroom=config.headroom)
     if config.dual_target != "static" or config.safety:  # absent: DESIGN §5
       s.update(dual_target=config.dual_target, safety=config.safety)
+    if config.safety and config.safety_rule != "group":  # absent: per group
+      s.update(safety_rule=config.safety_rule)
   elif method == "min-regularizer":
     s.update(lam=config.min_reg_lambda)
   elif method == "k-neighbor":
@@ -185,7 +189,7 @@ def run_unit(config, ctx: Context, unit, udir, results) -> dict:
   dual = {}
   if method == "FairSync":  # aims at (1 + headroom) m_g, scored at m_g
     dual = dict(headroom=config.headroom, target=config.dual_target,
-                safety=config.safety)
+                safety=config.safety, safety_rule=config.safety_rule)
   res = fairsync.serve(
       method, req.user_emb, req.item_emb, req.item_group, config.k, m,
       config.batch_size, config.eta, ctx.mesh, exclude=req.exclude,
@@ -229,8 +233,8 @@ def summarise(config, ctx: Context, results, workdir) -> dict:
   """{METHOD: {esp, recall@K, ndcg@K, hr@K}, k, min_exposure,
   unconstrained_esp, exposure_frac, groups, dataset, num_requests,
   num_items, batch_size, eta, fairsync_headroom, fairsync_dual_target,
-  fairsync_safety, shards,
-  exclude_train_items, seconds}."""
+  fairsync_safety, fairsync_safety_rule, shards, exclude_train_items,
+  seconds}."""
   m, k, req = ctx.minimums(), config.k, ctx.req
   final = {meth: _final(ctx, meth, results[meth])
            for meth in method_list(config)}
@@ -245,7 +249,8 @@ def summarise(config, ctx: Context, results, workdir) -> dict:
                  batch_size=config.batch_size, eta=config.eta,
                  fairsync_headroom=config.headroom,
                  fairsync_dual_target=config.dual_target,
-                 fairsync_safety=config.safety, shards=config.shards,
+                 fairsync_safety=config.safety,
+                 fairsync_safety_rule=config.safety_rule, shards=config.shards,
                  exclude_train_items=req.exclude is not None,
                  seconds={meth: r["seconds"] for meth, r in final.items()})
   return summary

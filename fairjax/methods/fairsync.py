@@ -114,7 +114,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           num_neighbors: int = 3, boost: float | None = None,
           block_size: int | None = None, check: bool = True,
           headroom: float = 0.0, target: str = "static", safety: float = 0.0,
-          horizon: int | None = None) -> ServeResult:
+          safety_rule: str = "group", horizon: int | None = None
+          ) -> ServeResult:
   """Serves T requests in arrival order with one of the `METHODS`.
 
   Args:
@@ -133,6 +134,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
       that owes more than gamma c_g times the requests after the batch is
       served first (`fairjax.ops.dual`); a group whose minimum can no longer
       be met is logged (warning) and stays forced (best effort).
+    safety_rule: `group` (each group's trigger) or `joint` (what all groups
+      owe, in whole lists; `fairjax.ops.dual`).
     horizon: T of the minimums (default: the number of requests). Must be
       >= the requests served (ConfigError otherwise); a longer horizon
       paces FairSync for requests still to come after this stream.
@@ -204,7 +207,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
     cap = dual_ops.group_capacity(group_host, g_count, k)
   ctl = dual_ops.make_dual_control(
       m, k, horizon, batch_size, eta, headroom=headroom, target=target,
-      safety=safety, capacity=cap, boost=float(boost))
+      safety=safety, capacity=cap, boost=float(boost),
+      safety_rule=safety_rule)
   params = dict(method=method, k=int(k), block=items.block, mesh=mesh,
                 num_groups=g_count, num_neighbors=int(num_neighbors))
   ids, rel, expo, mus, forced, infeasible = _serve_loop(

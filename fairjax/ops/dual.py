@@ -60,6 +60,21 @@ can end short: `query` also reports `infeasible` (D_g > c_g R: the minimum
 can no longer be met even at capacity in the requests left) so the caller
 can log it; serving goes on with the group forced (best effort).
 
+Joint rule (`safety_rule="joint"`). The per-group trigger above lets each
+group count on whole lists; when several groups lag at once (e.g. a drifting
+stream over a large catalog, where every c_g = K), they all fire in the last
+batches and then share each list, so the premise fails. The joint rule
+counts what all groups owe in whole lists, N_g = D_g / c_g, and fires when
+
+  S(t) = sum_g N_g(t) > gamma (R - b),
+
+forcing the most indebted groups, in decreasing N_g, while the need ahead
+of a group in that order is below b (the forced set owes about one batch of
+lists). Forced groups share each list by affinity, so this rule has no
+per-group guarantee like the one above; it starts forcing as soon as the
+total owed, not one group's, outgrows the time left. With one group owing,
+S = N_g and the two rules coincide.
+
 The retrieval itself is untouched: the query is still q_t = [u_t ; -mu]
 with one mu per batch, so the serving path costs what it did.
 """
@@ -76,6 +91,7 @@ import optax
 from fairjax.errors import ConfigError
 
 TARGETS = ("static", "remaining")
+SAFETY_RULES = ("group", "joint")
 
 
 class DualState(NamedTuple):
@@ -93,7 +109,8 @@ class DualControl(NamedTuple):
   `query(state, b) -> (mu, forced, infeasible)` (see module doc).
 
   Fields are pytree leaves (the controller rides through jit as an argument);
-  `remaining` is 1.0 for the remaining target, 0.0 for static.
+  `remaining` is 1.0 for the remaining target, 0.0 for static; `joint` 1.0
+  for the joint safety rule, 0.0 for the per-group one.
   """
   min_exposure: np.ndarray
   k: int
@@ -105,6 +122,7 @@ class DualControl(NamedTuple):
   safety: float = 0.0
   capacity: np.ndarray | None = None
   boost: float = 0.0
+  joint: float = 0.0
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
@@ -186,7 +204,8 @@ def check_feasible(min_exposure, k: int, horizon: int,
 def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
                       learning_rate: float = 1e-2, *, headroom: float = 0.0,
                       target: str = "static", safety: float = 0.0,
-                      capacity=None, boost: float = 0.0) -> DualControl:
+                      capacity=None, boost: float = 0.0,
+                      safety_rule: str = "group") -> DualControl:
   """Builds the dual controller after checking feasibility.
 
   Args:
@@ -202,6 +221,9 @@ def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
     capacity: [G] c_g = min(K, |I_g|), needed when safety > 0.
     boost: added penalty gap for forced groups (> the score span), needed
       when safety > 0.
+    safety_rule: `group` (each group's own trigger) or `joint` (the sum of
+      what every group owes, in whole lists; the most indebted groups,
+      about one batch of lists, forced).
   """
   m = check_feasible(min_exposure, k, horizon, batch_size, capacity)
   if not learning_rate > 0:
@@ -213,6 +235,9 @@ def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
                       f"{target!r}")
   if not 0.0 <= safety <= 1.0:
     raise ConfigError(f"safety (gamma) must be in [0, 1], got {safety}")
+  if safety_rule not in SAFETY_RULES:
+    raise ConfigError(f"safety_rule must be one of {SAFETY_RULES}, got "
+                      f"{safety_rule!r}")
   cap = None
   if capacity is not None:
     cap = np.asarray(capacity, np.float32)
@@ -226,7 +251,7 @@ def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
   return DualControl(m, int(k), int(horizon), int(batch_size),
                      float(learning_rate), float(headroom),
                      float(target == "remaining"), float(safety), cap,
-                     float(boost))
+                     float(boost), float(safety_rule == "joint"))
 
 
 def dual_subgradient(mu: jax.Array, counts: jax.Array, min_exposure: jax.Array,
@@ -279,7 +304,13 @@ def _query(ctl: DualControl, state: DualState, b):
   left = ctl.horizon - state.served
   cap = jnp.asarray(ctl.capacity, jnp.float32)
   after = jnp.maximum(left - b, 0.0)
-  forced = (ctl.safety > 0) & (owed > ctl.safety * cap * after)
+  per_group = owed > ctl.safety * cap * after
+  need = jnp.where(cap > 0, owed / jnp.maximum(cap, 1.0), 0.0)  # whole lists
+  order = jnp.argsort(-need)  # most indebted first
+  before = jnp.cumsum(need[order]) - need[order]  # need ahead in that order
+  fill = jnp.zeros((g,), bool).at[order].set(before < b)
+  joint = (jnp.sum(need) > ctl.safety * after) & fill & (owed > 0)
+  forced = (ctl.safety > 0) & jnp.where(ctl.joint > 0, joint, per_group)
   infeasible = owed > cap * jnp.maximum(left, 0.0)
   mu = jnp.where(forced, jnp.min(state.mu) - ctl.boost, state.mu)
   return mu, forced, infeasible
