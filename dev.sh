@@ -40,7 +40,10 @@ case "$cmd" in
   test)
     setup
     set +e
-    "$VENV/bin/python" -m pytest -q "$@"
+    # One worker per core (pytest-xdist; TEST_WORKERS=0 runs in this
+    # process); the 15 slowest tests are listed at the end.
+    "$VENV/bin/python" -m pytest -q -n "${TEST_WORKERS:-auto}" \
+      --durations=15 "$@"
     rc=$?
     # pytest exits 5 when no test was collected: that is a failure here.
     exit $rc

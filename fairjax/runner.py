@@ -159,7 +159,8 @@ class WorkdirLock:
 class StepLog:
   """Rows and extras of a unit's finished steps (e.g. FADE's periods) in
   `<unit dir>/rows.json`, rewritten atomically after each step, so a unit
-  killed mid-way knows which steps it need not run again."""
+  killed mid-way knows which steps it need not run again. (The steps sit
+  under the key `periods`, the layout of FADE workdirs made earlier.)"""
 
   def __init__(self, directory: pathlib.Path):
     self.path = pathlib.Path(directory) / "rows.json"

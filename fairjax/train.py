@@ -234,6 +234,8 @@ def fit(state: TrainState, epoch_fn: Callable, batches_for_epoch: Callable,
     try:
       state, metrics = run(state, batches, key_of(epoch), context)
     except TypeError:  # other shapes or types than the compiled ones
+      if run is epoch_fn:
+        raise
       run = epoch_fn
       state, metrics = run(state, batches, key_of(epoch), context)
     info.last_metrics = metrics
