@@ -181,7 +181,8 @@ def summarise(config, ctx, results, workdir) -> dict:
 
   test[M][metric]: mean over seeds; std[M][metric]: sample std over seeds
   (ddof = 1; 0 for one seed); seconds_per_epoch[M]: mean over seeds of the
-  mean training time of an epoch (epochs that compiled excluded); cells[M]:
+  mean training time of an epoch (compilation, done by `train.fit`
+  before the first epoch, excluded); cells[M]:
   mean per-cell recall@K [A][J]; paired_test["M_vs_BPR"]: paired t-test of
   per-user test NDCG@K (averaged over seeds) of M against BPR, and of the
   per-seed CV@K (needs >= 2 seeds).

@@ -279,7 +279,8 @@ class Trainer:
                  on_epoch_end: Callable | None = None,
                  pad_to: int | None = None
                  ) -> tuple[train.TrainState, dict]:
-    """`epochs` passes over `rows`; returns the state and counters.
+    """`epochs` passes over `rows` (`train.fit`); returns the state and
+    counters.
 
     `mode` is the batching (`epoch_batches`); with `fixed_negatives` every
     epoch draws the same negatives. `pad_to` pads every epoch with empty
