@@ -222,9 +222,11 @@ def fit(state: TrainState, epoch_fn: Callable, batches_for_epoch: Callable,
   run = (epoch_fn.lower(state, first, key_of(start_epoch), context).compile()
          if hasattr(epoch_fn, "lower") else epoch_fn)
   info.compile_seconds = time.perf_counter() - t0
-  lead = jax.tree.leaves(first)[0].shape
-  progress = Progress(name, num_epochs, int(np.prod(lead[:2])),
-                      every=log_every) if show_progress else None
+  progress = None
+  if show_progress:
+    lead = jax.tree.leaves(first)[0].shape
+    progress = Progress(name, num_epochs, int(np.prod(lead[:2])),
+                        every=log_every)
   wait = on_epoch_end is not None or time_epochs
   pending = None  # the previous epoch's metrics: the host need not wait.
   t_start = time.perf_counter()

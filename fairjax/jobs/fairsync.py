@@ -85,8 +85,9 @@ def validate_config(config) -> None:
        f"expected one of {dual_ops.TARGETS}, got {config.dual_target!r}")
   need(0 <= config.safety <= 1, "safety",
        f"must be in [0, 1] (0 = off), got {config.safety}")
-  need(config.safety_rule in ("group", "joint"), "safety_rule",
-       f"must be group or joint, got {config.safety_rule!r}")
+  need(config.safety_rule in dual_ops.SAFETY_RULES, "safety_rule",
+       f"expected one of {dual_ops.SAFETY_RULES}, got "
+       f"{config.safety_rule!r}")
   need(config.exposure_frac >= 0, "exposure_frac",
        f"must be >= 0 (0 = auto), got {config.exposure_frac}")
   need(0 < config.train_frac < 1, "train_frac",

@@ -286,9 +286,9 @@ class Trainer:
     epoch draws the same negatives. `pad_to` pads every epoch with empty
     batches to that many steps, skipped in the scan (RETRAIN's growing
     D_0..D_t then compiles once for all periods). `extra_context` joins the steps'
-    read-only context (FADE-DUAL's multipliers); `on_epoch_end(e, state) ->
-    extra_context or None` may replace it between epochs (its time is not
-    training time). Compilation happens before the clock starts:
+    read-only context (FADE-DUAL's multipliers); `on_epoch_end` is a
+    `train.fit` hook, whose `context` entry may replace them between epochs
+    (its time is not training time). Compilation happens before the clock starts:
     `train_seconds` in the returned info is training time alone
     (`compile_seconds` beside it).
     """
@@ -302,15 +302,10 @@ class Trainer:
                         mode)
       return b if pad_to is None else batching.pad_steps(b, pad_to)
 
-    hook = None
-    if on_epoch_end is not None:
-      def hook(e, s, _):
-        update = on_epoch_end(e, s)
-        return {"context": update} if update else None
     state, fit = train.fit(
         state, fn, batches_of, epochs,
         (lambda e: rng) if fixed_negatives else rng, context=context,
-        on_epoch_end=hook, show_progress=False)
+        on_epoch_end=on_epoch_end, show_progress=False)
     last = fit.last_metrics
     info = {"train_seconds": fit.train_seconds,
             "compile_seconds": fit.compile_seconds,

@@ -146,14 +146,14 @@ def run_period(config, trainer, evaluator, data, state, lam, t: int,
   trace = []
   lam = np.asarray(lam, np.float64)
 
-  def control(e, st):
+  def control(e, st, _):  # a `train.fit` hook: new multipliers in context
     nonlocal lam
     if (e + 1) % d.update_every:
       return None
     gap = probe.gap(st.params)
     lam = dual_step(lam, gap, d.eta, d.eps, d.lam_max)
     trace.append([gap, float(lam[0]), float(lam[1])])
-    return {"lam": jnp.asarray(lam, jnp.float32)}
+    return {"context": {"lam": jnp.asarray(lam, jnp.float32)}}
 
   state, info = trainer.run_epochs(
       state, data, train_rows, "dual_up" if d.level_up else "dual", 0.0,
