@@ -8,7 +8,7 @@ of the config field it sets):
   dataset=ml1m|ml1m-ts|synthetic   num_items=1000000 (synthetic catalog)
   num_requests=2000 (synthetic T)   shards=2   k=50   batch_size=64 (B)
   eta=0.05   headroom=0.1   dual_target=remaining|static   safety=0.5
-  safety_rule=group|joint
+  safety_rule=group|joint|repair
   exposure_frac=0.5 (m_g fraction f, 0 = auto)   epochs=20   seed=0
   min_reg_lambda=1.0   num_neighbors=3
   drift=0.5 drift_phases=4 drift_groups=3 (synthetic requests whose

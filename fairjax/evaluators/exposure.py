@@ -94,7 +94,7 @@ def safety_notes(res, group_names) -> list[str]:
   forced, short = _forced_and_short(res, len(group_names))
   notes = []
   if forced.any():
-    notes.append(f"safety net forced {int(forced.sum())} (batch, group) pairs "
+    notes.append(f"safety net acted on {int(forced.sum())} (batch, group) pairs "
                  f"over {int(forced.any(1).sum())} of {forced.shape[0]} "
                  "batches")
   if short.size:

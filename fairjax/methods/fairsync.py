@@ -78,7 +78,8 @@ class ServeResult(NamedTuple):
     mu_history: float32 [ceil(T/B), G] the mu used to serve each batch.
     min_exposure: float32 [G] the minimums m_g.
     forced_history: bool [ceil(T/B), G] FairSync's safety net: groups forced
-      in each batch (all False for the other methods and with safety 0).
+      (or, with the pace repair, repaired) in each batch (all False for the
+      other methods and with safety 0).
     infeasible_history: bool [ceil(T/B), G] groups whose minimum could no
       longer be met in the requests left before each batch (FairSync only).
   """
@@ -134,8 +135,11 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
       that owes more than gamma c_g times the requests after the batch is
       served first (`fairjax.ops.dual`); a group whose minimum can no longer
       be met is logged (warning) and stays forced (best effort).
-    safety_rule: `group` (each group's trigger) or `joint` (what all groups
-      owe, in whole lists; `fairjax.ops.dual`).
+    safety_rule: `group` (each group's trigger), `joint` (what all groups
+      owe, in whole lists) or `repair` (the pace repair: a batch leaving a
+      group behind its allowance gets exactly the missing items, swapped
+      into the lists that lose least; `forced_history` then marks the
+      repaired groups); see `fairjax.ops.dual`.
     horizon: T of the minimums (default: the number of requests). Must be
       >= the requests served (ConfigError otherwise); a longer horizon
       paces FairSync for requests still to come after this stream.
@@ -205,12 +209,22 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
   cap = None
   if method == "FairSync" and safety > 0:
     cap = dual_ops.group_capacity(group_host, g_count, k)
+  if cap is not None and safety_rule == "repair":
+    frac = float(np.sum(m)) / (k * horizon)
+    if safety < frac:
+      logging.getLogger(__name__).warning(
+          "FairSync: pace repair with gamma = %g below the exposure "
+          "fraction sum_g m_g / (T K) = %.3f: a list cannot hold every group "
+          "at the allowed pace, so the guarantee's premise can fail",
+          safety, frac)
   ctl = dual_ops.make_dual_control(
       m, k, horizon, batch_size, eta, headroom=headroom, target=target,
       safety=safety, capacity=cap, boost=float(boost),
       safety_rule=safety_rule)
   params = dict(method=method, k=int(k), block=items.block, mesh=mesh,
-                num_groups=g_count, num_neighbors=int(num_neighbors))
+                num_groups=g_count, num_neighbors=int(num_neighbors),
+                repair=bool(method == "FairSync" and safety > 0
+                            and safety_rule == "repair"))
   ids, rel, expo, mus, forced, infeasible = _serve_loop(
       items.emb, items.group, groups, users, weight, excl, ctl,
       jnp.float32(lam), jnp.float32(boost), **params)
@@ -246,13 +260,72 @@ def _bias(method, expo, dual_state, ctl, lam, boost, num_neighbors, b):
   return jnp.where(chosen, -boost, 0.0).astype(jnp.float32)
 
 
+def _pace_repair(ids, rel, cand_ids, cand_rel, groups_rep, need, budget,
+                 weight):
+  """Adds need[g] items of each short group to a batch's lists (pace repair).
+
+  Args:
+    ids, rel: [B, K] the dual's lists, best first, and their relevance.
+    cand_ids, cand_rel: [B, K] each request's best items of the short
+      groups (best first), from a second retrieval.
+    groups_rep: [N] item groups.
+    need: [G] whole numbers s_g, items of group g to add.
+    budget: [G] items of group h the lists may lose (`repair_budget`).
+    weight: [B] 0 on padding rows.
+
+  Each short group takes, over the whole batch, its s_g best-scored
+  candidates not already listed (ties: lower row, then better rank). A list
+  taking r items drops its r lowest-scored items of groups that are not
+  short and whose budget covers the batch's total insertions; a list with
+  fewer such items takes only its best r candidates that fit (the group may
+  then end this batch short of s_g). Returns (ids, rel) re-sorted best
+  first.
+  """
+  bsz, k = ids.shape
+  g_total = need.shape[0]
+
+  def group_of(i):
+    return jnp.where(i >= 0, groups_rep[jnp.maximum(i, 0)], g_total)
+
+  gl, gc = group_of(ids), group_of(cand_ids)
+  short = jnp.concatenate([need > 0, jnp.zeros((1,), bool)])
+  listed = jnp.any(cand_ids[:, :, None] == ids[:, None, :], axis=-1)
+  valid = short[gc] & ~listed & (cand_ids >= 0) & (weight > 0)[:, None]
+  flat_g = jnp.where(valid, gc, g_total).reshape(-1)
+  flat_s = jnp.where(valid, cand_rel, -jnp.inf).reshape(-1)
+  order = jnp.lexsort((-flat_s, flat_g))  # by group, then score desc
+  sorted_g = flat_g[order]
+  rank = jnp.arange(sorted_g.size) - jnp.searchsorted(sorted_g, sorted_g,
+                                                      side="left")
+  need_x = jnp.concatenate([need, jnp.zeros((1,), need.dtype)])
+  take = (sorted_g < g_total) & (rank < need_x[sorted_g])
+  pick = jnp.zeros(take.shape, bool).at[order].set(take).reshape(bsz, k)
+  budget_x = jnp.concatenate([budget, -jnp.ones((1,), budget.dtype)])
+  victim_ok = (ids >= 0) & ~short[gl] & (budget_x[gl] >= jnp.sum(pick))
+  pick = pick & (jnp.cumsum(pick, axis=1)
+                 <= jnp.sum(victim_ok, axis=1, keepdims=True))
+  r = jnp.sum(pick, axis=1, keepdims=True)
+  from_bottom = jnp.cumsum(victim_ok[:, ::-1], axis=1)[:, ::-1]
+  keep = ~(victim_ok & (from_bottom <= r))
+  key = jnp.concatenate([jnp.where(keep, rel, -jnp.inf),
+                         jnp.where(pick, cand_rel, -jnp.inf)], axis=1)
+  top, idx = lax.top_k(key, k)
+  new_ids = jnp.take_along_axis(jnp.concatenate([ids, cand_ids], 1), idx, 1)
+  return jnp.where(top > -jnp.inf, new_ids, -1), top
+
+
 @functools.partial(jax.jit, static_argnames=(
-    "method", "k", "block", "mesh", "num_groups", "num_neighbors"))
+    "method", "k", "block", "mesh", "num_groups", "num_neighbors", "repair"))
 def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
-                boost, *, method, k, block, mesh, num_groups, num_neighbors):
+                boost, *, method, k, block, mesh, num_groups, num_neighbors,
+                repair=False):
   """lax.scan over batches: retrieve with mu, count groups, update state.
 
   `exclude` is None or [nb, B, E] (batch b's rows ride along in the scan).
+  With `repair` (FairSync, safety_rule `repair`) a batch whose lists leave
+  a group behind its pace gets a second retrieval over the short groups and
+  `_pace_repair`; the dual steps on its own lists' counts, the exposure
+  counts what was served.
   """
 
   def step(carry, xs):
@@ -269,9 +342,25 @@ def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
     g = groups_rep[jnp.maximum(ids, 0)]
     counts = dual_ops.group_counts(ids, groups_rep, num_groups, w)
     rel = s + mu[g]  # -inf stays -inf on an empty (-1) slot
+    served = counts
+    if repair:
+      need = ctl.repair_need(dstate, counts, b)
+
+      def fix(_):
+        mu2 = jnp.where(need > 0, 0.0, boost).astype(jnp.float32)
+        s2, ids2 = sharded.sharded_topk(emb, group, q, mu2, x, mesh=mesh,
+                                        k=k, block=block)
+        rel2 = s2 + mu2[groups_rep[jnp.maximum(ids2, 0)]]
+        budget = dual_ops.repair_budget(ctl, dstate, counts, b)
+        return _pace_repair(ids, rel, ids2, rel2, groups_rep, need, budget,
+                            w)
+
+      ids, rel = lax.cond(jnp.any(need > 0), fix, lambda _: (ids, rel), None)
+      served = dual_ops.group_counts(ids, groups_rep, num_groups, w)
+      forced = need > 0
     if method == "FairSync":
-      dstate, _ = ctl.update(dstate, counts, b)
-    expo = expo + counts
+      dstate, _ = ctl.update(dstate, counts, b, served)
+    expo = expo + served
     return (expo, dstate), (ids, rel, expo, mu, forced, infeasible)
 
   init = (jnp.zeros((num_groups,), jnp.float32), ctl.init())

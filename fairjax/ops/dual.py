@@ -75,8 +75,42 @@ per-group guarantee like the one above; it starts forcing as soon as the
 total owed, not one group's, outgrows the time left. With one group owing,
 S = N_g and the two rules coincide.
 
+Pace repair (`safety_rule="repair"`). Forcing puts a group's items at the
+head of every list of a batch: a group that owes 300 items gets 3,200 when
+c_g = K = 50, and several groups forced together crowd each other out. The
+repair instead adds exactly what is missing, to the lists that lose least.
+With the allowance a_g = m_g / (gamma T) (gamma T requests' worth of slack;
+gamma = 1 is the plain pace m_g / T), after the dual's batch of b lists
+with counts n_g, group g is short of
+
+  s_g = ceil( (m_g - E_g - n_g)^+ - a_g (R - b) )^+
+
+items (R the requests left before the batch). A second retrieval with mu_g
+= 0 on the short groups and +boost on the others gives each request its
+best items of the short groups; each short group takes its s_g best-scored
+candidates over the batch (not already listed), and a list taking r of them
+drops its r lowest-scored items of groups that are neither short nor
+within reach of their own line (a group h may lose at most a_h (R - b) +
+E_h + n_h - m_h items, `repair_budget`). The dual still steps on its own
+counts n_g; E_g counts what was served.
+
+Guarantee (induction on batches). Invariant: D_g = (m_g - E_g)^+ <= a_g R
+before every batch; at t = 0, D_g = m_g = gamma a_g T <= a_g T. A batch
+that places its s_g items leaves D_g <= a_g (R - b), and a victim group h
+stays within its own line by the budget, so the invariant holds after the
+batch; at the horizon R = 0 gives E_g >= m_g for every g, whatever the
+order of the requests. Premise: each batch can place its s_g, i.e. the
+short groups have s_g unlisted candidates among the b requests and each
+list has victims to drop. Since s_g <= a_g b + 1, a list needs room for
+about sum_g a_g = sum_g m_g / (gamma T) items: gamma >= sum_g m_g / (T K)
+(the exposure fraction; `serve` warns below it). A group the repair cannot
+complete in one batch is still short in the next and is tried again. The
+cost is the score of the items swapped, paid only in batches where the
+dual fell behind the allowed debt.
+
 The retrieval itself is untouched: the query is still q_t = [u_t ; -mu]
-with one mu per batch, so the serving path costs what it did.
+with one mu per batch, so the serving path costs what it did (the repair's
+second retrieval runs only in batches with a short group).
 """
 
 from __future__ import annotations
@@ -91,7 +125,7 @@ import optax
 from fairjax.errors import ConfigError
 
 TARGETS = ("static", "remaining")
-SAFETY_RULES = ("group", "joint")
+SAFETY_RULES = ("group", "joint", "repair")
 
 
 class DualState(NamedTuple):
@@ -110,7 +144,8 @@ class DualControl(NamedTuple):
 
   Fields are pytree leaves (the controller rides through jit as an argument);
   `remaining` is 1.0 for the remaining target, 0.0 for static; `joint` 1.0
-  for the joint safety rule, 0.0 for the per-group one.
+  for the joint safety rule, `repair` 1.0 for the pace repair (both 0.0:
+  the per-group rule).
   """
   min_exposure: np.ndarray
   k: int
@@ -123,6 +158,7 @@ class DualControl(NamedTuple):
   capacity: np.ndarray | None = None
   boost: float = 0.0
   joint: float = 0.0
+  repair: float = 0.0
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
@@ -135,14 +171,29 @@ class DualControl(NamedTuple):
                      jnp.zeros((g,), jnp.float32), jnp.zeros((), jnp.float32))
 
   def update(self, state: DualState, counts: jax.Array,
-             batch_size: jax.Array | None = None
+             batch_size: jax.Array | None = None,
+             served_counts: jax.Array | None = None
              ) -> tuple[DualState, dict[str, jax.Array]]:
     """One dual step from the batch's group counts n_g (see module doc).
 
     `batch_size` overrides B for a short last batch (may be traced).
+    `served_counts` (default `counts`) is what reaches the exposure E_g
+    when the lists served differ from the dual's own (the pace repair):
+    the step uses the dual's counts, E_g what was served.
     """
     b = self.batch_size if batch_size is None else batch_size
-    return _update(self, state, counts, b)
+    served = counts if served_counts is None else served_counts
+    return _update(self, state, counts, b, served)
+
+  def repair_need(self, state: DualState, counts: jax.Array,
+                  batch_size: jax.Array | None = None) -> jax.Array:
+    """Pace repair: items of each group to add to this batch (module doc).
+
+    Returns float [G] whole numbers s_g >= 0 (all 0 unless the rule is
+    `repair` with safety > 0).
+    """
+    b = self.batch_size if batch_size is None else batch_size
+    return _repair_need(self, state, counts, b)
 
   def query(self, state: DualState, batch_size: jax.Array | None = None
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -221,9 +272,11 @@ def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
     capacity: [G] c_g = min(K, |I_g|), needed when safety > 0.
     boost: added penalty gap for forced groups (> the score span), needed
       when safety > 0.
-    safety_rule: `group` (each group's own trigger) or `joint` (the sum of
+    safety_rule: `group` (each group's own trigger), `joint` (the sum of
       what every group owes, in whole lists; the most indebted groups,
-      about one batch of lists, forced).
+      about one batch of lists, forced) or `repair` (the pace repair: the
+      missing items added to the lists that lose least, with gamma the
+      allowance's slack; see module doc).
   """
   m = check_feasible(min_exposure, k, horizon, batch_size, capacity)
   if not learning_rate > 0:
@@ -251,7 +304,8 @@ def make_dual_control(min_exposure, k: int, horizon: int, batch_size: int,
   return DualControl(m, int(k), int(horizon), int(batch_size),
                      float(learning_rate), float(headroom),
                      float(target == "remaining"), float(safety), cap,
-                     float(boost), float(safety_rule == "joint"))
+                     float(boost), float(safety_rule == "joint"),
+                     float(safety_rule == "repair"))
 
 
 def dual_subgradient(mu: jax.Array, counts: jax.Array, min_exposure: jax.Array,
@@ -282,14 +336,16 @@ def target_rate(ctl: DualControl, state: DualState) -> jax.Array:
 
 
 @jax.jit
-def _update(ctl: DualControl, state: DualState, counts: jax.Array, b):
+def _update(ctl: DualControl, state: DualState, counts: jax.Array, b,
+            served: jax.Array):
   counts = counts.astype(jnp.float32)
   rate = target_rate(ctl, state)
   grad = dual_subgradient(state.mu, counts, ctl.min_exposure, ctl.k,
                           ctl.horizon, b, rate)
   updates, opt_state = ctl.optimizer.update(grad, state.opt_state, state.mu)
   mu = optax.apply_updates(state.mu, updates)
-  return (DualState(mu, opt_state, state.step + 1, state.exposure + counts,
+  return (DualState(mu, opt_state, state.step + 1,
+                    state.exposure + served.astype(jnp.float32),
                     state.served + jnp.asarray(b, jnp.float32)),
           {"grad_norm": jnp.linalg.norm(grad)})
 
@@ -310,10 +366,34 @@ def _query(ctl: DualControl, state: DualState, b):
   before = jnp.cumsum(need[order]) - need[order]  # need ahead in that order
   fill = jnp.zeros((g,), bool).at[order].set(before < b)
   joint = (jnp.sum(need) > ctl.safety * after) & fill & (owed > 0)
-  forced = (ctl.safety > 0) & jnp.where(ctl.joint > 0, joint, per_group)
+  forced = ((ctl.safety > 0) & (ctl.repair == 0)
+            & jnp.where(ctl.joint > 0, joint, per_group))
   infeasible = owed > cap * jnp.maximum(left, 0.0)
   mu = jnp.where(forced, jnp.min(state.mu) - ctl.boost, state.mu)
   return mu, forced, infeasible
+
+
+def pace_allowance(ctl: DualControl) -> jax.Array:
+  """a_g = m_g / (gamma T): the pace repair's allowed debt per request left."""
+  m = jnp.asarray(ctl.min_exposure, jnp.float32)
+  return m / (jnp.maximum(ctl.safety, 1e-12) * ctl.horizon)
+
+
+def _repair_need(ctl: DualControl, state: DualState, counts, b):
+  m = jnp.asarray(ctl.min_exposure, jnp.float32)
+  owed_after = jnp.maximum(m - state.exposure - counts, 0.0)
+  after = jnp.maximum(ctl.horizon - state.served - b, 0.0)
+  short = jnp.ceil(owed_after - pace_allowance(ctl) * after - 1e-4)
+  on = (ctl.safety > 0) & (ctl.repair > 0)
+  return jnp.where(on, jnp.maximum(short, 0.0), 0.0)
+
+
+def repair_budget(ctl: DualControl, state: DualState, counts, b) -> jax.Array:
+  """[G] how many group-h items this batch's lists may lose to the pace
+  repair while h keeps D_h <= a_h R after the batch (negative: none)."""
+  m = jnp.asarray(ctl.min_exposure, jnp.float32)
+  after = jnp.maximum(ctl.horizon - state.served - b, 0.0)
+  return pace_allowance(ctl) * after + state.exposure + counts - m
 
 
 def group_capacity(item_group, num_groups: int, k: int) -> np.ndarray:
