@@ -74,7 +74,7 @@ def esp_summary(res, min_exposure, target_ptr: np.ndarray,
     dict: `esp` = (1/G) sum_g 1[E_g >= m_g] of the final exposure;
     `recall@K`, `ndcg@K`, `hr@K` (`accuracy`);
     `exposure_over_time`, `mu_history` (nested lists); `forced_batches` (the
-    batches in which the safety net forced a group) and `infeasible_groups`
+    batches in which the safety net forced or repaired a group) and `infeasible_groups`
     (names of the groups whose minimum could at some batch no longer be met).
   """
   forced, short = _forced_and_short(res, len(group_names))

@@ -9,7 +9,7 @@ diagnosis of issue 17. Top: each group's pace E_g(t) / (m_g t / T) (1 = on
 the pro-rata path to its minimum; a group ending below 1 misses m_g);
 bottom: the mu_g served with each batch. Groups that end below their minimum
 are drawn thick and named in the title; batches where the safety net forced
-a group are shaded (from methods/FairSync/result.json when present).
+(or repaired) a group are shaded (from methods/FairSync/result.json when present).
 """
 
 from __future__ import annotations
@@ -101,10 +101,14 @@ def _dual_figure(df, workdir, horizon: int, b: int, m: dict
   groups = [g for g in expo.columns if m.get(g, 0) > 0]
   t = expo.index.to_numpy(np.float64)
   missed = [g for g in groups if expo[g].iloc[-1] < m[g]]
-  forced = []
+  forced, off_scale = [], []
   res = workdir / "methods" / "FairSync" / "result.json"
   if res.exists():
-    forced = json.loads(res.read_text()).get("forced_batches", [])
+    result = json.loads(res.read_text())
+    forced = result.get("forced_batches", [])
+    # A repaired batch is served with the dual's own mu; a forced one not.
+    if result.get("setting", {}).get("safety_rule") != "repair":
+      off_scale = forced
   fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
   cmap = plt.get_cmap("tab20")
   for j, g in enumerate(groups):
@@ -121,7 +125,7 @@ def _dual_figure(df, workdir, horizon: int, b: int, m: dict
                  zorder=0)
   # Forced entries sit ~boost below the rest: scale to the dual's own mu.
   own = mu.drop(index=[i for i in mu.index
-                       if (i - 1) // b in set(forced)], errors="ignore")
+                       if (i - 1) // b in set(off_scale)], errors="ignore")
   if len(own) and np.isfinite(own.to_numpy()).any():
     lo, hi = np.nanmin(own.to_numpy()), np.nanmax(own.to_numpy())
     pad = 0.05 * max(hi - lo, 1e-3)
