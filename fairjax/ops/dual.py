@@ -383,7 +383,7 @@ def _repair_need(ctl: DualControl, state: DualState, counts, b):
   m = jnp.asarray(ctl.min_exposure, jnp.float32)
   owed_after = jnp.maximum(m - state.exposure - counts, 0.0)
   after = jnp.maximum(ctl.horizon - state.served - b, 0.0)
-  short = jnp.ceil(owed_after - pace_allowance(ctl) * after - 1e-4)
+  short = jnp.ceil(owed_after - pace_allowance(ctl) * after)
   on = (ctl.safety > 0) & (ctl.repair > 0)
   return jnp.where(on, jnp.maximum(short, 0.0), 0.0)
 
