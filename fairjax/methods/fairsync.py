@@ -12,8 +12,11 @@ per batch). Methods (names are exact):
                    Adam step per batch on the batch subgradient, towards the
                    `static` pace m_g / T (DESIGN §5, the default) or the
                    `remaining` rate (what is still owed over the requests
-                   still to come), aiming at (1 + headroom) m_g, with the
-                   optional end-game safety net (`safety` = gamma).
+                   still to come), aiming at (1 + headroom) m_g, with an
+                   optional safety net (`safety` = gamma): the pace repair
+                   (`safety_rule="repair"`, the job's default: a batch that
+                   leaves a group behind its allowance gets exactly the
+                   missing items) or a forcing rule (`group`, `joint`).
   k-neighbor       before each batch, the `num_neighbors` least-exposed groups
                    so far among those below their minimum (smallest running
                    exposure E_g; ties -> lower g) get a boost: mu_g = -boost,
