@@ -6,7 +6,14 @@ at import time, before any test module imports jax.
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM at -O0: XLA:CPU spends most of a test's time compiling (a single
+# threefry randint takes ~1 s at the default -O3, ~0.5 s at -O0; FADE's
+# all-methods smoke 94 s -> 53 s cold), while the tests' arrays are tiny. It
+# changes code generation only, not the HLO the programs compute; the jobs
+# and `launch.bench` keep XLA's default.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+    "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One OpenBLAS thread (SciPy's LAPACK under JAX's Cholesky): threads that spin
 # on the 2 busy cores make the GP fits of the BO tests ~10x slower.
