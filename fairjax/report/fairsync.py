@@ -133,7 +133,8 @@ def _dual_figure(df, workdir, horizon: int, b: int, m: dict
   axes[0].axhline(1.0, color="k", ls="--", lw=0.8)
   axes[0].set_yscale("log")
   axes[0].set_ylabel("pace E_g(t) / (m_g t / T)")
-  axes[1].set_ylabel("mu_g served (forced: off scale)")
+  axes[1].set_ylabel("mu_g served (forced: off scale)" if off_scale
+                     else "mu_g served")
   axes[1].set_xlabel("requests served t")
   title = ("FairSync: groups below m_g at T: " + ", ".join(missed)
            if missed else "FairSync: every minimum met at T")
