@@ -74,8 +74,9 @@ def esp_summary(res, min_exposure, target_ptr: np.ndarray,
     dict: `esp` = (1/G) sum_g 1[E_g >= m_g] of the final exposure;
     `recall@K`, `ndcg@K`, `hr@K` (`accuracy`);
     `exposure_over_time`, `mu_history` (nested lists); `forced_batches` (the
-    batches in which the safety net forced or repaired a group) and `infeasible_groups`
-    (names of the groups whose minimum could at some batch no longer be met).
+    batches in which the safety net forced or repaired a group) and
+    `infeasible_groups` (names of the groups whose minimum could at some
+    batch no longer be met).
   """
   forced, short = _forced_and_short(res, len(group_names))
   acc = accuracy(np.asarray(res.item_ids), target_ptr, target_items,
@@ -94,8 +95,8 @@ def safety_notes(res, group_names) -> list[str]:
   forced, short = _forced_and_short(res, len(group_names))
   notes = []
   if forced.any():
-    notes.append(f"safety net acted on {int(forced.sum())} (batch, group) pairs "
-                 f"over {int(forced.any(1).sum())} of {forced.shape[0]} "
+    notes.append(f"safety net acted on {int(forced.sum())} (batch, group) "
+                 f"pairs over {int(forced.any(1).sum())} of {forced.shape[0]} "
                  "batches")
   if short.size:
     notes.append(f"warning: minimums of {[group_names[g] for g in short]} "

@@ -212,7 +212,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
   cap = None
   if method == "FairSync" and safety > 0:
     cap = dual_ops.group_capacity(group_host, g_count, k)
-  if cap is not None and safety_rule == "repair":
+  repair = cap is not None and safety_rule == "repair"
+  if repair:
     frac = float(np.sum(m)) / (k * horizon)
     if safety < frac:
       logging.getLogger(__name__).warning(
@@ -226,8 +227,7 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
       safety_rule=safety_rule)
   params = dict(method=method, k=int(k), block=items.block, mesh=mesh,
                 num_groups=g_count, num_neighbors=int(num_neighbors),
-                repair=bool(method == "FairSync" and safety > 0
-                            and safety_rule == "repair"))
+                repair=repair)
   ids, rel, expo, mus, forced, infeasible = _serve_loop(
       items.emb, items.group, groups, users, weight, excl, ctl,
       jnp.float32(lam), jnp.float32(boost), **params)
@@ -355,11 +355,13 @@ def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
                                         k=k, block=block)
         rel2 = s2 + mu2[groups_rep[jnp.maximum(ids2, 0)]]
         budget = dual_ops.repair_budget(ctl, dstate, counts, b)
-        return _pace_repair(ids, rel, ids2, rel2, groups_rep, need, budget,
-                            w)
+        new_ids, new_rel = _pace_repair(ids, rel, ids2, rel2, groups_rep,
+                                        need, budget, w)
+        return new_ids, new_rel, dual_ops.group_counts(
+            new_ids, groups_rep, num_groups, w)
 
-      ids, rel = lax.cond(jnp.any(need > 0), fix, lambda _: (ids, rel), None)
-      served = dual_ops.group_counts(ids, groups_rep, num_groups, w)
+      ids, rel, served = lax.cond(jnp.any(need > 0), fix,
+                                  lambda _: (ids, rel, counts), None)
       forced = need > 0
     if method == "FairSync":
       dstate, _ = ctl.update(dstate, counts, b, served)

@@ -379,11 +379,17 @@ def pace_allowance(ctl: DualControl) -> jax.Array:
   return m / (jnp.maximum(ctl.safety, 1e-12) * ctl.horizon)
 
 
-def _repair_need(ctl: DualControl, state: DualState, counts, b):
+def _line_after(ctl: DualControl, state: DualState, counts, b):
+  """(m_g - E_g - n_g, a_g (R - b)): what each group would still owe after
+  the batch's lists, and the debt the pace allows it then."""
   m = jnp.asarray(ctl.min_exposure, jnp.float32)
-  owed_after = jnp.maximum(m - state.exposure - counts, 0.0)
   after = jnp.maximum(ctl.horizon - state.served - b, 0.0)
-  short = jnp.ceil(owed_after - pace_allowance(ctl) * after)
+  return m - state.exposure - counts, pace_allowance(ctl) * after
+
+
+def _repair_need(ctl: DualControl, state: DualState, counts, b):
+  owed, allowed = _line_after(ctl, state, counts, b)
+  short = jnp.ceil(jnp.maximum(owed, 0.0) - allowed)
   on = (ctl.safety > 0) & (ctl.repair > 0)
   return jnp.where(on, jnp.maximum(short, 0.0), 0.0)
 
@@ -391,9 +397,8 @@ def _repair_need(ctl: DualControl, state: DualState, counts, b):
 def repair_budget(ctl: DualControl, state: DualState, counts, b) -> jax.Array:
   """[G] how many group-h items this batch's lists may lose to the pace
   repair while h keeps D_h <= a_h R after the batch (negative: none)."""
-  m = jnp.asarray(ctl.min_exposure, jnp.float32)
-  after = jnp.maximum(ctl.horizon - state.served - b, 0.0)
-  return pace_allowance(ctl) * after + state.exposure + counts - m
+  owed, allowed = _line_after(ctl, state, counts, b)
+  return allowed - owed
 
 
 def group_capacity(item_group, num_groups: int, k: int) -> np.ndarray:

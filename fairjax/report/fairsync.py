@@ -9,7 +9,8 @@ diagnosis of issue 17. Top: each group's pace E_g(t) / (m_g t / T) (1 = on
 the pro-rata path to its minimum; a group ending below 1 misses m_g);
 bottom: the mu_g served with each batch. Groups that end below their minimum
 are drawn thick and named in the title; batches where the safety net forced
-(or repaired) a group are shaded (from methods/FairSync/result.json when present).
+(or repaired) a group are shaded (from methods/FairSync/result.json when
+present).
 """
 
 from __future__ import annotations
