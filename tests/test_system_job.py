@@ -38,6 +38,17 @@ def test_summary_contract(smoke):
   assert set(summary["hypervolume"]) == {"bo", "random"}
   assert all(v >= 0 for v in summary["hypervolume"].values())
   assert "der_reduction@2%" in summary
+  reach = summary["valid_der_reduction"]
+  assert reach["tolerance"] == [0.02, 0.05, 0.1]
+  assert len(reach["all_optimizers_per_seed"]) == 1
+  for o in ("bo", "random"):
+    # The pooled evaluations reach at least as far as either search, and a
+    # looser welfare tolerance never reaches less.
+    both = np.array([reach["all_optimizers"], reach[o]], float)  # None: NaN
+    assert np.isfinite(both[:, -1]).all()
+    ok = np.isfinite(both).all(axis=0)
+    assert np.all(both[0, ok] >= both[1, ok] - 1e-12)
+    assert np.all(np.diff(both[1][np.isfinite(both[1])]) >= -1e-12)
   for name in ("welfare_optimal", "model_level", "single_knob"):
     b = summary["baselines"][name]
     assert {"welfare", "der", "max_min_gap", "group_utility"} <= set(b)
@@ -71,6 +82,22 @@ def test_killed_optimiser_resumes_to_the_same_front(smoke, tmp_path):
   again = runner.train_and_evaluate(job, _config(), copy)
   assert again == summary
   assert (unit / "evaluations.jsonl").read_text() == "".join(lines)
+
+
+def test_valid_der_reduction_by_hand():
+  def rec(w, d, ok=True):
+    return {"valid": {"welfare": w, "der": d, "ok": ok}}
+  records = [rec(1.0, 0.10), rec(0.99, 0.08), rec(0.96, 0.05),
+             rec(0.5, 0.0), rec(float("nan"), float("nan"), ok=False)]
+  b1 = {"welfare": 1.0, "der": 0.10}
+  got = welfare.valid_der_reduction(records, b1, (0.0, 0.02, 0.05, 0.6))
+  # tol 0: only the first record (DER 0.10); 2%: 0.08; 5%: 0.05; 60%: 0.
+  assert got == pytest.approx([0.0, 0.2, 0.5, 1.0])
+  # A record worse than B1 gives a negative reduction; none qualifying NaN.
+  assert welfare.valid_der_reduction([rec(1.0, 0.2)], b1, (0.0,)) == [
+      pytest.approx(-1.0)]
+  assert np.isnan(welfare.valid_der_reduction([rec(0.5, 0.0)], b1,
+                                              (0.02,))[0])
 
 
 def test_failed_evaluation_is_recorded_and_skipped():

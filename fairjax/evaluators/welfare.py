@@ -20,6 +20,12 @@ records of a run re-evaluated on test (`front_on_test`); their hypervolume
 above r = (0.8 W_B1, -2 DER_B1) (`reference_point`, `hypervolume_on_test`);
 der_reduction@tol = 1 - (lowest test DER among front settings with test
 welfare >= (1 - tol) W_B1) / DER_B (`der_reduction`, B = B1 and B3).
+
+What the knob box allows (`valid_der_reduction`): the same reduction on
+validation over every record a run evaluated, 1 - (lowest validation DER
+among records with validation welfare >= (1 - tol) W_B1) / DER_B1, at
+several tolerances; pooled over all optimisers of a seed it tells whether
+a target is out of reach of the knobs or only of the search.
 """
 
 from __future__ import annotations
@@ -125,6 +131,22 @@ def der_reduction(front, base, welfare_tolerance: float) -> dict:
   best = min(ders) if ders else float("nan")
   return {name: 1.0 - best / base[name]["test"]["der"]
           for name in ("welfare_optimal", "single_knob")}
+
+
+def valid_der_reduction(records, b1_valid: dict,
+                        tolerances=(0.02, 0.05, 0.1)) -> list[float]:
+  """[1 - lowest validation DER among `records` with validation welfare >=
+  (1 - tol) W_B1, over B1's validation DER, for tol in `tolerances`];
+  negative when every qualifying record has a higher DER than B1, NaN when
+  none qualifies. `b1_valid`: B1's validation figures."""
+  y = objectives(records)
+  ok = np.isfinite(y).all(axis=1)
+  out = []
+  for tol in tolerances:
+    sel = ok & (y[:, 0] >= (1 - tol) * b1_valid["welfare"])
+    out.append(float(1.0 - (-y[sel, 1].max()) / b1_valid["der"])
+               if sel.any() else float("nan"))
+  return out
 
 
 def flat(rec) -> list[float]:

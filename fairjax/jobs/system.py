@@ -172,6 +172,34 @@ def rows(config, ctx, unit, r) -> list[dict]:
   return out
 
 
+REACH_TOLERANCES = (0.02, 0.05, 0.1)
+
+
+def _valid_reach(config, res, base) -> dict:
+  """valid_der_reduction: `welfare.valid_der_reduction` at REACH_TOLERANCES
+  per unit (mean over seeds under its name, e.g. "bo", "grid") and over the
+  evaluations of all equal-budget optimisers of a seed pooled
+  ("all_optimizers", with "all_optimizers_per_seed"): what the knob box
+  allows on validation, beside what each search found."""
+  def reach(records, s):
+    return welfare.valid_der_reduction(
+        records, base[s]["welfare_optimal"]["valid"], REACH_TOLERANCES)
+  out = {"tolerance": list(REACH_TOLERANCES)}
+  for o, rs in res.items():
+    out[o] = _column_means([reach(r["evaluations"], s)
+                            for s, r in enumerate(rs)])
+  pooled = [reach([e for o in optimizers(config)
+                   for e in res[o][s]["evaluations"]], s)
+            for s in range(len(base))]
+  out["all_optimizers"] = _column_means(pooled)
+  out["all_optimizers_per_seed"] = pooled
+  return out
+
+
+def _column_means(rows) -> list[float]:
+  return [compare.nan_mean(col) for col in zip(*rows)]
+
+
 def summarise(config, ctx, results, workdir) -> dict:
   """summary.json: hypervolume {OPT: mean over seeds} (+ _std, _per_seed,
   _half_budget), grid_hypervolume, der_reduction@2% (vs B1; also
@@ -180,7 +208,8 @@ def summarise(config, ctx, results, workdir) -> dict:
   seeds), knobs per seed}, pareto {OPT: [[welfare, der, alpha_interact,
   alpha_like, alpha_love, K, s, lambda], ...]} (seed 0; all seeds under
   pareto_per_seed), paired_test (bo vs each optimiser, bo at half budget vs
-  random, over seeds), own_gap and reliability (seed 0)."""
+  random, over seeds), valid_der_reduction (`_valid_reach`), own_gap and
+  reliability (seed 0)."""
   seeds = range(int(config.num_seeds))
   opts = optimizers(config) + (["grid"] if config.grid else [])
   res = {o: [results[f"{o}/seed{s}"] for s in seeds] for o in opts}
@@ -203,6 +232,7 @@ def summarise(config, ctx, results, workdir) -> dict:
     summary["der_reduction@2%_per_seed"] = dr
     summary["paired_test"] = compare.paired_tests(hv, half,
                                                   optimizers(config))
+  summary["valid_der_reduction"] = _valid_reach(config, res, base)
   summary["baselines"] = system_baselines.mean_over_seeds(base)
   summary["group_names"] = base[0]["group_names"]
   summary["pareto"] = {o: [welfare.flat(r) for r in rs[0]["front"]]
