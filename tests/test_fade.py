@@ -231,3 +231,36 @@ def test_ncf_backbone_runs(tmp_path):
   assert got["pd_ndcg@20"] == pytest.approx(np.abs(by["M"] - by["F"]).mean(),
                                             abs=1e-6)
   assert 0 < got["ndcg@20"] <= 1
+
+
+def test_seed_table_mean_std_and_mismatch(tmp_path):
+  from fairjax.errors import ConfigError
+  from fairjax.report import fade as fade_report
+
+  def run(name, seed, ndcg, model="mf", extra_method=False):
+    wd = tmp_path / name
+    wd.mkdir()
+    fig = {"ndcg@20": ndcg, "pd_ndcg@20": ndcg / 10}
+    methods = {"FINETUNE": fig, **({"REC": fig} if extra_method else {})}
+    summary = {"task_r": methods, "full": {"task_r": methods},
+               "official": {"task_r": methods}}
+    (wd / "summary.json").write_text(json.dumps(summary))
+    (wd / "config.json").write_text(json.dumps(
+        {"job": "fade", "dataset": "ml1m-order", "model": model,
+         "protocol": "standard", "seed": seed, "methods": "FINETUNE"}))
+    return wd
+
+  dirs = [run("s0", 0, 0.5, extra_method=True), run("s1", 1, 0.6),
+          run("s2", 2, 0.7)]
+  out = fade_report.fade_seed_table(dirs, tmp_path / "t.md")
+  text = out.read_text()
+  row = next(l for l in text.splitlines() if l.startswith("| FINETUNE"))
+  # mean 0.6, std (ddof 1) 0.1; |PD| 0.06 +- 0.01; under all three measures.
+  assert row.count("0.6000 +- 0.1000") == 3
+  assert row.count("0.0600 +- 0.0100") == 3
+  assert "| REC" not in text  # a method missing from a seed is left out
+  assert "seeds 0, 1, 2" in text
+  with pytest.raises(ConfigError, match="'model'"):
+    fade_report.fade_seed_table([dirs[0], run("ncf", 3, 0.5, model="ncf")],
+                                tmp_path / "u.md")
+  assert not (tmp_path / "u.md").exists()

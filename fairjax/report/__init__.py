@@ -2,7 +2,8 @@
 
 `figures(workdir, sweep=())` reads the job from `workdir/config.json` (the
 config field `job`) and draws that job's figures:
-  fade      pd_over_time.png, tradeoff.png (+ lambda_sweep.png with `sweep`)
+  fade      pd_over_time.png, tradeoff.png (+ lambda_sweep.png with `sweep`,
+            seed_table.md with `seeds`: the run and other seeds' runs)
   itfr      cell_recall*.png, cv_vs_accuracy.png
   fairsync  exposure_over_time.png, exposure_ratio.png, fairsync_dual.png
   system    pareto.png, hypervolume.png, group_utility.png
@@ -14,6 +15,7 @@ import importlib
 import json
 import pathlib
 
+from fairjax.errors import ConfigError
 from fairjax.report.common import run_file
 
 _DRAW = {"fade": "fade_figures", "itfr": "itfr_figures",
@@ -34,8 +36,10 @@ def job_of(workdir) -> str:
                           "field 'job' missing: not a fairjax run folder")
 
 
-def figures(workdir, sweep=()) -> list[pathlib.Path]:
-  """Draws the figures of the job that made `workdir`; returns the paths."""
+def figures(workdir, sweep=(), seeds=()) -> list[pathlib.Path]:
+  """Draws the figures of the job that made `workdir`; returns the paths.
+  `seeds`: workdirs of the same FADE run at other seeds (seed_table.md:
+  mean +- std over `workdir` and them)."""
   job = job_of(workdir)
   if job not in _DRAW:
     raise FileNotFoundError(f"{workdir}: no report for job {job!r}")
@@ -44,4 +48,10 @@ def figures(workdir, sweep=()) -> list[pathlib.Path]:
   if sweep and job == "fade":
     paths.append(module.fade_lambda_sweep(
         sweep, pathlib.Path(workdir) / "lambda_sweep.png"))
+  if seeds:
+    if job != "fade":
+      raise ConfigError(f"--seeds: a seed table is drawn for FADE runs; "
+                       f"{workdir} is a {job!r} run")
+    paths.append(module.fade_seed_table(
+        [workdir, *seeds], pathlib.Path(workdir) / "seed_table.md"))
   return paths

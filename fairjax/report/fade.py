@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fairjax.report.common import metrics, save  # noqa: E402
+from fairjax.checkpoint import write_atomic  # noqa: E402
+from fairjax.errors import ConfigError  # noqa: E402
+from fairjax.report.common import metrics, run_file, save  # noqa: E402
 
 
 def fade_figures(workdir, metric: str = "ndcg@20", task: str = "task_r",
@@ -98,3 +102,56 @@ def summary_table(summary: dict, workdir, figures=()) -> str:
   if figures:
     lines.append("figures: " + ", ".join(str(p) for p in figures))
   return "\n".join(lines)
+
+
+SEED_MEASURES = (("standard", ("task_r",)), ("full-ranking", ("full", "task_r")),
+                 ("official", ("official", "task_r")))
+# Fields that may differ between the workdirs of one seed table.
+SEED_FREE_FIELDS = ("seed", "methods", "data_dir", "retrain_epochs")
+
+
+def fade_seed_table(workdirs, out_path) -> pathlib.Path:
+  """Writes a Markdown table of Task-R NDCG@20 and mean |PD| of NDCG@20,
+  mean +- std over the runs in `workdirs` (one per seed; std with ddof 1),
+  under the standard, full-ranking and official measures, per method found
+  in every run. The runs must share their config but for SEED_FREE_FIELDS
+  (ConfigError naming the field otherwise)."""
+  workdirs = [pathlib.Path(w) for w in workdirs]
+  cfgs = [json.loads(run_file(w, "config.json").read_text())
+          for w in workdirs]
+  for w, c in zip(workdirs[1:], cfgs[1:]):
+    for field in sorted(set(c) | set(cfgs[0])):
+      if field not in SEED_FREE_FIELDS and c.get(field) != cfgs[0].get(field):
+        raise ConfigError(f"{w / 'config.json'}: field {field!r} is "
+                         f"{c.get(field)!r}, {workdirs[0]} has "
+                         f"{cfgs[0].get(field)!r}: not seeds of one run")
+  sums = [json.loads(run_file(w, "summary.json").read_text())
+          for w in workdirs]
+  methods = [m for m in sums[0]["task_r"]
+             if all(m in s["task_r"] for s in sums)]
+
+  def cell(path, method, key):
+    vals = []
+    for s in sums:
+      node = s
+      for p in path:
+        node = node.get(p, {})
+      vals.append(node.get(method, {}).get(key, float("nan")))
+    v = np.asarray(vals, np.float64)
+    std = v.std(ddof=1) if v.size > 1 else float("nan")
+    return f"{v.mean():.4f} +- {std:.4f}"
+
+  seeds = ", ".join(str(c.get("seed")) for c in cfgs)
+  lines = [f"Task-R, {cfgs[0].get('dataset')}, {cfgs[0].get('model')}, "
+           f"protocol {cfgs[0].get('protocol')}, seeds {seeds}: mean +- std "
+           "of NDCG@20 / mean abs PD of NDCG@20", "",
+           "| method | " + " | ".join(f"{name} NDCG | {name} abs PD"
+                                      for name, _ in SEED_MEASURES) + " |",
+           "|---|" + "---|---|" * len(SEED_MEASURES)]
+  for m in methods:
+    lines.append(f"| {m} | " + " | ".join(
+        f"{cell(path, m, 'ndcg@20')} | {cell(path, m, 'pd_ndcg@20')}"
+        for _, path in SEED_MEASURES) + " |")
+  out_path = pathlib.Path(out_path)
+  write_atomic(out_path, lambda f: f.write("\n".join(lines) + "\n"))
+  return out_path
