@@ -168,6 +168,16 @@ def test_dual_step_moves_the_side_that_is_violated():
   lam = fade_dual.dual_step(np.array([2.9, 0]), 1.0, 10, 0.0, 3)
   np.testing.assert_allclose(lam, [3.0, 0.0])
   np.testing.assert_allclose(fade_dual.dual_step(lam, np.nan, 10, 0, 3), lam)
+  # eps = 0: after saturation the sum stays at lam_max while the gap's sign
+  # moves weight between the sides (module doc).
+  lam = np.array([3.0, 0.0])
+  for gap in (-0.1, 0.05, -0.2, -0.03):
+    lam = fade_dual.dual_step(lam, gap, 10, 0.0, 3)
+    assert lam.sum() == pytest.approx(3.0)
+  np.testing.assert_allclose(lam, [0.2, 2.8])
+  # eps > 0: unclipped steps shrink the sum by 2 eta eps.
+  lam = fade_dual.dual_step(np.array([1.0, 1.0]), 0.02, 10, 0.01, 3)
+  assert lam.sum() == pytest.approx(2.0 - 2 * 10 * 0.01)
   train_rows, hold = fade_dual.split_holdout(np.arange(20, 0, -1), 0.1, (0,))
   assert hold.size == 2 and train_rows.size == 18
   np.testing.assert_array_equal(np.sort(np.r_[train_rows, hold]),

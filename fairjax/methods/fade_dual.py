@@ -24,6 +24,14 @@ Dual, after every `dual.update_every` epochs of every period t:
     lam+ <- clip(lam+ + eta (g_hat - eps), 0, lam_max)
     lam- <- clip(lam- + eta (-g_hat - eps), 0, lam_max)
 
+With eps = 0 (the default) the two steps are opposite, so lam+ + lam- does
+not change between clippings: once one side has reached lam_max, the sum
+stays at lam_max and a gap that flips sign moves weight from one side to
+the other. The loss then holds, beside the signed pull (lam+ - lam-)
+softplus(+-d), a symmetric term min(lam+, lam-) (softplus(d) +
+softplus(-d)), which pulls d towards 0 from both sides; with eps > 0 the
+sum shrinks by 2 eta eps per step instead.
+
 H_t is a random `dual.holdout_frac` of the period's interactions (seeded
 per period; a chronological tail would hold only a few dozen users on
 ML-1M, 7-13 of them in the minority, and the gap estimate would be mostly
