@@ -290,3 +290,39 @@ def test_exclude_errors():
     dual_topk(v, g, u, mu, 5, exclude=ex)
   with pytest.raises(DataError, match="field 'exclude'.*item id -2"):
     dual_topk(v, g, u, mu, 5, exclude=jax.numpy.asarray(ex))
+
+
+@pytest.mark.parametrize("layout,mesh_shards", [("by_group", None),
+                                                ("by_group", 8),
+                                                ("random", None)])
+def test_allowed_groups_exact_and_skipping(layout, mesh_shards):
+  # 12000 items in blocks of 256, 6 groups; two groups allowed. With the
+  # catalog sorted by group most blocks hold no allowed item and are skipped.
+  u, v, g, mu = _data(12000, d=8, b=32, g=6, seed=11, ties=True)
+  if layout == "by_group":
+    order = np.argsort(g, kind="stable")
+    v, g = v[order], g[order]
+  allowed = np.zeros(6, bool)
+  allowed[[1, 4]] = True
+  ex = _exclusion(12000, 32, 300, seed=11)
+  mesh = None if mesh_shards is None else _mesh(mesh_shards)
+  items = shard_items(v, g, mesh, block_size=256)
+  kw = dict(mesh=mesh, k=40, block=items.block)
+  args = (items.emb, items.group, sharded.replicate(u, mesh),
+          sharded.replicate(mu, mesh), sharded.replicate(ex, mesh),
+          sharded.replicate(allowed, mesh))
+  a = sharded.sharded_topk(*args, **kw)
+  b = sharded.sharded_topk(*args, prune=False, **kw)
+  np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+  np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+  # Brute force with the other groups' items excluded: exact ids (ties
+  # by lower id included: the data are small integers).
+  shut = np.where(allowed[g], -1, np.arange(12000))
+  ex_all = np.concatenate([ex, np.broadcast_to(shut, (32, 12000))], 1)
+  ref_s, ref_i = _brute(u, v, g, mu, 40, ex_all)
+  np.testing.assert_array_equal(np.asarray(a[1]), ref_i)
+  np.testing.assert_array_equal(np.asarray(a[0]), ref_s.astype(np.float32))
+  # Nothing allowed: every slot is (-inf, -1).
+  none = sharded.replicate(np.zeros(6, bool), mesh)
+  s0, i0 = sharded.sharded_topk(*args[:5], none, **kw)
+  assert (np.asarray(i0) == -1).all() and np.isneginf(np.asarray(s0)).all()

@@ -221,6 +221,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           "fraction sum_g m_g / (T K) = %.3f: a list cannot hold every group "
           "at the allowed pace, so the guarantee's premise can fail",
           safety, frac)
+  by_group = (_group_layout(item_emb, group_host, items, mesh, block_size,
+                            g_count) if repair else None)
   ctl = dual_ops.make_dual_control(
       m, k, horizon, batch_size, eta, headroom=headroom, target=target,
       safety=safety, capacity=cap, boost=float(boost),
@@ -230,7 +232,7 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
                 repair=repair)
   ids, rel, expo, mus, forced, infeasible = _serve_loop(
       items.emb, items.group, groups, users, weight, excl, ctl,
-      jnp.float32(lam), jnp.float32(boost), **params)
+      jnp.float32(lam), jnp.float32(boost), by_group, **params)
   ids = np.asarray(ids).reshape(nb * batch_size, k)[:t_total]
   rel = np.asarray(rel).reshape(nb * batch_size, k)[:t_total]
   forced, infeasible = np.asarray(forced), np.asarray(infeasible)
@@ -243,6 +245,27 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
         "served first (best effort) and may end short", bad, first, nb)
   return ServeResult(method, ids, rel, np.asarray(expo), np.asarray(mus), m,
                      forced, infeasible)
+
+
+def _group_layout(item_emb, group_host, items, mesh, block_size, g_count):
+  """The catalog again, sorted by group, for the pace repair's second
+  retrieval: (emb, group, perm, inv), perm [N] the global id at each sorted
+  position (stable: ids ascending within a group), inv its inverse. A
+  retrieval allowed only the short groups then scans their blocks alone
+  (`sharded.sharded_topk(allowed=)`). A multi-process catalog keeps its id
+  layout (perm = identity): same result, no blocks skipped."""
+  n = items.num_items
+  if isinstance(item_emb, jax.Array) and not item_emb.is_fully_addressable:
+    ident = sharded.replicate(np.arange(n, dtype=np.int32), mesh)
+    return items.emb, items.group, ident, ident
+  perm = np.argsort(group_host[:n], kind="stable").astype(np.int32)
+  inv = np.empty_like(perm)
+  inv[perm] = np.arange(n, dtype=np.int32)
+  lay = sharded.shard_items(np.asarray(item_emb, np.float32)[perm],
+                            group_host[perm], mesh, block_size=block_size,
+                            num_groups=g_count, check=False)
+  return (lay.emb, lay.group, sharded.replicate(perm, mesh),
+          sharded.replicate(inv, mesh))
 
 
 def _bias(method, expo, dual_state, ctl, lam, boost, num_neighbors, b):
@@ -320,15 +343,16 @@ def _pace_repair(ids, rel, cand_ids, cand_rel, groups_rep, need, budget,
 @functools.partial(jax.jit, static_argnames=(
     "method", "k", "block", "mesh", "num_groups", "num_neighbors", "repair"))
 def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
-                boost, *, method, k, block, mesh, num_groups, num_neighbors,
-                repair=False):
+                boost, by_group=None, *, method, k, block, mesh, num_groups,
+                num_neighbors, repair=False):
   """lax.scan over batches: retrieve with mu, count groups, update state.
 
   `exclude` is None or [nb, B, E] (batch b's rows ride along in the scan).
   With `repair` (FairSync, safety_rule `repair`) a batch whose lists leave
-  a group behind its pace gets a second retrieval over the short groups and
-  `_pace_repair`; the dual steps on its own lists' counts, the exposure
-  counts what was served.
+  a group behind its pace gets a second retrieval over the short groups'
+  items only, on the group-sorted catalog `by_group` (`_group_layout`),
+  and `_pace_repair`; the dual steps on its own lists' counts, the
+  exposure counts what was served.
   """
 
   def step(carry, xs):
@@ -350,10 +374,13 @@ def _serve_loop(emb, group, groups_rep, users, weight, exclude, ctl, lam,
       need = ctl.repair_need(dstate, counts, b)
 
       def fix(_):
-        mu2 = jnp.where(need > 0, 0.0, boost).astype(jnp.float32)
-        s2, ids2 = sharded.sharded_topk(emb, group, q, mu2, x, mesh=mesh,
-                                        k=k, block=block)
-        rel2 = s2 + mu2[groups_rep[jnp.maximum(ids2, 0)]]
+        emb_g, group_g, perm, inv = by_group
+        x_g = None if x is None else jnp.where(
+            x >= 0, inv[jnp.maximum(x, 0)], -1)
+        rel2, pos2 = sharded.sharded_topk(emb_g, group_g, q, None, x_g,
+                                          need > 0, mesh=mesh, k=k,
+                                          block=block)
+        ids2 = jnp.where(pos2 >= 0, perm[jnp.maximum(pos2, 0)], -1)
         budget = dual_ops.repair_budget(ctl, dstate, counts, b)
         new_ids, new_rel = _pace_repair(ids, rel, ids2, rel2, groups_rep,
                                         need, budget, w)

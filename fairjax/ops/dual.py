@@ -85,9 +85,10 @@ with counts n_g, group g is short of
 
   s_g = ceil( (m_g - E_g - n_g)^+ - a_g (R - b) )^+
 
-items (R the requests left before the batch). A second retrieval with mu_g
-= 0 on the short groups and +boost on the others gives each request its
-best items of the short groups; each short group takes its s_g best-scored
+items (R the requests left before the batch). A second retrieval over the
+short groups' items alone (the catalog kept sorted by group, so only their
+blocks are scanned) gives each request its best items of the short
+groups; each short group takes its s_g best-scored
 candidates over the batch (not already listed), and a list taking r of them
 drops its r lowest-scored items of groups that are neither short nor
 within reach of their own line (a group h may lose at most a_h (R - b) +
@@ -109,8 +110,8 @@ cost is the score of the items swapped, paid only in batches where the
 dual fell behind the allowed debt.
 
 The retrieval itself is untouched: the query is still q_t = [u_t ; -mu]
-with one mu per batch, so the serving path costs what it did (the repair's
-second retrieval runs only in batches with a short group).
+with one mu per batch. The repair's second retrieval runs only in batches
+with a short group and scans only the short groups' share of the catalog.
 """
 
 from __future__ import annotations

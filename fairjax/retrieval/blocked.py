@@ -41,6 +41,15 @@ pruning test either (-inf > tau is false), and chunk maxima ignore it. So
 the result is the exact top-k of the non-excluded items; when a row has
 fewer than k of them, its trailing slots hold (-inf, -1). exclude=None
 traces the program without the scatter (identical to no exclusion).
+
+Allowed groups. An optional bool [G] mask `allowed` scores the items of
+groups outside it -inf, exactly like excluded items, and skips (lax.cond)
+every block that holds no item of an allowed group: the result is the
+exact top-k over the allowed groups' items, and on a catalog laid out by
+group the cost falls with the share of the catalog the mask allows
+(FairSync's pace repair looks for items of the few groups behind their
+pace this way). Skipping a block is exact: a block of -inf scores changes
+neither the running list nor tau.
 """
 
 from __future__ import annotations
@@ -115,7 +124,8 @@ def _item_bias(group_blk, mu, valid_blk):
     "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                mu: jax.Array | None, id_offset: jax.Array | int,
-               exclude: jax.Array | None = None, *, k: int,
+               exclude: jax.Array | None = None,
+               allowed: jax.Array | None = None, *, k: int,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
                flush_every: int = 8,
                prune: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -133,6 +143,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     exclude: int32 [B, E] global ids to leave out per query, padded with -1
       (ids outside the local range are ignored), or None: no exclusion (the
       compiled program has no exclusion step).
+    allowed: bool [G] groups whose items may be returned, or None (all);
+      blocks without an allowed item are skipped (module doc).
     k: results per query.
     block: items per GEMM block (a multiple of `chunk`).
     chunk: c, items per pruning chunk.
@@ -170,11 +182,19 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     return ns, ni, jnp.min(ns, axis=1, keepdims=True)
 
   def body(i, carry):
+    start = i * block
+    g = lax.dynamic_slice_in_dim(item_group, start, block)
+    if allowed is None:
+      return scan_block(i, carry, g, g >= 0)
+    ok = (g >= 0) & allowed[jnp.clip(g, 0, allowed.shape[0] - 1)]
+    return lax.cond(jnp.any(ok), lambda c: scan_block(i, c, g, ok),
+                    lambda c: c, carry)
+
+  def scan_block(i, carry, g, valid_blk):
     top_s, top_i, buf_s, buf_i, fill, tau = carry
     start = i * block
     v = lax.dynamic_slice_in_dim(item_emb, start, block)
-    g = lax.dynamic_slice_in_dim(item_group, start, block)
-    s = block_scores(user_q, v, _item_bias(g, mu, g >= 0))
+    s = block_scores(user_q, v, _item_bias(g, mu, valid_blk))
     if exclude is not None:
       s = exclude_block(s, exclude, id_offset + start)
     blk_ids = id_offset + start + col

@@ -238,7 +238,8 @@ def _to_host(x) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=(
     "mesh", "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
 def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
-                 mu: jax.Array | None, exclude: jax.Array | None = None, *,
+                 mu: jax.Array | None, exclude: jax.Array | None = None,
+                 allowed: jax.Array | None = None, *,
                  mesh, k: int, block: int,
                  chunk: int = DEFAULT_CHUNK, num_chunks_small: int = 8,
                  flush_every: int = 4,
@@ -250,6 +251,8 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   `lax.scan` (FairSync's serving loop). mu=None scores plain <u, v>.
   `exclude` (int32 [B, E] global ids, -1 padded, replicated) leaves those
   items out per query; None compiles the program without exclusion.
+  `allowed` (bool [G], replicated) returns only items of those groups and
+  skips the blocks that hold none (`blocked.local_topk`).
 
   Returns:
     (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc);
@@ -258,12 +261,13 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   kw = dict(k=k, block=block, chunk=chunk, num_chunks_small=num_chunks_small,
             flush_every=flush_every, prune=prune)
   if mesh is None:
-    return blocked.local_topk(user_q, emb, group, mu, 0, exclude, **kw)
+    return blocked.local_topk(user_q, emb, group, mu, 0, exclude, allowed,
+                              **kw)
   n_loc = emb.shape[0] // mesh.shape[AXIS]
 
-  def per_shard(e, g, q, m, x):
+  def per_shard(e, g, q, m, x, a):
     off = jax.lax.axis_index(AXIS).astype(jnp.int32) * n_loc
-    ls, li = blocked.local_topk(q, e, g, m, off, x, **kw)
+    ls, li = blocked.local_topk(q, e, g, m, off, x, a, **kw)
     gs = jax.lax.all_gather(ls, AXIS)  # [S, B, k]
     gi = jax.lax.all_gather(li, AXIS)
     b = q.shape[0]
@@ -273,13 +277,15 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
 
   mu_spec = None if mu is None else P()
   ex_spec = None if exclude is None else P()
+  al_spec = None if allowed is None else P()
   # check_vma=False: the per-shard loop mixes shard-varying data with
   # constant buffers; the output is replicated by construction (all_gather
   # then the same merge on every device).
   fn = jax.shard_map(per_shard, mesh=mesh,
-                     in_specs=(P(AXIS, None), P(AXIS), P(), mu_spec, ex_spec),
+                     in_specs=(P(AXIS, None), P(AXIS), P(), mu_spec, ex_spec,
+                               al_spec),
                      out_specs=(P(), P()), check_vma=False)
-  return fn(emb, group, user_q, mu, exclude)
+  return fn(emb, group, user_q, mu, exclude, allowed)
 
 
 @jax.jit
