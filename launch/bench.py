@@ -2,10 +2,10 @@ r"""Benchmarks: `python -m launch.bench --bench=NAME`.
 
 Each benchmark measures ours against a baseline in the same run, prints its
 progress to stderr and, as the last line of stdout, one JSON object of the
-measured figures. Names: ranking, fade, itfr, retrieval.
+measured figures. Names: ranking, fade, itfr, retrieval, serving, bo.
 
-The retrieval benchmark shards items over emulated CPU devices; their number
-(`--devices`, default 2 for retrieval) must be fixed before JAX starts, so it
+The retrieval and serving benchmarks shard items over emulated CPU devices;
+their number (`--devices`, default 2 for them) must be fixed before JAX starts, so it
 is read from argv here, before anything imports jax.
 """
 
@@ -18,7 +18,7 @@ def _early_devices(argv):
                None)
   devices = next((a.split("=", 1)[1] for a in argv
                   if a.startswith("--devices=")), None)
-  if devices is None and bench == "retrieval":
+  if devices is None and bench in ("retrieval", "serving"):
     devices = "2"
   if devices and "xla_force_host_platform_device_count" not in os.environ.get(
       "XLA_FLAGS", ""):
@@ -44,6 +44,7 @@ BENCHES = {
     "fade": "fairjax.bench.fade",
     "itfr": "fairjax.bench.itfr",
     "retrieval": "fairjax.bench.retrieval",
+    "serving": "fairjax.bench.serving",
     "bo": "fairjax.bench.bo",
 }
 
@@ -69,6 +70,9 @@ def main(argv):
   elif _BENCH.value == "itfr":
     from configs import itfr as itfr_config
     kwargs["get_config"] = itfr_config.get_config
+  elif _BENCH.value == "serving":
+    from configs import fairsync as fairsync_config
+    kwargs["get_config"] = fairsync_config.get_config
   if "data_dir" in module.run.__code__.co_varnames:
     kwargs["data_dir"] = _DATA_DIR.value or os.environ.get("FAIRJAX_DATA_DIR")
   if _MODEL.value is not None:

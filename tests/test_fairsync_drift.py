@@ -251,6 +251,14 @@ def test_pace_repair_meets_every_minimum_whatever_the_order(order):
   # Exactly what is owed, not whole lists: no group ends a list's worth over.
   short = r.forced_history.any(0)
   assert np.all(r.exposure[short] < m[short] + 8)
+  if order == "drift":
+    # The second retrieval on the group-sorted copy (short groups' blocks
+    # only) serves the same lists as one over the catalog in id order.
+    ids_order = fairsync.serve("FairSync", u, v, g, 8, m, 16, eta=1e-3,
+                               target="remaining", safety=1.0,
+                               safety_rule="repair", repair_by_group=False)
+    np.testing.assert_array_equal(ids_order.item_ids, r.item_ids)
+    np.testing.assert_array_equal(ids_order.scores, r.scores)
 
 
 def test_pace_repair_meets_minimums_where_forcing_overshoots():

@@ -118,8 +118,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           num_neighbors: int = 3, boost: float | None = None,
           block_size: int | None = None, check: bool = True,
           headroom: float = 0.0, target: str = "static", safety: float = 0.0,
-          safety_rule: str = "group", horizon: int | None = None
-          ) -> ServeResult:
+          safety_rule: str = "group", horizon: int | None = None,
+          repair_by_group: bool = True) -> ServeResult:
   """Serves T requests in arrival order with one of the `METHODS`.
 
   Args:
@@ -143,6 +143,11 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
       group behind its allowance gets exactly the missing items, swapped
       into the lists that lose least; `forced_history` then marks the
       repaired groups); see `fairjax.ops.dual`.
+    repair_by_group: the pace repair's second retrieval scans a copy of
+      the catalog sorted by group, only the short groups' blocks (default);
+      False scans the catalog in id order (same lists up to ties between
+      groups, no block skipped: the cost `launch.bench --bench=serving`
+      compares).
     horizon: T of the minimums (default: the number of requests). Must be
       >= the requests served (ConfigError otherwise); a longer horizon
       paces FairSync for requests still to come after this stream.
@@ -222,7 +227,8 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           "at the allowed pace, so the guarantee's premise can fail",
           safety, frac)
   by_group = (_group_layout(item_emb, group_host, items, mesh, block_size,
-                            g_count) if repair else None)
+                            g_count, sort=repair_by_group)
+              if repair else None)
   ctl = dual_ops.make_dual_control(
       m, k, horizon, batch_size, eta, headroom=headroom, target=target,
       safety=safety, capacity=cap, boost=float(boost),
@@ -247,15 +253,18 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
                      forced, infeasible)
 
 
-def _group_layout(item_emb, group_host, items, mesh, block_size, g_count):
+def _group_layout(item_emb, group_host, items, mesh, block_size, g_count,
+                  sort: bool = True):
   """The catalog again, sorted by group, for the pace repair's second
   retrieval: (emb, group, perm, inv), perm [N] the global id at each sorted
   position (stable: ids ascending within a group), inv its inverse. A
   retrieval allowed only the short groups then scans their blocks alone
-  (`sharded.sharded_topk(allowed=)`). A multi-process catalog keeps its id
-  layout (perm = identity): same result, no blocks skipped."""
+  (`sharded.sharded_topk(allowed=)`). Without `sort`, and for a
+  multi-process catalog, the id layout is kept (perm = identity): the same
+  lists up to ties between groups, no blocks skipped."""
   n = items.num_items
-  if isinstance(item_emb, jax.Array) and not item_emb.is_fully_addressable:
+  if not sort or (isinstance(item_emb, jax.Array)
+                  and not item_emb.is_fully_addressable):
     ident = sharded.replicate(np.arange(n, dtype=np.int32), mesh)
     return items.emb, items.group, ident, ident
   perm = np.argsort(group_host[:n], kind="stable").astype(np.int32)
