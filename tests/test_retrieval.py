@@ -294,34 +294,59 @@ def test_exclude_errors():
 
 @pytest.mark.parametrize("layout,mesh_shards", [("by_group", None),
                                                 ("by_group", 8),
-                                                ("random", None)])
+                                                ("ids", None)])
 def test_allowed_groups_exact_and_skipping(layout, mesh_shards):
-  # 12000 items in blocks of 256, 6 groups; two groups allowed. With the
-  # catalog sorted by group most blocks hold no allowed item and are skipped.
+  # 12000 items in blocks of 256, 6 groups; two groups allowed. On the
+  # by-group layout most blocks hold no allowed item and are skipped.
   u, v, g, mu = _data(12000, d=8, b=32, g=6, seed=11, ties=True)
-  if layout == "by_group":
-    order = np.argsort(g, kind="stable")
-    v, g = v[order], g[order]
   allowed = np.zeros(6, bool)
   allowed[[1, 4]] = True
   ex = _exclusion(12000, 32, 300, seed=11)
   mesh = None if mesh_shards is None else _mesh(mesh_shards)
-  items = shard_items(v, g, mesh, block_size=256)
+  if layout == "by_group":
+    items, perm = sharded.shard_items_by_group(v, g, mesh, block_size=256)
+    # Every shard holds an equal share (+-1) of each group, by group.
+    n_loc = perm.size // (mesh_shards or 1)
+    for share in perm.reshape(-1, n_loc):
+      gs = g[share[share >= 0]]
+      assert np.all(np.diff(gs) >= 0)
+      np.testing.assert_allclose(np.bincount(gs, minlength=6),
+                                 np.bincount(g, minlength=6)
+                                 / (mesh_shards or 1), atol=1)
+    assert np.array_equal(np.sort(perm[perm >= 0]), np.arange(12000))
+    inv = np.empty(12000, np.int32)
+    inv[perm[perm >= 0]] = np.nonzero(perm >= 0)[0]
+    ex_l = np.where(ex >= 0, inv[np.maximum(ex, 0)], -1)
+  else:
+    items, perm, ex_l = shard_items(v, g, mesh, block_size=256), None, ex
   kw = dict(mesh=mesh, k=40, block=items.block)
   args = (items.emb, items.group, sharded.replicate(u, mesh),
-          sharded.replicate(mu, mesh), sharded.replicate(ex, mesh),
+          sharded.replicate(mu, mesh), sharded.replicate(ex_l, mesh),
           sharded.replicate(allowed, mesh))
   a = sharded.sharded_topk(*args, **kw)
   b = sharded.sharded_topk(*args, prune=False, **kw)
   np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
   np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
-  # Brute force with the other groups' items excluded: exact ids (ties
-  # by lower id included: the data are small integers).
+  ids = np.asarray(a[1])
+  if perm is not None:
+    ids = np.where(ids >= 0, perm[np.maximum(ids, 0)], -1)
+  # Brute force with the other groups' items excluded.
   shut = np.where(allowed[g], -1, np.arange(12000))
   ex_all = np.concatenate([ex, np.broadcast_to(shut, (32, 12000))], 1)
   ref_s, ref_i = _brute(u, v, g, mu, 40, ex_all)
-  np.testing.assert_array_equal(np.asarray(a[1]), ref_i)
   np.testing.assert_array_equal(np.asarray(a[0]), ref_s.astype(np.float32))
+  if perm is None:  # ties by lower id
+    np.testing.assert_array_equal(ids, ref_i)
+  else:  # ties by layout position: each item carries its own score
+    got = np.asarray(a[0])
+    for r in range(32):
+      real = ids[r] >= 0
+      assert len(set(ids[r][real])) == real.sum()
+      assert allowed[g[ids[r][real]]].all()
+      assert not np.isin(ids[r][real], ex[r]).any()
+      exact = (u[r].astype(np.float64) @ v[ids[r][real]].T.astype(np.float64)
+               - mu[g[ids[r][real]]])
+      np.testing.assert_array_equal(got[r][real], exact.astype(np.float32))
   # Nothing allowed: every slot is (-inf, -1).
   none = sharded.replicate(np.zeros(6, bool), mesh)
   s0, i0 = sharded.sharded_topk(*args[:5], none, **kw)

@@ -8,12 +8,16 @@ groups drift, K = 50, B = 64, items over 2 emulated shards) is served by:
     scans only the short groups' blocks of a group-sorted copy;
   * the same with the second retrieval over the catalog in id order (no
     block skipped: `serve(repair_by_group=False)`), the repair's earlier
-    cost.
+    cost;
+  * FairSync without a safety net (safety 0: the dual-space query and the
+    dual update alone), which splits the overhead into the dual's part and
+    the repair's.
 Each is served twice; the second call is timed (compilation excluded).
 Figures: the seconds of each, `repair_overhead` (FairSync over
 unconstrained, minus 1), `repair_overhead_id_order` (the same without the
-group layout), `repaired_batches` / `batches`, and each FairSync run's ESP
-(the repair layout must not change it).
+group layout), `dual_overhead` (FairSync without a net over unconstrained,
+minus 1), `repaired_batches` / `batches`, and each FairSync run's ESP (the
+repair layout must not change it; without the net it may miss).
 
 Run: `python -m launch.bench --bench=serving` (2 emulated devices).
 """
@@ -75,6 +79,8 @@ def run(get_config, seed: int = 0, num_items: int = 1_000_000,
   ours, t_rep = _serve_twice("FairSync (repair, by group)", dual)
   ids, t_ids = _serve_twice("FairSync (repair, id order)",
                             dict(dual, repair_by_group=False))
+  no_net, t_dual = _serve_twice("FairSync (no safety net)",
+                                dict(dual, safety=0.0))
   final = lambda r: np.asarray(r.exposure_over_time)[-1]  # noqa: E731
   repaired = np.asarray(ours.forced_history).any(axis=1)
   return {
@@ -85,6 +91,8 @@ def run(get_config, seed: int = 0, num_items: int = 1_000_000,
       "fairsync_id_order_seconds": t_ids,
       "repair_overhead": t_rep / t_unc - 1.0,
       "repair_overhead_id_order": t_ids / t_unc - 1.0,
+      "fairsync_no_net_seconds": t_dual, "dual_overhead": t_dual / t_unc - 1.0,
+      "esp_no_net": float(metrics_lib.esp(final(no_net), m)),
       "repaired_batches": int(repaired.sum()), "batches": int(repaired.size),
       "esp": float(metrics_lib.esp(final(ours), m)),
       "esp_id_order": float(metrics_lib.esp(final(ids), m)),

@@ -227,7 +227,7 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
           "at the allowed pace, so the guarantee's premise can fail",
           safety, frac)
   by_group = (_group_layout(item_emb, group_host, items, mesh, block_size,
-                            g_count, sort=repair_by_group)
+                            sort=repair_by_group)
               if repair else None)
   ctl = dual_ops.make_dual_control(
       m, k, horizon, batch_size, eta, headroom=headroom, target=target,
@@ -253,11 +253,12 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
                      forced, infeasible)
 
 
-def _group_layout(item_emb, group_host, items, mesh, block_size, g_count,
+def _group_layout(item_emb, group_host, items, mesh, block_size,
                   sort: bool = True):
-  """The catalog again, sorted by group, for the pace repair's second
-  retrieval: (emb, group, perm, inv), perm [N] the global id at each sorted
-  position (stable: ids ascending within a group), inv its inverse. A
+  """The catalog again, by group, for the pace repair's second retrieval:
+  (emb, group, perm, inv) with perm [N_pad] the global id at each position
+  of `sharded.shard_items_by_group` (each shard holds its share of every
+  group, sorted by group; -1 on padding) and inv [N] its inverse. A
   retrieval allowed only the short groups then scans their blocks alone
   (`sharded.sharded_topk(allowed=)`). Without `sort`, and for a
   multi-process catalog, the id layout is kept (perm = identity): the same
@@ -265,14 +266,15 @@ def _group_layout(item_emb, group_host, items, mesh, block_size, g_count,
   n = items.num_items
   if not sort or (isinstance(item_emb, jax.Array)
                   and not item_emb.is_fully_addressable):
-    ident = sharded.replicate(np.arange(n, dtype=np.int32), mesh)
+    ident = sharded.replicate(np.arange(items.emb.shape[0], dtype=np.int32),
+                              mesh)
     return items.emb, items.group, ident, ident
-  perm = np.argsort(group_host[:n], kind="stable").astype(np.int32)
-  inv = np.empty_like(perm)
-  inv[perm] = np.arange(n, dtype=np.int32)
-  lay = sharded.shard_items(np.asarray(item_emb, np.float32)[perm],
-                            group_host[perm], mesh, block_size=block_size,
-                            num_groups=g_count, check=False)
+  lay, perm = sharded.shard_items_by_group(
+      np.asarray(item_emb, np.float32), group_host[:n], mesh,
+      block_size=block_size)
+  inv = np.empty((n,), np.int32)
+  real = np.nonzero(perm >= 0)[0].astype(np.int32)
+  inv[perm[real]] = real
   return (lay.emb, lay.group, sharded.replicate(perm, mesh),
           sharded.replicate(inv, mesh))
 

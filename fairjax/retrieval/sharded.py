@@ -221,6 +221,48 @@ def shard_items(item_emb, item_group, mesh=None, *,
                       n, blk)
 
 
+def shard_items_by_group(item_emb, item_group, mesh=None, *,
+                         block_size: int | None = None,
+                         chunk: int = DEFAULT_CHUNK
+                         ) -> tuple[ShardedItems, np.ndarray]:
+  """The catalog laid out for retrievals restricted to a few groups
+  (`sharded_topk(allowed=)`): each group's items are dealt to the shards in
+  turn (in id order), and every shard holds its share sorted by group, so
+  a group's blocks are contiguous on every shard and a restricted
+  retrieval scans about as many blocks on each (one shard per group would
+  leave the others waiting at the all-gather).
+
+  Args:
+    item_emb: float [N, d] item embeddings (host or one-process arrays).
+    item_group: int [N] groups in [0, G).
+    mesh, block_size, chunk: as `shard_items` (same block size).
+
+  Returns:
+    (items, perm): `ShardedItems` whose ids are layout positions (padding
+    rows, group -1, sit at the end of each shard's share), and perm int32
+    [N_pad], the global id at each position (-1 on padding).
+  """
+  emb, grp = _to_host(item_emb), _to_host(item_group).astype(np.int32)
+  n = grp.shape[0]
+  blk = block_size_for(n, block_size, chunk)
+  s = _num_shards(mesh)
+  n_pad = padded_size(n, s, blk)
+  n_loc = n_pad // s
+  order = np.argsort(grp, kind="stable").astype(np.int32)
+  perm = np.full((n_pad,), -1, np.int32)
+  for shard in range(s):
+    part = order[shard::s]  # still by group, ids ascending within a group
+    perm[shard * n_loc:shard * n_loc + part.size] = part
+  real = perm >= 0
+  emb_l = np.zeros((n_pad, emb.shape[1]), np.float32)
+  emb_l[real] = emb[perm[real]]
+  grp_l = np.full((n_pad,), -1, np.int32)
+  grp_l[real] = grp[perm[real]]
+  items = ShardedItems(_put(emb_l, mesh, P(AXIS, None)),
+                       _put(grp_l, mesh, P(AXIS)), n, blk)
+  return items, perm
+
+
 def _as_f32(x):
   if isinstance(x, jax.Array):
     return x.astype(jnp.float32)
