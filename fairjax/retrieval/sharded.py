@@ -26,6 +26,12 @@ Exclusion: an optional int32 [B, E] list of global item ids per query
 query's candidates (each shard drops the ids inside its own blocks; see
 `blocked.exclude_block`). A query with fewer than k non-excluded items gets
 (-inf, -1) in its trailing slots.
+
+Allowed groups: `sharded_topk(allowed=)` returns only items of the groups
+in a bool [G] mask and skips the blocks that hold none of them; on the
+layout of `shard_items_by_group` (every shard holds its share of each
+group, sorted by group) those blocks are few and spread evenly over the
+shards. Its ids are layout positions, mapped back by the returned `perm`.
 """
 
 from __future__ import annotations
