@@ -4,8 +4,9 @@ Measures on a synthetic catalog already sharded over `shards` devices:
   * dual_topk (FairSync query [u; -mu]): queries/s and the score-FLOP rate
     2 N d per query, against a same-run 4096 x 4096 float32 SGEMM in JAX;
   * plain top-K without the mu term (the mu-term overhead);
-  * FairSync's pace-repair retrieval: two groups allowed, catalog sorted by
-    group (`sharded_topk(allowed=)`), against the full dual top-K;
+  * FairSync's pace-repair retrieval: two groups allowed on the catalog
+    laid out by group (`shard_items_by_group`, `sharded_topk(allowed=)`),
+    against the full dual top-K;
   * a straightforward jitted block-and-merge (lax.top_k over running list +
     whole block, every block);
   * faiss-cpu IndexFlatIP on the augmented vectors [v; A] / [u; -mu], when
@@ -113,7 +114,7 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   the pruning), gemm_loop_s (the same blocked GEMMs without any top-K: the
   ceiling), dual_vs_gemm_loop, repair_s / repair_vs_dual /
   repair_item_share (the pace repair's second retrieval: two groups allowed
-  on the catalog sorted by group, and the share of items they hold),
+  on the catalog laid out by group, and the share of items they hold),
   blockmerge_s, speedup_vs_blockmerge,
   exact_vs_blockmerge, faiss_s / faiss_qps / speedup_vs_faiss /
   faiss_agreement / faiss_threads (None without faiss).
@@ -156,11 +157,10 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   gemm_fn = _gemm_only_fn(mesh, items.block)
   t_gemm = _time(lambda: gemm_fn(q, items.emb, items.group, mu_r))
   _log(f"blocked GEMM only (no top-K) {t_gemm:.3f}s")
-  # The pace repair's second retrieval (FairSync): the catalog sorted by
-  # group, only two of the groups allowed; the other blocks are skipped.
-  perm = np.argsort(grp, kind="stable")
-  by_group = sharded.shard_items(v[perm], grp[perm], mesh,
-                                 num_groups=num_groups)
+  # The pace repair's second retrieval (FairSync): the catalog laid out by
+  # group on every shard, only two of the groups allowed; the other blocks
+  # are skipped.
+  by_group, _ = sharded.shard_items_by_group(v, grp, mesh)
   allowed = np.zeros(num_groups, bool)
   allowed[:2] = True
   allowed_r = sharded.replicate(allowed, mesh)

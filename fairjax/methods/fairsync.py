@@ -144,10 +144,10 @@ def serve(method: str, user_emb, item_emb, item_group, k: int, min_exposure,
       into the lists that lose least; `forced_history` then marks the
       repaired groups); see `fairjax.ops.dual`.
     repair_by_group: the pace repair's second retrieval scans a copy of
-      the catalog sorted by group, only the short groups' blocks (default);
-      False scans the catalog in id order (same lists up to ties between
-      groups, no block skipped: the cost `launch.bench --bench=serving`
-      compares).
+      the catalog laid out by group (`sharded.shard_items_by_group`), only
+      the short groups' blocks (default); False scans the catalog in id
+      order (same lists up to ties between groups, no block skipped: the
+      cost `launch.bench --bench=serving` compares).
     horizon: T of the minimums (default: the number of requests). Must be
       >= the requests served (ConfigError otherwise); a longer horizon
       paces FairSync for requests still to come after this stream.

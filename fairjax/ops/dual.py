@@ -86,10 +86,10 @@ with counts n_g, group g is short of
   s_g = ceil( (m_g - E_g - n_g)^+ - a_g (R - b) )^+
 
 items (R the requests left before the batch). A second retrieval over the
-short groups' items alone (the catalog kept sorted by group, so only their
-blocks are scanned) gives each request its best items of the short
-groups; each short group takes its s_g best-scored
-candidates over the batch (not already listed), and a list taking r of them
+short groups' items alone (a copy of the catalog laid out by group, so
+only their blocks are scanned) gives each request its best items of the
+short groups; each short group takes its s_g best-scored candidates over
+the batch (not already listed), and a list taking r of them
 drops its r lowest-scored items of groups that are neither short nor
 within reach of their own line (a group h may lose at most a_h (R - b) +
 E_h + n_h - m_h items, `repair_budget`). The dual still steps on its own

@@ -51,7 +51,7 @@ def figures(workdir, sweep=(), seeds=()) -> list[pathlib.Path]:
   if seeds:
     if job != "fade":
       raise ConfigError(f"--seeds: a seed table is drawn for FADE runs; "
-                       f"{workdir} is a {job!r} run")
+                        f"{workdir} is a {job!r} run")
     paths.append(module.fade_seed_table(
         [workdir, *seeds], pathlib.Path(workdir) / "seed_table.md"))
   return paths

@@ -123,8 +123,8 @@ def fade_seed_table(workdirs, out_path) -> pathlib.Path:
     for field in sorted(set(c) | set(cfgs[0])):
       if field not in SEED_FREE_FIELDS and c.get(field) != cfgs[0].get(field):
         raise ConfigError(f"{w / 'config.json'}: field {field!r} is "
-                         f"{c.get(field)!r}, {workdirs[0]} has "
-                         f"{cfgs[0].get(field)!r}: not seeds of one run")
+                          f"{c.get(field)!r}, {workdirs[0]} has "
+                          f"{cfgs[0].get(field)!r}: not seeds of one run")
   sums = [json.loads(run_file(w, "summary.json").read_text())
           for w in workdirs]
   methods = [m for m in sums[0]["task_r"]
