@@ -5,8 +5,8 @@ progress to stderr and, as the last line of stdout, one JSON object of the
 measured figures. Names: ranking, fade, itfr, retrieval, serving, bo.
 
 The retrieval and serving benchmarks shard items over emulated CPU devices;
-their number (`--devices`, default 2 for them) must be fixed before JAX starts, so it
-is read from argv here, before anything imports jax.
+their number (`--devices`, default 2 for them) must be fixed before JAX
+starts, so it is read from argv here, before anything imports jax.
 """
 
 import os

@@ -34,13 +34,7 @@ def _log(msg: str) -> None:
 
 def _time(fn, repeats: int = 2) -> float:
   """Best wall time of `repeats` calls after one warm-up (compile) call."""
-  jax.block_until_ready(fn())
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - t0)
-  return best
+  return _time_interleaved([fn], repeats)[0]
 
 
 def _time_interleaved(fns, rounds: int = 5) -> list[float]:

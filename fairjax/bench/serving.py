@@ -31,6 +31,7 @@ import numpy as np
 
 from fairjax import metrics as metrics_lib
 from fairjax.data import requests as requests_data
+from fairjax.jobs import fairsync as fairsync_job
 from fairjax.methods import fairsync
 from fairjax.retrieval import sharded
 
@@ -67,12 +68,8 @@ def run(get_config, seed: int = 0, num_items: int = 1_000_000,
   base, t_unc = _serve_twice("unconstrained", dict(
       common, method="unconstrained",
       min_exposure=np.zeros(g, np.float32)))
-  e0 = np.asarray(base.exposure_over_time)[-1]
-  sizes = np.bincount(req.item_group, minlength=g)
-  m, _, _ = fairsync.feasible_min_exposure(
-      e0, config.k, t_total, sizes, config.batch_size, config.exposure_frac,
-      config.item_cap, config.target_unconstrained_esp,
-      headroom=config.headroom)
+  m, _, _ = fairsync_job.minimum_exposure(
+      config, req, np.asarray(base.exposure_over_time)[-1])
   dual = dict(common, method="FairSync", min_exposure=m,
               headroom=config.headroom, target=config.dual_target,
               safety=config.safety, safety_rule=config.safety_rule)

@@ -101,6 +101,19 @@ def validate_config(config) -> None:
 validate = validate_config
 
 
+def minimum_exposure(config, req, unconstrained_exposure,
+                     fairsync_served: bool = True):
+  """(m [G], f, base [G]) of the job's config for the stream `req`, from the
+  unconstrained run's final exposure (`fairsync.feasible_min_exposure`;
+  FairSync's target (1 + headroom) m_g is checked too when it is served)."""
+  g = len(req.group_names)
+  return fairsync.feasible_min_exposure(
+      unconstrained_exposure, config.k, req.user_emb.shape[0],
+      np.bincount(req.item_group, minlength=g), config.batch_size,
+      config.exposure_frac, config.item_cap, config.target_unconstrained_esp,
+      headroom=config.headroom if fairsync_served else None)
+
+
 class Context:
   def __init__(self, config, workdir, data_dir):
     self.workdir, self.config = workdir, config
@@ -119,13 +132,10 @@ class Context:
   def minimums(self) -> np.ndarray:
     """m_g from the unconstrained exposure (written to min_exposure.json)."""
     if self._m is None:
-      c, req, t_total = self.config, self.req, self.req.user_emb.shape[0]
+      c, req = self.config, self.req
       e0 = np.asarray(self.unconstrained["exposure_over_time"])[-1]
-      sizes = np.bincount(req.item_group, minlength=self.num_groups)
-      m, f, base = fairsync.feasible_min_exposure(
-          e0, c.k, t_total, sizes, c.batch_size, c.exposure_frac,
-          c.item_cap, c.target_unconstrained_esp,
-          headroom=c.headroom if "FairSync" in method_list(c) else None)
+      m, f, base = minimum_exposure(c, req, e0,
+                                    "FairSync" in method_list(c))
       write_json_atomic(self.workdir / "min_exposure.json", dict(
           exposure_frac=f, base=base.tolist(), min_exposure=m.tolist(),
           unconstrained_exposure=e0.tolist(), groups=list(req.group_names)))

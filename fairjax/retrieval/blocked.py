@@ -185,14 +185,13 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     start = i * block
     g = lax.dynamic_slice_in_dim(item_group, start, block)
     if allowed is None:
-      return scan_block(i, carry, g, g >= 0)
+      return scan_block(start, carry, g, g >= 0)
     ok = (g >= 0) & allowed[jnp.clip(g, 0, allowed.shape[0] - 1)]
-    return lax.cond(jnp.any(ok), lambda c: scan_block(i, c, g, ok),
+    return lax.cond(jnp.any(ok), lambda c: scan_block(start, c, g, ok),
                     lambda c: c, carry)
 
-  def scan_block(i, carry, g, valid_blk):
+  def scan_block(start, carry, g, valid_blk):
     top_s, top_i, buf_s, buf_i, fill, tau = carry
-    start = i * block
     v = lax.dynamic_slice_in_dim(item_emb, start, block)
     s = block_scores(user_q, v, _item_bias(g, mu, valid_blk))
     if exclude is not None:
