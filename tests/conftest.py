@@ -6,14 +6,30 @@ at import time, before any test module imports jax.
 
 import os
 
-# LLVM at -O0: XLA:CPU spends most of a test's time compiling (a single
-# threefry randint takes ~1 s at the default -O3, ~0.5 s at -O0; FADE's
-# all-methods smoke 94 s -> 53 s cold), while the tests' arrays are tiny. It
-# changes code generation only, not the HLO the programs compute; the jobs
-# and `launch.bench` keep XLA's default.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-    "--xla_backend_optimization_level=0")
+# XLA:CPU spends most of a test's time compiling, while the tests' arrays are
+# tiny, so the tests ask it for cheaper code generation. LLVM at -O0 (a
+# single threefry randint takes ~1 s at the default -O3, ~0.5 s at -O0), the
+# classic loop emitters instead of the MLIR fusion emitters, and one codegen
+# module instead of parallel splits (the cold suite on 2 cores: 401 s ->
+# 220 s; backend compilation 463 -> 157 CPU-s). These change code generation
+# only, not the HLO the programs compute; the jobs and `launch.bench` keep
+# XLA's default. The last two flags exist in jaxlib 0.8-0.10 (checked); an
+# unknown flag aborts XLA, so newer jaxlibs run without them.
+def _jaxlib_version() -> tuple[int, int]:
+  from importlib import metadata
+  try:
+    major, minor = metadata.version("jaxlib").split(".")[:2]
+    return int(major), int(minor)
+  except (metadata.PackageNotFoundError, ValueError):
+    return (0, 0)
+
+
+_FLAGS = ("--xla_force_host_platform_device_count=8 "
+          "--xla_backend_optimization_level=0")
+if (0, 8) <= _jaxlib_version() <= (0, 10):
+  _FLAGS += (" --xla_cpu_use_fusion_emitters=false"
+             " --xla_cpu_parallel_codegen_split_count=1")
+os.environ.setdefault("XLA_FLAGS", _FLAGS)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One OpenBLAS thread (SciPy's LAPACK under JAX's Cholesky): threads that spin
 # on the 2 busy cores make the GP fits of the BO tests ~10x slower.
