@@ -237,17 +237,20 @@ def test_seed_table_mean_std_and_mismatch(tmp_path):
   from fairjax.errors import ConfigError
   from fairjax.report import fade as fade_report
 
-  def run(name, seed, ndcg, model="mf", extra_method=False):
+  def run(name, seed, ndcg, model="mf", extra_method=False, eta=5.0,
+          dual_method=False):
     wd = tmp_path / name
     wd.mkdir()
     fig = {"ndcg@20": ndcg, "pd_ndcg@20": ndcg / 10}
-    methods = {"FINETUNE": fig, **({"REC": fig} if extra_method else {})}
+    methods = {"FINETUNE": fig, **({"REC": fig} if extra_method else {}),
+               **({"FADE-DUAL": fig} if dual_method else {})}
     summary = {"task_r": methods, "full": {"task_r": methods},
                "official": {"task_r": methods}}
     (wd / "summary.json").write_text(json.dumps(summary))
     (wd / "config.json").write_text(json.dumps(
         {"job": "fade", "dataset": "ml1m-order", "model": model,
-         "protocol": "standard", "seed": seed, "methods": "FINETUNE"}))
+         "protocol": "standard", "seed": seed, "methods": "FINETUNE",
+         "dual": {"eta": eta}}))
     return wd
 
   dirs = [run("s0", 0, 0.5, extra_method=True), run("s1", 1, 0.6),
@@ -264,3 +267,12 @@ def test_seed_table_mean_std_and_mismatch(tmp_path):
     fade_report.fade_seed_table([dirs[0], run("ncf", 3, 0.5, model="ncf")],
                                 tmp_path / "u.md")
   assert not (tmp_path / "u.md").exists()
+  # FADE-DUAL's own block may differ while the table leaves FADE-DUAL out,
+  # not once every run reports it.
+  fade_report.fade_seed_table([dirs[0], run("eta", 4, 0.5, eta=20.0)],
+                              tmp_path / "v.md")
+  with pytest.raises(ConfigError, match="'dual'"):
+    fade_report.fade_seed_table(
+        [run("d0", 5, 0.5, dual_method=True),
+         run("d1", 6, 0.5, eta=20.0, dual_method=True)], tmp_path / "w.md")
+  assert not (tmp_path / "w.md").exists()

@@ -108,6 +108,10 @@ SEED_MEASURES = (("standard", ("task_r",)), ("full-ranking", ("full", "task_r"))
                  ("official", ("official", "task_r")))
 # Fields that may differ between the workdirs of one seed table.
 SEED_FREE_FIELDS = ("seed", "methods", "data_dir", "retrain_epochs")
+# Config blocks read by one method only: they may differ too when the table
+# reports none of those methods (e.g. FADE-DUAL's `dual` for FINETUNE, FADE).
+METHOD_FIELDS = {"dual": ("FADE-DUAL",), "rec": ("REC",),
+                 "adver": ("ADVER",)}
 
 
 def fade_seed_table(workdirs, out_path) -> pathlib.Path:
@@ -115,20 +119,24 @@ def fade_seed_table(workdirs, out_path) -> pathlib.Path:
   mean +- std over the runs in `workdirs` (one per seed; std with ddof 1),
   under the standard, full-ranking and official measures, per method found
   in every run. The runs must share their config but for SEED_FREE_FIELDS
-  (ConfigError naming the field otherwise)."""
+  and the METHOD_FIELDS of methods the table does not report (ConfigError
+  naming the field otherwise)."""
   workdirs = [pathlib.Path(w) for w in workdirs]
   cfgs = [json.loads(run_file(w, "config.json").read_text())
           for w in workdirs]
-  for w, c in zip(workdirs[1:], cfgs[1:]):
-    for field in sorted(set(c) | set(cfgs[0])):
-      if field not in SEED_FREE_FIELDS and c.get(field) != cfgs[0].get(field):
-        raise ConfigError(f"{w / 'config.json'}: field {field!r} is "
-                          f"{c.get(field)!r}, {workdirs[0]} has "
-                          f"{cfgs[0].get(field)!r}: not seeds of one run")
   sums = [json.loads(run_file(w, "summary.json").read_text())
           for w in workdirs]
   methods = [m for m in sums[0]["task_r"]
              if all(m in s["task_r"] for s in sums)]
+  free = set(SEED_FREE_FIELDS) | {
+      field for field, users in METHOD_FIELDS.items()
+      if not set(users) & set(methods)}
+  for w, c in zip(workdirs[1:], cfgs[1:]):
+    for field in sorted(set(c) | set(cfgs[0])):
+      if field not in free and c.get(field) != cfgs[0].get(field):
+        raise ConfigError(f"{w / 'config.json'}: field {field!r} is "
+                          f"{c.get(field)!r}, {workdirs[0]} has "
+                          f"{cfgs[0].get(field)!r}: not seeds of one run")
 
   def cell(path, method, key):
     vals = []
