@@ -51,6 +51,20 @@ def _data(seed: int) -> F.FadeData:
                     (PRETRAIN, PERIOD), group, ("M", "F"))
 
 
+def _median_seconds(loop, params, tx: optax.GradientTransformation,
+                    repeats: int) -> float:
+  """Median seconds of `loop(params, opt_state)` over `repeats` calls on
+  fresh copies (buffers are donated), after one compiling call."""
+  times = []
+  for _ in range(repeats + 1):  # the first call compiles.
+    p = jax.tree.map(jnp.copy, params)
+    s = tx.init(p)
+    t0 = time.perf_counter()
+    jax.block_until_ready(loop(p, s))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times[1:]))
+
+
 def optimizer_floor(params, tx: optax.GradientTransformation, steps: int,
                     repeats: int = 3) -> float:
   """Median seconds of `steps` jitted optimiser updates with a fixed
@@ -65,14 +79,7 @@ def optimizer_floor(params, tx: optax.GradientTransformation, steps: int,
       return (optax.apply_updates(p, updates), s), None
     return jax.lax.scan(body, (p, opt_state), None, length=steps)[0]
 
-  times = []
-  for _ in range(repeats + 1):  # the first call compiles.
-    p = jax.tree.map(jnp.copy, params)
-    s = tx.init(p)
-    t0 = time.perf_counter()
-    jax.block_until_ready(loop(p, s))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times[1:]))
+  return _median_seconds(loop, params, tx, repeats)
 
 
 def scattered_update(params, tx: optax.GradientTransformation, steps: int,
@@ -88,8 +95,9 @@ def scattered_update(params, tx: optax.GradientTransformation, steps: int,
     ids = rng.integers(0, p.shape[0], (steps, rows)).astype(np.int32)
     vals = rng.normal(size=(steps, rows, p.shape[1])).astype(np.float32)
     return jnp.asarray(ids), jnp.asarray(vals * 1e-3)
+  # Per leaf: (ids [steps, rows], values [steps, rows, d]) or None; the scan
+  # slices both along steps, and tree.map hands each pair to its leaf.
   sparse = jax.tree.map(leaf_grads, params)
-  is_pair = lambda x: isinstance(x, tuple)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def loop(p, opt_state):
@@ -98,19 +106,12 @@ def scattered_update(params, tx: optax.GradientTransformation, steps: int,
       grads = jax.tree.map(
           lambda leaf, x: (jnp.zeros_like(leaf) if x is None
                            else jnp.zeros_like(leaf).at[x[0]].add(x[1])),
-          p, xs, is_leaf=lambda x: x is None or is_pair(x))
+          p, xs)
       updates, s = tx.update(grads, s, p)
       return (optax.apply_updates(p, updates), s), None
     return jax.lax.scan(body, (p, opt_state), sparse, length=steps)[0]
 
-  times = []
-  for _ in range(repeats + 1):  # the first call compiles.
-    p = jax.tree.map(jnp.copy, params)
-    s = tx.init(p)
-    t0 = time.perf_counter()
-    jax.block_until_ready(loop(p, s))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times[1:]))
+  return _median_seconds(loop, params, tx, repeats)
 
 
 def run(config, seed: int = 0, repeats: int = 3) -> dict:
