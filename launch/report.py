@@ -7,11 +7,11 @@ The job is read from DIR/config.json (field `job`). FADE:
 pd_over_time.png, tradeoff.png, and with --sweep (workdirs of the same job
 at several lambdas) lambda_sweep.png, with --seeds (workdirs of the same
 run at other seeds) seed_table.md, mean +- std over DIR and them.
-FairSync: exposure_over_time.png, exposure_ratio.png (exposure per group over time against m_g),
-fairsync_dual.png (the controller: pace and mu per group over time). ITFR: the
-per-cell recall heat maps and CV@K against accuracy. System: the Pareto
-fronts against the baselines, hypervolume against evaluations, per-group
-utility.
+FairSync: exposure_over_time.png, exposure_ratio.png (exposure per group
+over time against m_g), fairsync_dual.png (the controller: pace and mu per
+group over time). ITFR: the per-cell recall heat maps and CV@K against
+accuracy. System: the Pareto fronts against the baselines, hypervolume
+against evaluations, per-group utility.
 """
 
 from absl import app

@@ -51,10 +51,21 @@ def _data(seed: int) -> F.FadeData:
                     (PRETRAIN, PERIOD), group, ("M", "F"))
 
 
-def _median_seconds(loop, params, tx: optax.GradientTransformation,
-                    repeats: int) -> float:
-  """Median seconds of `loop(params, opt_state)` over `repeats` calls on
-  fresh copies (buffers are donated), after one compiling call."""
+def _update_seconds(params, tx: optax.GradientTransformation, steps: int,
+                    grads_of, xs=None, repeats: int = 3) -> float:
+  """Median seconds of `steps` jitted optimiser updates, one `lax.scan` with
+  buffers donated, whose gradient at step t is `grads_of(params, xs[t])`
+  (`xs` None: `grads_of(params, None)`), over `repeats` calls on fresh
+  copies after one compiling call."""
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def loop(p, opt_state):
+    def body(carry, x):
+      p, s = carry
+      updates, s = tx.update(grads_of(p, x), s, p)
+      return (optax.apply_updates(p, updates), s), None
+    return jax.lax.scan(body, (p, opt_state), xs, length=steps)[0]
+
   times = []
   for _ in range(repeats + 1):  # the first call compiles.
     p = jax.tree.map(jnp.copy, params)
@@ -70,16 +81,8 @@ def optimizer_floor(params, tx: optax.GradientTransformation, steps: int,
   """Median seconds of `steps` jitted optimiser updates with a fixed
   gradient (no loss, no gather): the dense-update floor of a training run."""
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def loop(p, opt_state):
-    def body(carry, _):
-      p, s = carry
-      updates, s = tx.update(grads, s, p)
-      return (optax.apply_updates(p, updates), s), None
-    return jax.lax.scan(body, (p, opt_state), None, length=steps)[0]
-
-  return _median_seconds(loop, params, tx, repeats)
+  return _update_seconds(params, tx, steps, lambda p, _: grads,
+                         repeats=repeats)
 
 
 def scattered_update(params, tx: optax.GradientTransformation, steps: int,
@@ -99,19 +102,13 @@ def scattered_update(params, tx: optax.GradientTransformation, steps: int,
   # slices both along steps, and tree.map hands each pair to its leaf.
   sparse = jax.tree.map(leaf_grads, params)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def loop(p, opt_state):
-    def body(carry, xs):
-      p, s = carry
-      grads = jax.tree.map(
-          lambda leaf, x: (jnp.zeros_like(leaf) if x is None
-                           else jnp.zeros_like(leaf).at[x[0]].add(x[1])),
-          p, xs)
-      updates, s = tx.update(grads, s, p)
-      return (optax.apply_updates(p, updates), s), None
-    return jax.lax.scan(body, (p, opt_state), sparse, length=steps)[0]
+  def grads_of(p, xs):
+    return jax.tree.map(
+        lambda leaf, x: (jnp.zeros_like(leaf) if x is None
+                         else jnp.zeros_like(leaf).at[x[0]].add(x[1])),
+        p, xs)
 
-  return _median_seconds(loop, params, tx, repeats)
+  return _update_seconds(params, tx, steps, grads_of, sparse, repeats)
 
 
 def run(config, seed: int = 0, repeats: int = 3) -> dict:
@@ -141,14 +138,13 @@ def run(config, seed: int = 0, repeats: int = 3) -> dict:
   print(f"[bench fade] pretraining epoch: {info['train_seconds']:.2f} s",
         file=sys.stderr, flush=True)
   steps = 10 * -(-PERIOD // config.batch_size)
-  floor = optimizer_floor(trainer.init_state(jax.random.key(seed)).params,
-                          F.make_optimizer(config), steps, repeats)
+  params = trainer.init_state(jax.random.key(seed)).params
+  floor = optimizer_floor(params, F.make_optimizer(config), steps, repeats)
   print(f"[bench fade] optimizer floor ({steps} Adam + L2 steps): "
         f"{floor:.3f} s", file=sys.stderr, flush=True)
   rows = config.batch_size * (1 + config.num_negatives)
-  scattered = scattered_update(
-      trainer.init_state(jax.random.key(seed)).params,
-      F.make_optimizer(config), steps, rows, repeats, seed)
+  scattered = scattered_update(params, F.make_optimizer(config), steps,
+                               rows, repeats, seed)
   print(f"[bench fade] the same steps with {rows} scattered gradient rows "
         f"per table: {scattered:.3f} s", file=sys.stderr, flush=True)
   return {
