@@ -351,3 +351,74 @@ def test_allowed_groups_exact_and_skipping(layout, mesh_shards):
   none = sharded.replicate(np.zeros(6, bool), mesh)
   s0, i0 = sharded.sharded_topk(*args[:5], none, **kw)
   assert (np.asarray(i0) == -1).all() and np.isneginf(np.asarray(s0)).all()
+
+
+@pytest.mark.parametrize("ties,with_exclude,with_allowed", [
+    (True, False, False), (False, False, False), (True, True, False),
+    (True, True, True)])
+def test_warm_start_changes_time_not_result(ties, with_exclude,
+                                            with_allowed):
+  # 20000 items in blocks of 160 (125 blocks); warm starts of 0 blocks,
+  # the default, 3 and every block give the plain merge's result, bit for
+  # bit. With integer data many items tie with the warm bound itself.
+  u, v, g, mu = _data(20000, d=8, b=64, seed=5, ties=ties)
+  items = shard_items(v, g, block_size=256)
+  _, winners = _brute(u, v, g, mu, 30)
+  ex = (_exclusion(20000, 64, 200, seed=5, must=winners[:, :10])
+        if with_exclude else None)
+  allowed = np.array([True, False, True, True, False]) if with_allowed else None
+  kw = dict(mesh=None, k=30, block=items.block)
+  args = (items.emb, items.group, u, mu, ex, allowed)
+  ref = sharded.sharded_topk(*args, prune=False, **kw)
+  for warm in (0, None, 3, 125):
+    got = sharded.sharded_topk(*args, warm_blocks=warm, **kw)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(ref[1]))
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(ref[0]))
+  if ties:
+    shut = (np.zeros((64, 0), np.int32) if allowed is None else
+            np.broadcast_to(np.where(allowed[g], -1, np.arange(20000)),
+                            (64, 20000)))
+    ex_all = shut if ex is None else np.concatenate([ex, shut], 1)
+    _, ref_i = _brute(u, v, g, mu, 30, ex_all if ex_all.size else None)
+    np.testing.assert_array_equal(np.asarray(ref[1]), ref_i)
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_warm_start_bound_is_valid_and_tight(ties):
+  # tau0 lies strictly below k non-excluded scores of the warm blocks (so
+  # below the final k-th score), and within a small step of the k-th best
+  # chunk maximum of those blocks.
+  u, v, g, mu = _data(8000, d=8, b=32, seed=6, ties=ties)
+  items = shard_items(v, g, block_size=256)
+  blk, m, k = items.block, 10, 20
+  ex = _exclusion(8000, 32, 50, seed=6)
+  tau0 = np.asarray(blocked.warm_start_bound(
+      u, items.emb, items.group, mu, 0, ex, k=k, block=blk, chunk=16,
+      warm_blocks=m))[:, 0]
+  s = u.astype(np.float64) @ v[:m * blk].T.astype(np.float64) - mu[
+      g[:m * blk]][None]
+  for r, row in enumerate(ex):
+    s[r, row[(row >= 0) & (row < m * blk)]] = -np.inf
+  kth = -np.sort(-s, axis=1)[:, k - 1]
+  assert (np.sum(s > tau0[:, None], axis=1) >= k).all()
+  chunk_max = s.reshape(32, -1, 16).max(axis=2)
+  kth_chunk = -np.sort(-chunk_max, axis=1)[:, k - 1]
+  assert (tau0 <= kth).all() and (tau0 <= kth_chunk).all()
+  np.testing.assert_allclose(tau0, kth_chunk, rtol=1e-4, atol=1e-4)
+  if ties:  # integer scores: tau0 sits just below an attained score
+    assert (tau0 < kth_chunk).all()
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 125, 200])
+def test_first_set_matches_numpy(n):
+  rng = np.random.default_rng(n)
+  mask = rng.random((40, n)) < rng.random((40, 1))  # densities 0..1 per row
+  mask[0] = False
+  mask[1] = True
+  r = 8
+  pos, count = blocked.first_set(jax.numpy.asarray(mask), r)
+  np.testing.assert_array_equal(np.asarray(count), mask.sum(axis=1))
+  for row, got in zip(mask, np.asarray(pos)):
+    want = np.nonzero(row)[0][:r]
+    np.testing.assert_array_equal(got[:want.size], want)
+    assert (got[want.size:] == n).all()

@@ -106,7 +106,10 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   mu term on the same scores: dual path with mu = 0 vs plain), dual_vs_plain
   (with the benchmark's random mu, which also changes which items win and so
   the pruning), gemm_loop_s (the same blocked GEMMs without any top-K: the
-  ceiling), dual_vs_gemm_loop, repair_s / repair_vs_dual /
+  ceiling), dual_vs_gemm_loop, selection_s (dual_s - gemm_loop_s: what the
+  top-K selection adds to the GEMMs), selection_share (selection_s /
+  dual_s), selection_over_gemm (selection_s / gemm_loop_s; the target is at
+  most about 2/3), repair_s / repair_vs_dual /
   repair_item_share (the pace repair's second retrieval: two groups allowed
   on the catalog laid out by group, and the share of items they hold),
   blockmerge_s, speedup_vs_blockmerge,
@@ -180,6 +183,8 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       mu_overhead=t_mu0 / t_plain - 1.0,
       dual_vs_plain=t_dual / t_plain - 1.0,
       gemm_loop_s=t_gemm, dual_vs_gemm_loop=t_gemm / t_dual,
+      selection_s=t_dual - t_gemm, selection_share=1.0 - t_gemm / t_dual,
+      selection_over_gemm=(t_dual - t_gemm) / t_gemm,
       repair_s=t_repair, repair_vs_dual=t_repair / t_dual,
       repair_item_share=float(np.mean(allowed[grp])),
       blockmerge_s=t_base, speedup_vs_blockmerge=t_base / t_dual,

@@ -1,11 +1,13 @@
 """Exact blocked top-K on one device: a running top-K over item blocks.
 
 The per-device program of the sharded retrieval (`sharded.py`). Scores of one
-query batch against one item block are a single GEMM `[B, d] x [d, blk]`; the
-full `[B, N]` score matrix is never built. Every block is scored by the same
-compiled GEMM at the same column position, so an item's float32 score does not
-depend on how the catalog is cut into shards (blocks are aligned to global
-item ids).
+query batch against one item block are a single GEMM `[B, d + 1] x [d + 1,
+blk]` of [u_b ; 1] against [v_i ; bias_i] (the bias folded into the GEMM, so
+the [B, blk] scores are written once, with no separate add pass); the full
+`[B, N]` score matrix is never built. Every block is scored by the same
+compiled GEMM at the same column position, so an item's float32 score does
+not depend on how the catalog is cut into shards (blocks are aligned to
+global item ids).
 
 Exactness and ties. Results are ordered by (score desc, global id asc). The
 running list is always sorted this way; `lax.top_k` breaks ties by position,
@@ -13,27 +15,46 @@ so every candidate array handed to it is laid out in increasing id order:
 running list first (all earlier ids), then buffered candidates (earlier
 blocks first), then the current block.
 
-Pruning (exact). With tau_b the running K-th score of row b, an item with
-score <= tau_b cannot enter row b's top-K: it has a higher id than every
-running entry, so it loses ties; a stale tau (taken at the last merge) is
-still a valid lower bound. Per block of blk = c * nc items, column j of the
-block belongs to chunk j mod nc (strided chunks: the chunk maxima are a
-vectorised max over c contiguous rows of nc scores). Then
+Pruning (exact). With tau_b a lower bound on row b's final K-th score, an
+item with score <= tau_b cannot enter row b's top-K. Two bounds are used,
+and tau is their maximum:
+  * the running K-th score (taken at the last merge): an item scoring the
+    same has a higher id than every running entry, so it loses the tie;
+  * a warm start tau0 (when `warm_blocks` > 0): the first m blocks are
+    scored once beforehand (dot and chunk maxima only) and tau0_b is the
+    K-th largest of their chunk maxima, lowered by a rounding margin. Those
+    are K distinct items, and however the GEMM orders its sums each of their
+    scores in the main pass is within 2 gamma_(d+1) (|u| |v| + |bias|) of
+    the warm-pass value (gamma_n = n 2^-24 / (1 - n 2^-24)); tau0 subtracts
+    twice that bound (max |v| and |bias| over the warm blocks), then one
+    float step. So K items score > tau0 in the main pass and an item <=
+    tau0 loses to all of them. Without it the first ~K / 1.5 blocks all
+    take the full merge of step 2 below (too many chunks pass a low tau).
+Per block of blk = c * nc items, chunk j holds the c contiguous items
+[j c, (j + 1) c) (one 64-byte line at c = 16). Then
   1. if every row has at most R chunks whose maximum exceeds tau, those
-     chunks (found in increasing chunk id by R min-reductions) are gathered:
-     [c, R] scores whose row-major order is increasing id order; items <= tau
-     are set to -inf; they are appended to a [B, F R c] buffer, merged into
-     the running list with one `lax.top_k` every F blocks;
+     chunks (found in increasing chunk id by `first_set`: the row's chunk
+     flags packed into 32-bit words, then R "lowest set bit" rounds on
+     [B] arrays) are gathered: [R, c] scores whose row-major order is
+     increasing id order; items <= tau are set to -inf; they are written
+     after the running list's k scores into a [B, k + F R c] buffer, and
+     the whole buffer goes through one `lax.top_k` every F blocks. Only
+     the chunk ids are kept ([B, F R]); the ids of the k winners of a
+     merge are computed from them (no per-candidate id buffer);
   2. otherwise (early blocks, while tau is still low) the block is merged in
      full with the running list and the buffer.
 XLA:CPU notes: a column slice of a `lax.top_k` result makes the compiler
-fall back to a full sort, hence `jnp.min` for the K-th score.
+fall back to a full sort, hence `jnp.min` for the K-th score. A separate
+bias add after the dot was fused into each of its consumers (the chunk
+maxima, the gather, the full merge), three extra passes over the block's
+scores: folding the bias into the GEMM removes them.
 
 Exclusion. An optional int32 [B, E] list of global ids per query (padded
 with -1) is removed from that query's candidates: after a block is scored,
 a scatter of -inf at [b, id - block_start] (ids outside the block dropped,
 O(B E) per block, never a dense [B, N] mask) makes an excluded item exactly
-like padding. Such an item never enters the running list: the running list
+like padding (also in the warm start, so tau0 never counts an excluded
+item). Such an item never enters the running list: the running list
 starts as (-inf, -1) and precedes every candidate in every merge, so among
 -inf scores the running slots win the positional tie-break; by induction
 every -inf slot of the running list holds id -1. It never passes the
@@ -44,17 +65,18 @@ traces the program without the scatter (identical to no exclusion).
 
 Allowed groups. An optional bool [G] mask `allowed` scores the items of
 groups outside it -inf, exactly like excluded items, and skips (lax.cond)
-every block that holds no item of an allowed group: the result is the
-exact top-k over the allowed groups' items, and on a catalog laid out by
-group the cost falls with the share of the catalog the mask allows
-(FairSync's pace repair looks for items of the few groups behind their
-pace this way). Skipping a block is exact: a block of -inf scores changes
-neither the running list nor tau.
+every block that holds no item of an allowed group, in the warm start too:
+the result is the exact top-k over the allowed groups' items, and on a
+catalog laid out by group the cost falls with the share of the catalog the
+mask allows (FairSync's pace repair looks for items of the few groups
+behind their pace this way). Skipping a block is exact: a block of -inf
+scores changes neither the running list nor tau.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,13 +103,21 @@ def merge_topk(scores: jax.Array, ids: jax.Array,
 
 def block_scores(user_q: jax.Array, item_blk: jax.Array,
                  bias_blk: jax.Array | None) -> jax.Array:
-  """s_bi = <u_b, v_i> + bias_i for one block: one [B, d] x [d, blk] GEMM."""
-  s = lax.dot_general(user_q, item_blk, (((1,), (1,)), ((), ())),
-                      precision=lax.Precision.HIGHEST,
-                      preferred_element_type=jnp.float32)
+  """s_bi = <u_b, v_i> + bias_i for one block: one GEMM.
+
+  With a bias, [u_b ; 1] against [v_i ; bias_i] (a [B, d + 1] x [d + 1, blk]
+  GEMM: the bias is the last term of each sum, and no add pass follows);
+  without, [B, d] x [d, blk]. bias_i = -inf (padding, excluded groups)
+  gives s_bi = -inf.
+  """
   if bias_blk is not None:
-    s = s + bias_blk[None, :]
-  return s
+    user_q = jnp.concatenate(
+        [user_q, jnp.ones((user_q.shape[0], 1), user_q.dtype)], axis=1)
+    item_blk = jnp.concatenate(
+        [item_blk, bias_blk[:, None].astype(item_blk.dtype)], axis=1)
+  return lax.dot_general(user_q, item_blk, (((1,), (1,)), ((), ())),
+                         precision=lax.Precision.HIGHEST,
+                         preferred_element_type=jnp.float32)
 
 
 def exclude_block(s: jax.Array, exclude: jax.Array,
@@ -120,15 +150,161 @@ def _item_bias(group_blk, mu, valid_blk):
   return jnp.where(valid_blk, -mu[g], NEG_INF).astype(jnp.float32)
 
 
+def warm_blocks_for(k: int, num_blocks: int) -> int:
+  """The default warm start: m = min(ceil(0.7 k), num_blocks // 8) blocks.
+
+  After m blocks of chunk maxima about k / m items per block and row score
+  above tau0; with R = 8 chunks gathered per row and block, m ~ 0.7 k keeps
+  a batch of ~1,000 rows on the cheap path (an overflow of any row sends the
+  whole block to the full merge). At most 1/8 of the blocks are scored
+  twice; catalogs of fewer than 8 blocks get no warm start.
+  """
+  return min(-(-7 * k // 10), num_blocks // 8)
+
+
+def first_set(mask: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:
+  """The first r True columns of each row, and each row's True count.
+
+  Args:
+    mask: bool [B, n].
+    r: how many positions to return (static).
+
+  Returns:
+    (pos int32 [B, r] ascending, n in the slots beyond a row's count;
+    count int32 [B]). The row is packed into ceil(n / 32) uint32 words (one
+    reduction over the mask); then r rounds of "lowest set bit of the first
+    nonzero word, then clear it" run on [B] arrays only, one elementwise
+    chain that XLA fuses, instead of r reductions over [B, n].
+  """
+  b, n = mask.shape
+  nw = -(-n // 32)
+  bits = jnp.pad(mask, ((0, 0), (0, nw * 32 - n))).reshape(b, nw, 32)
+  packed = jnp.sum(bits.astype(jnp.uint32)
+                   << jnp.arange(32, dtype=jnp.uint32), axis=2)
+  words = [packed[:, w] for w in range(nw)]
+  count = sum(lax.population_count(w).astype(jnp.int32) for w in words)
+  out = []
+  for _ in range(r):
+    pos = jnp.full((b,), n, jnp.int32)
+    found = jnp.zeros((b,), bool)
+    for w in range(nw):
+      here = ~found & (words[w] != 0)
+      low = words[w] & (~words[w] + jnp.uint32(1))  # lowest set bit
+      bit = 31 - lax.clz(low).astype(jnp.int32)
+      pos = jnp.where(here, 32 * w + bit, pos)
+      words[w] = jnp.where(here, words[w] & (words[w] - jnp.uint32(1)),
+                           words[w])
+      found = found | here
+    out.append(pos)
+  return jnp.stack(out, axis=1), count
+
+
+def _chunk_max(s: jax.Array, chunk: int) -> jax.Array:
+  """[B, blk] -> [B, blk / c]: the maximum of each contiguous chunk."""
+  return s.reshape(s.shape[0], -1, chunk).max(axis=2)
+
+
+class _Catalog(NamedTuple):
+  """The local item range and the per-call inputs a block is scored with."""
+  user_q: jax.Array
+  item_emb: jax.Array
+  item_group: jax.Array
+  mu: jax.Array | None
+  id_offset: jax.Array | int
+  exclude: jax.Array | None
+  allowed: jax.Array | None
+  block: int
+
+  def valid(self, start):
+    """(group, valid) of the block at `start`; valid = real and allowed."""
+    g = lax.dynamic_slice_in_dim(self.item_group, start, self.block)
+    if self.allowed is None:
+      return g, g >= 0
+    a = self.allowed
+    return g, (g >= 0) & a[jnp.clip(g, 0, a.shape[0] - 1)]
+
+  def scores(self, start, g, valid):
+    """[B, blk] scores of the block at `start` (-inf: padding, groups
+    outside `allowed`, excluded ids)."""
+    v = lax.dynamic_slice_in_dim(self.item_emb, start, self.block)
+    s = block_scores(self.user_q, v, _item_bias(g, self.mu, valid))
+    if self.exclude is not None:
+      s = exclude_block(s, self.exclude, self.id_offset + start)
+    return s
+
+  def unless_empty(self, valid, fn, carry):
+    """fn(carry) for a block holding an allowed item; else carry as is."""
+    if self.allowed is None:
+      return fn(carry)
+    return lax.cond(jnp.any(valid), fn, lambda c: c, carry)
+
+
+def _warm_bound(cat: _Catalog, k: int, chunk: int, m: int) -> jax.Array:
+  """tau0 [B, 1] from the first m blocks (module doc, "Pruning")."""
+  b, d = cat.user_q.shape
+  nc = cat.block // chunk
+
+  def warm(i, carry):
+    start = i * cat.block
+    g, valid = cat.valid(start)
+
+    def scan(c):
+      cms, v2max, bmax = c
+      v = lax.dynamic_slice_in_dim(cat.item_emb, start, cat.block)
+      cms = lax.dynamic_update_slice_in_dim(
+          cms, _chunk_max(cat.scores(start, g, valid), chunk), i * nc, 1)
+      v2max = jnp.maximum(v2max, jnp.max(jnp.sum(v * v, axis=1)))
+      bias = jnp.where(valid, jnp.abs(_item_bias(g, cat.mu, valid)), 0.0)
+      return cms, v2max, jnp.maximum(bmax, jnp.max(bias))
+
+    return cat.unless_empty(valid, scan, carry)
+
+  cms, v2max, bmax = lax.fori_loop(
+      0, m, warm, (jnp.full((b, m * nc), NEG_INF, jnp.float32),
+                   jnp.float32(0), jnp.float32(0)))
+  if m * nc < k:  # fewer chunks than k: no bound
+    return jnp.full((b, 1), NEG_INF, jnp.float32)
+  t = jnp.min(lax.top_k(cms, k)[0], axis=1, keepdims=True)
+  qn = jnp.sqrt(jnp.sum(cat.user_q * cat.user_q, axis=1, keepdims=True))
+  margin = 4.0 * (d + 1) * 2.0 ** -24 * (qn * jnp.sqrt(v2max) + bmax)
+  tau0 = jnp.nextafter(t - margin, NEG_INF)
+  return jnp.where(jnp.isfinite(tau0), tau0, NEG_INF)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block", "chunk",
+                                             "warm_blocks"))
+def warm_start_bound(user_q: jax.Array, item_emb: jax.Array,
+                     item_group: jax.Array, mu: jax.Array | None,
+                     id_offset: jax.Array | int,
+                     exclude: jax.Array | None = None,
+                     allowed: jax.Array | None = None, *, k: int,
+                     block: int, chunk: int = 16,
+                     warm_blocks: int) -> jax.Array:
+  """The warm-start pruning bound tau0 of `local_topk` (module doc).
+
+  Arguments as `local_topk`. Returns float32 [B, 1]: for every row, k
+  non-excluded items of the first `warm_blocks` blocks score strictly above
+  it in any float32 evaluation of their sums (-inf when those blocks hold
+  fewer than k chunks with a finite maximum).
+  """
+  cat = _Catalog(user_q.astype(jnp.float32), item_emb, item_group, mu,
+                 id_offset, None if exclude is None else
+                 exclude.astype(jnp.int32), allowed, block)
+  return _warm_bound(cat, k, chunk, min(warm_blocks, item_emb.shape[0]
+                                        // block))
+
+
 @functools.partial(jax.jit, static_argnames=(
-    "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
+    "k", "block", "chunk", "num_chunks_small", "flush_every", "prune",
+    "warm_blocks"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                mu: jax.Array | None, id_offset: jax.Array | int,
                exclude: jax.Array | None = None,
                allowed: jax.Array | None = None, *, k: int,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
-               flush_every: int = 8,
-               prune: bool = True) -> tuple[jax.Array, jax.Array]:
+               flush_every: int = 8, prune: bool = True,
+               warm_blocks: int | None = None
+               ) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of s_bi = <u_b, v_i> - mu[g_i] over a local item range.
 
   Over the items i not excluded for row b (i not in exclude[b]): excluded
@@ -152,6 +328,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     flush_every: F, cheap blocks buffered before one merge.
     prune: False gives the plain block-and-merge baseline (a `lax.top_k`
       over running list + whole block, every block).
+    warm_blocks: m, blocks scored beforehand for the warm-start bound tau0
+      (module doc); None: `warm_blocks_for(k, n / block)`; 0: none.
 
   Returns:
     (scores [B, k] float32, ids [B, k] int32), sorted by (score desc, id asc);
@@ -168,88 +346,110 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   if exclude is not None:
     exclude = exclude.astype(jnp.int32)
   col = jnp.arange(block, dtype=jnp.int32)
-  row_in_chunk = jnp.arange(chunk, dtype=jnp.int32)[None, :, None] * nc
-  chunk_ids = jnp.arange(nc, dtype=jnp.int32)
-  empty_s = jnp.full((b, width), NEG_INF, jnp.float32)
-  empty_i = jnp.full((b, width), -1, jnp.int32)
   slot_pos = jnp.arange(width, dtype=jnp.int32)[None, :]
 
-  def merge(top_s, top_i, parts_s, parts_i):
-    ns, ni = merge_topk(jnp.concatenate([top_s] + parts_s, axis=1),
-                        jnp.concatenate([top_i] + parts_i, axis=1), k)
+  cat = _Catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
+                 allowed, block)
+  m = warm_blocks_for(k, nb) if warm_blocks is None else min(warm_blocks, nb)
+  if prune and m > 0:
+    tau0 = _warm_bound(cat, k, chunk, m)
+  else:
+    tau0 = jnp.full((b, 1), NEG_INF, jnp.float32)
+
+  if not prune:  # the block-and-merge baseline
+    def plain(i, carry):
+      start = i * block
+      g, valid = cat.valid(start)
+
+      def merge_block(c):
+        top_s, top_i = c
+        s = cat.scores(start, g, valid)
+        return merge_topk(
+            jnp.concatenate([top_s, s], axis=1),
+            jnp.concatenate([top_i, jnp.broadcast_to(id_offset + start + col,
+                                                     s.shape)], axis=1), k)
+
+      return cat.unless_empty(valid, merge_block, carry)
+
+    return lax.fori_loop(0, nb, plain,
+                         (jnp.full((b, k), NEG_INF, jnp.float32),
+                          jnp.full((b, k), -1, jnp.int32)))
+
+  # buf [B, k + F R c]: the running list's scores, then the candidates of
+  # up to F cheap blocks. Candidate ids are not stored: slot q of cheap
+  # block f is item starts[f] + picks[b, f R + q // c] c + q mod c, and
+  # only the k winners of a merge have their ids computed.
+  def winner_ids(pos, top_i, picks, starts, start):
+    q = jnp.clip(pos - k, 0, width - 1)
+    f, t = q // slot, (q % slot) // chunk
+    chunk_id = jnp.take_along_axis(picks, f * r + t, axis=1)
+    ids = starts[f] + chunk_id * chunk + q % chunk
+    ids = jnp.where(pos >= k + width, id_offset + start + pos - k - width,
+                    ids)
+    return jnp.where(pos < k,
+                     jnp.take_along_axis(top_i, jnp.minimum(pos, k - 1),
+                                         axis=1), ids)
+
+  def merge(scores, top_i, picks, starts, start):
+    ns, pos = lax.top_k(scores, k)
     # min over the sorted row = its k-th score (a column slice of a top_k
     # result would make XLA:CPU fall back to a full sort).
-    return ns, ni, jnp.min(ns, axis=1, keepdims=True)
+    return (ns, winner_ids(pos, top_i, picks, starts, start),
+            jnp.maximum(jnp.min(ns, axis=1, keepdims=True), tau0))
 
   def body(i, carry):
     start = i * block
-    g = lax.dynamic_slice_in_dim(item_group, start, block)
-    if allowed is None:
-      return scan_block(start, carry, g, g >= 0)
-    ok = (g >= 0) & allowed[jnp.clip(g, 0, allowed.shape[0] - 1)]
-    return lax.cond(jnp.any(ok), lambda c: scan_block(start, c, g, ok),
-                    lambda c: c, carry)
+    g, valid = cat.valid(start)
+    return cat.unless_empty(valid, lambda c: scan_block(start, c, g, valid),
+                            carry)
 
   def scan_block(start, carry, g, valid_blk):
-    top_s, top_i, buf_s, buf_i, fill, tau = carry
-    v = lax.dynamic_slice_in_dim(item_emb, start, block)
-    s = block_scores(user_q, v, _item_bias(g, mu, valid_blk))
-    if exclude is not None:
-      s = exclude_block(s, exclude, id_offset + start)
-    blk_ids = id_offset + start + col
-
-    if not prune:
-      ns, ni, _ = merge(top_s, top_i, [s],
-                        [jnp.broadcast_to(blk_ids, s.shape)])
-      return ns, ni, buf_s, buf_i, fill, tau
-
-    s3 = s.reshape(b, chunk, nc)  # column j of the block -> chunk j mod nc
-    above = s3.max(axis=1) > tau  # [b, nc] chunks holding an item > tau
-    ok = jnp.all(jnp.sum(above, axis=1) <= r)
-    # The (<= r) chunks above tau in increasing chunk id: r successive
-    # "smallest id above the previous one" reductions (slot -> nc if none).
-    prev = jnp.full((b, 1), -1, jnp.int32)
-    picks = []
-    for _ in range(r):
-      prev = jnp.min(jnp.where(above & (chunk_ids > prev), chunk_ids, nc),
-                     axis=1, keepdims=True)
-      picks.append(prev)
-    srt = jnp.concatenate(picks, axis=1)  # [b, r] ascending
+    buf, top_i, picks, starts, fill, tau = carry
+    s = cat.scores(start, g, valid_blk)
+    s3 = s.reshape(b, nc, chunk)  # chunk j: items [j c, (j + 1) c)
+    above = s3.max(axis=2) > tau  # [b, nc] chunks holding an item > tau
+    srt, count = first_set(above, r)  # [b, r] ascending chunk ids
+    ok = jnp.all(count <= r)
     used = (srt < nc) & ok  # nothing is buffered from a fully merged block
     srt = jnp.minimum(srt, nc - 1)
     cand = jnp.take_along_axis(
-        s3, jnp.broadcast_to(srt[:, None, :], (b, chunk, r)), axis=2)
-    cand = jnp.where(used[:, None, :] & (cand > tau[:, :, None]), cand,
+        s3, jnp.broadcast_to(srt[:, :, None], (b, r, chunk)), axis=1)
+    cand = jnp.where(used[:, :, None] & (cand > tau[:, :, None]), cand,
                      NEG_INF).reshape(b, -1)
-    cand_i = (id_offset + start + row_in_chunk
-              + srt[:, None, :]).reshape(b, -1)
     # Buffer writes stay outside the conds (in place in the loop carry); the
     # conds only produce the small running list.
-    buf_s = lax.dynamic_update_slice_in_dim(buf_s, cand, fill * slot, 1)
-    buf_i = lax.dynamic_update_slice_in_dim(buf_i, cand_i, fill * slot, 1)
-    valid = slot_pos < fill * slot  # slots written since the last merge
+    buf = lax.dynamic_update_slice_in_dim(buf, cand, k + fill * slot, 1)
+    picks = lax.dynamic_update_slice_in_dim(picks, srt, fill * r, 1)
+    starts = lax.dynamic_update_slice_in_dim(
+        starts, jnp.reshape(id_offset + start, (1,)).astype(jnp.int32), fill,
+        0)
 
     def full(_):
-      return merge(top_s, top_i, [jnp.where(valid, buf_s, NEG_INF), s],
-                   [buf_i, jnp.broadcast_to(blk_ids, s.shape)])
+      # slots written since the last merge (the list's k columns included)
+      fresh = slot_pos < fill * slot
+      return merge(jnp.concatenate(
+          [buf[:, :k], jnp.where(fresh, buf[:, k:], NEG_INF), s], axis=1),
+          top_i, picks, starts, start)
 
     def flush(_):
-      return merge(top_s, top_i, [buf_s], [buf_i])
+      return merge(buf, top_i, picks, starts, start)
 
     def keep(_):
-      return top_s, top_i, tau
+      return buf[:, :k], top_i, tau
 
     branch = jnp.where(ok, jnp.where(fill + 1 == flush_every, 1, 2), 0)
     top_s, top_i, tau = lax.switch(branch, (full, flush, keep), None)
+    buf = lax.dynamic_update_slice_in_dim(buf, top_s, 0, 1)
     fill = jnp.where(branch == 2, fill + 1, 0)
-    return top_s, top_i, buf_s, buf_i, fill, tau
+    return buf, top_i, picks, starts, fill, tau
 
-  init = (jnp.full((b, k), NEG_INF, jnp.float32),
-          jnp.full((b, k), -1, jnp.int32), empty_s, empty_i, jnp.int32(0),
-          jnp.full((b, 1), NEG_INF, jnp.float32))
-  top_s, top_i, buf_s, buf_i, fill, _ = lax.fori_loop(0, nb, body, init)
-  if prune:
-    top_s, top_i, _ = merge(top_s, top_i,
-                            [jnp.where(slot_pos < fill * slot, buf_s,
-                                       NEG_INF)], [buf_i])
+  init = (jnp.full((b, k + width), NEG_INF, jnp.float32),
+          jnp.full((b, k), -1, jnp.int32),
+          jnp.zeros((b, flush_every * r), jnp.int32),
+          jnp.zeros((flush_every,), jnp.int32), jnp.int32(0), tau0)
+  buf, top_i, picks, starts, fill, _ = lax.fori_loop(0, nb, body, init)
+  fresh = jnp.concatenate([jnp.ones((1, k), bool), slot_pos < fill * slot],
+                          axis=1)
+  top_s, top_i, _ = merge(jnp.where(fresh, buf, NEG_INF), top_i, picks,
+                          starts, 0)
   return top_s, top_i

@@ -5,8 +5,9 @@ each request the dual-space query q_t = [u_t ; -mu], so
 
   s_ti = <q_t, key_i> = <u_t, v_i> - mu[g_i].
 
-We compute it as one GEMM per item block plus the bias -mu[g_i] (the same
-number, without a [N, d + G] key table). Items are sharded over the mesh
+We compute it as one GEMM per item block of [u_t ; 1] against
+[v_i ; -mu[g_i]] (the same number with d + 1 columns, built per block, so
+there is no [N, d + G] key table). Items are sharded over the mesh
 axis `shard` with `jax.shard_map`: every shard runs the blocked running top-K
 of `blocked.local_topk` on its items, the S local lists are all-gathered and
 merged to the exact global top-K (every device performs the centre's merge,
@@ -284,14 +285,16 @@ def _to_host(x) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "mesh", "k", "block", "chunk", "num_chunks_small", "flush_every", "prune"))
+    "mesh", "k", "block", "chunk", "num_chunks_small", "flush_every", "prune",
+    "warm_blocks"))
 def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
                  mu: jax.Array | None, exclude: jax.Array | None = None,
                  allowed: jax.Array | None = None, *,
                  mesh, k: int, block: int,
                  chunk: int = DEFAULT_CHUNK, num_chunks_small: int = 8,
-                 flush_every: int = 4,
-                 prune: bool = True) -> tuple[jax.Array, jax.Array]:
+                 flush_every: int = 4, prune: bool = True,
+                 warm_blocks: int | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
   """The jitted retrieval on laid-out items (see `shard_items`).
 
   Local top-k per shard (`blocked.local_topk`), all-gather of the S lists,
@@ -300,14 +303,17 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   `exclude` (int32 [B, E] global ids, -1 padded, replicated) leaves those
   items out per query; None compiles the program without exclusion.
   `allowed` (bool [G], replicated) returns only items of those groups and
-  skips the blocks that hold none (`blocked.local_topk`).
+  skips the blocks that hold none (`blocked.local_topk`). `warm_blocks`:
+  blocks per shard scored beforehand for the warm-start pruning bound
+  (None: `blocked.warm_blocks_for`; 0: none); it changes the time, never
+  the result.
 
   Returns:
     (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc);
     (-inf, -1) in slots beyond a query's non-excluded item count.
   """
   kw = dict(k=k, block=block, chunk=chunk, num_chunks_small=num_chunks_small,
-            flush_every=flush_every, prune=prune)
+            flush_every=flush_every, prune=prune, warm_blocks=warm_blocks)
   if mesh is None:
     return blocked.local_topk(user_q, emb, group, mu, 0, exclude, allowed,
                               **kw)
