@@ -329,7 +329,10 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     prune: False gives the plain block-and-merge baseline (a `lax.top_k`
       over running list + whole block, every block).
     warm_blocks: m, blocks scored beforehand for the warm-start bound tau0
-      (module doc); None: `warm_blocks_for(k, n / block)`; 0: none.
+      (module doc); None: `warm_blocks_for(k, n / block)` without
+      `allowed`, 0 with it (a restricted scan covers few blocks, and on a
+      catalog laid out by group its first blocks would be scored twice);
+      0: none.
 
   Returns:
     (scores [B, k] float32, ids [B, k] int32), sorted by (score desc, id asc);
@@ -350,7 +353,10 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
 
   cat = _Catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
                  allowed, block)
-  m = warm_blocks_for(k, nb) if warm_blocks is None else min(warm_blocks, nb)
+  if warm_blocks is None:  # a restricted scan is short: no warm start
+    m = warm_blocks_for(k, nb) if allowed is None else 0
+  else:
+    m = min(warm_blocks, nb)
   if prune and m > 0:
     tau0 = _warm_bound(cat, k, chunk, m)
   else:

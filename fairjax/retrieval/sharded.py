@@ -305,8 +305,8 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   `allowed` (bool [G], replicated) returns only items of those groups and
   skips the blocks that hold none (`blocked.local_topk`). `warm_blocks`:
   blocks per shard scored beforehand for the warm-start pruning bound
-  (None: `blocked.warm_blocks_for`; 0: none); it changes the time, never
-  the result.
+  (None: `blocked.warm_blocks_for`, or none with `allowed`; 0: none); it
+  changes the time, never the result.
 
   Returns:
     (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc);
