@@ -28,8 +28,9 @@ and tau is their maximum:
     the warm-pass value (gamma_n = n 2^-24 / (1 - n 2^-24)); tau0 subtracts
     twice that bound (max |v| and |bias| over the warm blocks), then one
     float step. So K items score > tau0 in the main pass and an item <=
-    tau0 loses to all of them. Without it the first ~K / 1.5 blocks all
-    take the full merge of step 2 below (too many chunks pass a low tau).
+    tau0 loses to all of them. Without it the early blocks take the full
+    merge of step 2 below while too many chunks pass a low tau (22 of 250
+    blocks at K = 50, 1,024 rows, 2,000-item blocks; 1 with it).
 Per block of blk = c * nc items, chunk j holds the c contiguous items
 [j c, (j + 1) c) (one 64-byte line at c = 16). Then
   1. if every row has at most R chunks whose maximum exceeds tau, those
@@ -65,7 +66,8 @@ traces the program without the scatter (identical to no exclusion).
 
 Allowed groups. An optional bool [G] mask `allowed` scores the items of
 groups outside it -inf, exactly like excluded items, and skips (lax.cond)
-every block that holds no item of an allowed group, in the warm start too:
+every block that holds no item of an allowed group (in the warm start too,
+which is off by default with a mask):
 the result is the exact top-k over the allowed groups' items, and on a
 catalog laid out by group the cost falls with the share of the catalog the
 mask allows (FairSync's pace repair looks for items of the few groups
