@@ -2,7 +2,9 @@
 
 Measures on a synthetic catalog already sharded over `shards` devices:
   * dual_topk (FairSync query [u; -mu]): queries/s and the score-FLOP rate
-    2 N d per query, against a same-run 4096 x 4096 float32 SGEMM in JAX;
+    2 N d per query, against a same-run 4096 x 4096 float32 SGEMM in JAX
+    and against the same blocked GEMMs without any selection (the three
+    timed in interleaved rounds: the selection's share of the time);
   * plain top-K without the mu term (the mu-term overhead);
   * FairSync's pace-repair retrieval: two groups allowed on the catalog
     laid out by group (`shard_items_by_group`, `sharded_topk(allowed=)`),
