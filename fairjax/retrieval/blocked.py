@@ -26,7 +26,7 @@ and tau is their maximum:
     are K distinct items, and however the GEMM orders its sums each of their
     scores in the main pass is within 2 gamma_(d+1) (|u| |v| + |bias|) of
     the warm-pass value (gamma_n = n 2^-24 / (1 - n 2^-24)); tau0 subtracts
-    twice that bound (max |v| and |bias| over the warm blocks), then one
+    twice that bound (max |v| over the warm blocks, max |mu|), then one
     float step. So K items score > tau0 in the main pass and an item <=
     tau0 loses to all of them. Without it the early blocks take the full
     merge of step 2 below while too many chunks pass a low tau (22 of 250
@@ -241,34 +241,36 @@ class _Catalog(NamedTuple):
     return lax.cond(jnp.any(valid), fn, lambda c: c, carry)
 
 
+def _catalog(user_q, item_emb, item_group, mu, id_offset, exclude, allowed,
+             block) -> _Catalog:
+  """A `_Catalog` with float32 queries and int32 exclusion ids."""
+  return _Catalog(user_q.astype(jnp.float32), item_emb, item_group, mu,
+                  id_offset, None if exclude is None else
+                  exclude.astype(jnp.int32), allowed, block)
+
+
 def _warm_bound(cat: _Catalog, k: int, chunk: int, m: int) -> jax.Array:
   """tau0 [B, 1] from the first m blocks (module doc, "Pruning")."""
   b, d = cat.user_q.shape
   nc = cat.block // chunk
-
-  def warm(i, carry):
-    start = i * cat.block
-    g, valid = cat.valid(start)
-
-    def scan(c):
-      cms, v2max, bmax = c
-      v = lax.dynamic_slice_in_dim(cat.item_emb, start, cat.block)
-      cms = lax.dynamic_update_slice_in_dim(
-          cms, _chunk_max(cat.scores(start, g, valid), chunk), i * nc, 1)
-      v2max = jnp.maximum(v2max, jnp.max(jnp.sum(v * v, axis=1)))
-      bias = jnp.where(valid, jnp.abs(_item_bias(g, cat.mu, valid)), 0.0)
-      return cms, v2max, jnp.maximum(bmax, jnp.max(bias))
-
-    return cat.unless_empty(valid, scan, carry)
-
-  cms, v2max, bmax = lax.fori_loop(
-      0, m, warm, (jnp.full((b, m * nc), NEG_INF, jnp.float32),
-                   jnp.float32(0), jnp.float32(0)))
   if m * nc < k:  # fewer chunks than k: no bound
     return jnp.full((b, 1), NEG_INF, jnp.float32)
+
+  def warm(i, cms):
+    start = i * cat.block
+    g, valid = cat.valid(start)
+    return cat.unless_empty(valid, lambda c: lax.dynamic_update_slice_in_dim(
+        c, _chunk_max(cat.scores(start, g, valid), chunk), i * nc, 1), cms)
+
+  cms = lax.fori_loop(0, m, warm,
+                      jnp.full((b, m * nc), NEG_INF, jnp.float32))
   t = jnp.min(lax.top_k(cms, k)[0], axis=1, keepdims=True)
+  # Upper bounds on |v_i| and |bias_i| over the warm blocks' items.
+  v = cat.item_emb[:m * cat.block]
+  vmax = jnp.sqrt(jnp.max(jnp.sum(v * v, axis=1)))
+  bmax = 0.0 if cat.mu is None else jnp.max(jnp.abs(cat.mu))
   qn = jnp.sqrt(jnp.sum(cat.user_q * cat.user_q, axis=1, keepdims=True))
-  margin = 4.0 * (d + 1) * 2.0 ** -24 * (qn * jnp.sqrt(v2max) + bmax)
+  margin = 4.0 * (d + 1) * 2.0 ** -24 * (qn * vmax + bmax)
   tau0 = jnp.nextafter(t - margin, NEG_INF)
   return jnp.where(jnp.isfinite(tau0), tau0, NEG_INF)
 
@@ -289,9 +291,8 @@ def warm_start_bound(user_q: jax.Array, item_emb: jax.Array,
   it in any float32 evaluation of their sums (-inf when those blocks hold
   fewer than k chunks with a finite maximum).
   """
-  cat = _Catalog(user_q.astype(jnp.float32), item_emb, item_group, mu,
-                 id_offset, None if exclude is None else
-                 exclude.astype(jnp.int32), allowed, block)
+  cat = _catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
+                 allowed, block)
   return _warm_bound(cat, k, chunk, min(warm_blocks, item_emb.shape[0]
                                         // block))
 
@@ -347,13 +348,10 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   r = min(num_chunks_small, nc)
   slot = r * chunk  # buffer columns per block
   width = flush_every * slot
-  user_q = user_q.astype(jnp.float32)
-  if exclude is not None:
-    exclude = exclude.astype(jnp.int32)
   col = jnp.arange(block, dtype=jnp.int32)
   slot_pos = jnp.arange(width, dtype=jnp.int32)[None, :]
 
-  cat = _Catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
+  cat = _catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
                  allowed, block)
   if warm_blocks is None:  # a restricted scan is short: no warm start
     m = warm_blocks_for(k, nb) if allowed is None else 0
