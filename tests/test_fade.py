@@ -155,6 +155,39 @@ def test_one_group_batch_has_no_fairness_term():
   assert float(m2["fair"]) > 0.0 and float(m2["one_group"]) == 0.0
 
 
+def test_loss_reads_parameters_through_candidate_scores_only():
+  """make_loss = make_score_loss o scores o make_candidates: its gradient
+  is the rows' gradient scattered into the tables (what the speed bench's
+  `loss_only` times)."""
+  c = _config("FADE")
+  data = F.prepare_data(c)
+  from fairjax import models as models_lib
+  from fairjax.models import mf as mf_lib
+  model = models_lib.create("mf", data.num_users, data.num_items, dim=8)
+  params = models_lib.init_params(model, jax.random.key(0))
+  ctx = {"seen": jnp.asarray(data.seen(0)),
+         "user_group": jnp.asarray(data.user_group)}
+  rows = data.rows([0])[:16]
+  batch = {"user": jnp.asarray(data.user[rows]),
+           "item": jnp.asarray(data.item[rows]), "valid": jnp.ones(16, bool)}
+  key = jax.random.key(3)
+  full = jax.grad(lambda p: F.make_loss(model, "fade", 0.5, 3.0, 1, 4)(
+      p, batch, key, {}, ctx)[0])(params)
+  users, cand = F.make_candidates(4)(batch, key, ctx)
+  score_loss = F.make_score_loss("fade", 0.5, 3.0, 1)
+  u_tab, i_tab = models_lib.embedding_tables(params)
+  g_u, g_i = jax.grad(
+      lambda e_u, e_i: score_loss(mf_lib.pair_scores(e_u, e_i, 1.0, False),
+                                  batch, {}, ctx)[0],
+      argnums=(0, 1))(u_tab[users], i_tab[cand])
+  want_u, want_i = models_lib.embedding_tables(full)
+  np.testing.assert_allclose(jnp.zeros_like(u_tab).at[users].add(g_u),
+                             want_u, atol=1e-7)
+  np.testing.assert_allclose(jnp.zeros_like(i_tab).at[cand].add(g_i),
+                             want_i, atol=1e-7)
+  assert float(jnp.abs(want_i).sum()) > 0
+
+
 @pytest.mark.slow
 def test_launcher_and_report(tmp_path):
   wd = tmp_path / "run"

@@ -15,7 +15,11 @@ donated), the bound below any implementation of the period; the ratio
 gradient is what a batch gives (zeros with the batch's rows scattered in,
 as autodiff of the embedding gathers produces it, then the dense update),
 still with no loss or gather; `scattered_update_over_floor` is what the
-dense-update semantics alone cost above the floor. Reference
+dense-update semantics alone cost above the floor. `loss_seconds` is the
+other part: the same steps' candidates, scores, FADE loss and gradient with
+respect to the rows read, with no update (`loss_only`);
+`floor_plus_loss_over_floor` = (floor + loss) / floor is what a period
+costs, relative to the floor, if the update cost nothing beyond the floor. Reference
 figures of the official PyTorch code on
 this class of CPU: 9.6 s (FADE) and 8.4 s (FINETUNE) per period, 34 s per
 pretraining epoch.
@@ -34,7 +38,10 @@ import numpy as np
 import optax
 
 from fairjax import models as models_lib
+from fairjax import train as train_lib
+from fairjax.data import sampling
 from fairjax.methods import fade as F
+from fairjax.models import mf as mf_lib
 
 NUM_USERS, NUM_ITEMS, PERIOD, PRETRAIN = 6039, 3628, 33_280, 501_760
 
@@ -111,6 +118,46 @@ def scattered_update(params, tx: optax.GradientTransformation, steps: int,
   return _update_seconds(params, tx, steps, grads_of, sparse, repeats)
 
 
+def loss_only(params, data: F.FadeData, config, steps: int,
+              repeats: int = 3, seed: int = 0) -> float:
+  """Median seconds of `steps` training steps' loss work alone: the
+  candidates (positive + sampled negatives), the MF scores of the rows they
+  read, FADE's loss and its gradient with respect to those rows, one
+  `lax.scan`; no optimiser update and no table-shaped gradient. With the
+  optimiser floor it bounds a step-by-step XLA implementation below."""
+  rows = data.rows([1])
+  b = F.epoch_batches(rows, data, config.batch_size, (seed, 0))
+  reps = -(-steps // b["user"].shape[0])
+  b = jax.tree.map(lambda x: np.concatenate([x] * reps)[:steps], b)
+  state = train_lib.create_state(params, optax.identity())
+  _, b = sampling.presample_negatives(state, b, jax.random.key(seed), None,
+                                      num_items=NUM_ITEMS,
+                                      num_negatives=config.num_negatives)
+  context = {"seen": jnp.asarray(data.seen(1)),
+             "user_group": jnp.asarray(data.user_group)}
+  candidates = F.make_candidates(config.num_negatives)
+  score_loss = F.make_score_loss("fade", config.fade.lam, config.fade.tau,
+                                 config.fade.k)
+  user_table, item_table = models_lib.embedding_tables(params)
+
+  def body(acc, x):
+    users, cand = candidates(x, x["key"], context)
+    def loss(e_u, e_i):
+      s = mf_lib.pair_scores(e_u, e_i, 1.0, False)
+      return score_loss(s, x, {}, context)[0]
+    g_u, g_i = jax.grad(loss, argnums=(0, 1))(user_table[users],
+                                             item_table[cand])
+    return acc + jnp.sum(g_u) + jnp.sum(g_i), None
+
+  fn = jax.jit(lambda xs: jax.lax.scan(body, jnp.zeros(()), xs)[0])
+  times = []
+  for _ in range(repeats + 1):  # the first call compiles.
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(b))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times[1:]))
+
+
 def run(config, seed: int = 0, repeats: int = 3) -> dict:
   """Times one period; `config` a `configs/fade.py` ConfigDict (its
   optimiser and loss fields are used; the data shape is fixed above)."""
@@ -142,6 +189,9 @@ def run(config, seed: int = 0, repeats: int = 3) -> dict:
   floor = optimizer_floor(params, F.make_optimizer(config), steps, repeats)
   print(f"[bench fade] optimizer floor ({steps} Adam + L2 steps): "
         f"{floor:.3f} s", file=sys.stderr, flush=True)
+  loss = loss_only(params, data, config, steps, repeats, seed)
+  print(f"[bench fade] the same steps' candidates, loss and row gradients "
+        f"alone: {loss:.3f} s", file=sys.stderr, flush=True)
   rows = config.batch_size * (1 + config.num_negatives)
   scattered = scattered_update(params, F.make_optimizer(config), steps,
                                rows, repeats, seed)
@@ -156,6 +206,8 @@ def run(config, seed: int = 0, repeats: int = 3) -> dict:
       "finetune_over_floor": out["finetune"] / floor,
       "scattered_update_seconds": scattered,
       "scattered_update_over_floor": scattered / floor,
+      "loss_seconds": loss,
+      "floor_plus_loss_over_floor": (floor + loss) / floor,
       "pretrain_seconds_per_epoch": info["train_seconds"],
       "official_fade_seconds_per_period_cpu": 9.6,
       "official_finetune_seconds_per_period_cpu": 8.4,

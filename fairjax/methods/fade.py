@@ -166,17 +166,43 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
   held constant (stop-gradient), so only the disadvantaged side is pushed.
 
   batch: {'user' [B], 'item' [B], 'valid' [B]}; context: {'seen' bool [U, I],
-  'user_group' int [U]}.
+  'user_group' int [U]}. The loss is `make_score_loss` of the scores of
+  `make_candidates` (parameters enter through those scores only).
   """
+  candidates = make_candidates(num_negatives)
+  score_loss = make_score_loss(kind, lam, tau, k, absolute)
+
+  def loss_fn(params, batch, rng, aux, context):
+    users, cand = candidates(batch, rng, context)
+    s = models_lib.pair_scores(model, params, users, cand)  # [B, 1 + n]
+    return score_loss(s, batch, aux, context)
+
+  return loss_fn
+
+
+def make_candidates(num_negatives: int) -> Callable:
+  """`(batch, rng, context) -> (users [B], items [B, 1 + n])`: each row's
+  positive, then `num_negatives` negatives uniform among the items the user
+  has not interacted with (context['seen'])."""
+
+  def candidates(batch, rng, context):
+    users = batch["user"]
+    neg = sampling.sample_negatives(rng, context["seen"], users, num_negatives,
+                                    drawn=batch.get("neg_draws"))
+    return users, jnp.concatenate([batch["item"][:, None], neg], axis=1)
+
+  return candidates
+
+
+def make_score_loss(kind: str, lam: float, tau: float, k: int,
+                    absolute: bool = False) -> Callable:
+  """`(scores [B, 1 + n], batch, aux, context) -> (loss, (metrics, aux))`:
+  `make_loss` given the candidates' scores (the positive first)."""
   if kind not in ("bpr", "fade", "rec", "dual", "dual_up"):
     raise ValueError(f"unknown loss kind {kind!r}")
 
-  def loss_fn(params, batch, rng, aux, context):
+  def score_loss(s, batch, aux, context):
     users, valid = batch["user"], batch["valid"]
-    neg = sampling.sample_negatives(rng, context["seen"], users, num_negatives,
-                                    drawn=batch.get("neg_draws"))
-    cand = jnp.concatenate([batch["item"][:, None], neg], axis=1)
-    s = models_lib.pair_scores(model, params, users, cand)  # [B, 1 + n]
     l_rec = ops.masked_bpr_mean(s, valid)
     group = context["user_group"][users]
     if kind == "fade":
@@ -202,7 +228,7 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
                "one_group": 1.0 - both.astype(jnp.float32)}
     return loss, (metrics, aux)
 
-  return loss_fn
+  return score_loss
 
 
 def epoch_batches(rows: np.ndarray, data: FadeData, batch_size: int,
