@@ -19,8 +19,8 @@ dense-update semantics alone cost above the floor. `loss_seconds` is the
 other part: the same steps' candidates, scores, FADE loss and gradient with
 respect to the rows read, with no update (`loss_only`);
 `floor_plus_loss_over_floor` = (floor + loss) / floor is what a period
-costs, relative to the floor, if the update cost nothing beyond the floor. Reference
-figures of the official PyTorch code on
+costs, relative to the floor, when the update costs no more than the floor
+and nothing overlaps. Reference figures of the official PyTorch code on
 this class of CPU: 9.6 s (FADE) and 8.4 s (FINETUNE) per period, 34 s per
 pretraining epoch.
 """
@@ -123,8 +123,9 @@ def loss_only(params, data: F.FadeData, config, steps: int,
   """Median seconds of `steps` training steps' loss work alone: the
   candidates (positive + sampled negatives), the MF scores of the rows they
   read, FADE's loss and its gradient with respect to those rows, one
-  `lax.scan`; no optimiser update and no table-shaped gradient. With the
-  optimiser floor it bounds a step-by-step XLA implementation below."""
+  `lax.scan`; no optimiser update and no table-shaped gradient. The floor
+  plus this is what a step pays when its loss and its update run one after
+  the other."""
   rows = data.rows([1])
   b = F.epoch_batches(rows, data, config.batch_size, (seed, 0))
   reps = -(-steps // b["user"].shape[0])
