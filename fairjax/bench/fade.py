@@ -126,10 +126,10 @@ def loss_only(params, data: F.FadeData, config, steps: int,
   `lax.scan`; no optimiser update and no table-shaped gradient. The floor
   plus this is what a step pays when its loss and its update run one after
   the other."""
-  rows = data.rows([1])
-  b = F.epoch_batches(rows, data, config.batch_size, (seed, 0))
-  reps = -(-steps // b["user"].shape[0])
+  b = F.epoch_batches(data.rows([1]), data, config.batch_size, (seed, 0))
+  reps = -(-steps // b["user"].shape[0])  # epochs of the period's batches
   b = jax.tree.map(lambda x: np.concatenate([x] * reps)[:steps], b)
+  # The training epoch's own presampling (it reads only the state's step).
   state = train_lib.create_state(params, optax.identity())
   _, b = sampling.presample_negatives(state, b, jax.random.key(seed), None,
                                       num_items=NUM_ITEMS,
