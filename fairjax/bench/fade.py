@@ -118,12 +118,13 @@ def scattered_update(params, tx: optax.GradientTransformation, steps: int,
   return _update_seconds(params, tx, steps, grads_of, sparse, repeats)
 
 
-def loss_only(params, data: F.FadeData, config, steps: int,
-              repeats: int = 3, seed: int = 0) -> float:
+def loss_only(params, data: F.FadeData, seen: np.ndarray, config,
+              steps: int, repeats: int = 3, seed: int = 0) -> float:
   """Median seconds of `steps` training steps' loss work alone: the
   candidates (positive + sampled negatives), the MF scores of the rows they
   read, FADE's loss and its gradient with respect to those rows, one
-  `lax.scan`; no optimiser update and no table-shaped gradient. The floor
+  `lax.scan`; no optimiser update and no table-shaped gradient; `seen` is
+  the period's negative-sampling exclusions (`data.seen(1)`). The floor
   plus this is what a step pays when its loss and its update run one after
   the other."""
   b = F.epoch_batches(data.rows([1]), data, config.batch_size, (seed, 0))
@@ -134,7 +135,7 @@ def loss_only(params, data: F.FadeData, config, steps: int,
   _, b = sampling.presample_negatives(state, b, jax.random.key(seed), None,
                                       num_items=NUM_ITEMS,
                                       num_negatives=config.num_negatives)
-  context = {"seen": jnp.asarray(data.seen(1)),
+  context = {"seen": jnp.asarray(seen),
              "user_group": jnp.asarray(data.user_group)}
   candidates = F.make_candidates(config.num_negatives)
   score_loss = F.make_score_loss("fade", config.fade.lam, config.fade.tau,
@@ -190,7 +191,7 @@ def run(config, seed: int = 0, repeats: int = 3) -> dict:
   floor = optimizer_floor(params, F.make_optimizer(config), steps, repeats)
   print(f"[bench fade] optimizer floor ({steps} Adam + L2 steps): "
         f"{floor:.3f} s", file=sys.stderr, flush=True)
-  loss = loss_only(params, data, config, steps, repeats, seed)
+  loss = loss_only(params, data, seen, config, steps, repeats, seed)
   print(f"[bench fade] the same steps' candidates, loss and row gradients "
         f"alone: {loss:.3f} s", file=sys.stderr, flush=True)
   rows = config.batch_size * (1 + config.num_negatives)
