@@ -10,7 +10,8 @@ Variants (comma-separated `key=value` after the colon):
   period)   pretrain_epochs=100   rec.lam=0.5   adver.gamma=10
   adver.disc_steps=10
   official.fair_pretrain=1 official.chrono_batches=1
-  official.global_negatives=1 official.split_floor=1
+  official.global_negatives=1 official.randint_negatives=1
+  official.split_floor=1
   official.redraw_eval_negatives=1 (one official switch; =0 forces it off)
   dual.eta=5 dual.eps=0 dual.lam_max=5 dual.level_up=0 (FADE-DUAL)
   num_periods=9
@@ -27,7 +28,7 @@ import ml_collections
 from configs.common import base_config, parse_variant
 
 SWITCHES = ("fair_pretrain", "chrono_batches", "global_negatives",
-            "split_floor", "redraw_eval_negatives")
+            "randint_negatives", "split_floor", "redraw_eval_negatives")
 # Deprecated short variant keys -> the field paths.
 ALIASES = {"lambda": "fade.lam", "tau": "fade.tau", "form": "fade.form",
            "rec_lambda": "rec.lam", "gamma": "adver.gamma",
@@ -52,7 +53,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.num_blocks = 10
   c.num_periods = 9  # fine-tune on D1..D9; D10 is test only.
 
-  # Protocol: 'standard' (ours) or 'official' (the FADE code's; five
+  # Protocol: 'standard' (ours) or 'official' (the FADE code's; six
   # switches, fairjax.methods.fade_protocol). Each switch: None = as the
   # protocol says, True/False = forced (e.g. --config.official.split_floor=True).
   c.protocol = v.get("protocol", "standard")

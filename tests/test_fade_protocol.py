@@ -79,6 +79,30 @@ def test_switches_follow_the_protocol_and_can_be_forced():
   c = fade_config.get_config("split_floor=1")
   assert fade_protocol.switches(c) == {
       k: k == "split_floor" for k in fade_protocol.SWITCHES}
+  assert len(fade_protocol.SWITCHES) == 6
+  assert fade_config.SWITCHES == fade_protocol.SWITCHES
+
+
+def test_randint_negatives_switch_gives_the_official_sampler():
+  """Under `protocol=official` (or `official.randint_negatives=1`) FADE's
+  training candidates never hold the first item in time order (the
+  official code's item 0; here item 5) as a negative and a row's negatives
+  are distinct; the standard sampler takes that item too."""
+  rng = np.random.default_rng(0)
+  seen = jnp.asarray(rng.random((30, 8)) < 0.3).at[:, 5].set(False)
+  batch = {"user": jnp.asarray(rng.integers(0, 30, 512), jnp.int32),
+           "item": jnp.zeros(512, jnp.int32)}
+  for variant, official in (("", False), ("protocol=official", True),
+                            ("official.randint_negatives=1", True)):
+    c = fade_config.get_config(variant)
+    sampler = fade_protocol.negative_sampler(c, np.int32(5))
+    assert sampler == {"skip": 5 if official else -1, "distinct": official}
+    cand = F.make_candidates(4, **sampler)
+    _, items = cand(batch, jax.random.key(1), {"seen": seen})
+    neg = np.asarray(items)[:, 1:]
+    assert (neg == 5).any() != official
+    distinct = all(len(set(r)) == 4 for r in neg)
+    assert distinct or not official
 
 
 def test_bad_protocol_and_eps_are_config_errors():
@@ -246,6 +270,11 @@ def test_ml1m_order_counts(data_dir):
                                                                3628)
   c = fade_config.get_config("dataset=ml1m-order,protocol=official")
   data = F.prepare_data(c, str(data_dir))
+  # The official code's item 0 (ids by first appearance in time) is the
+  # first row's movie, 858; `randint_negatives` never draws it.
+  assert ds.raw_item_ids[data.item[0]] == 858
+  assert fade_protocol.negative_sampler(c, data.item[0])["skip"] == (
+      data.item[0])
   # int(0.6 * 3268) = 1960 pretraining batches, 130 per period.
   assert data.period_sizes[0] == 1960 * 256
   assert data.period_sizes[1] == 130 * 256

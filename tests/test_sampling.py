@@ -178,6 +178,50 @@ def test_load_or_create_leaves_nothing_on_failure(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("max_rounds", [1, 32])
+def test_official_sampler_is_uniform_without_replacement_minus_skip(
+    max_rounds):
+  """`skip=3, distinct=True` (the official FADE sampler's form): a row's
+  negatives are an ordered sample without replacement from the unseen
+  items other than 3. With max_rounds=1 the exact fallbacks do most of the
+  work."""
+  seen = np.zeros((2, 6), bool)
+  seen[0, 2] = True  # user 0 may take 0, 1, 4, 5 (never 2, never 3)
+  seen[1] = True
+  seen[1, 3] = False  # user 1 may take nothing but the skipped item
+  rows = 24_000
+  users = jnp.zeros(rows, jnp.int32).at[-2:].set(1)
+  neg = np.asarray(S.sample_negatives(jax.random.key(5), jnp.asarray(seen),
+                                      users, 2, max_rounds=max_rounds, skip=3,
+                                      distinct=True))
+  np.testing.assert_array_equal(neg[-2:], -1)
+  neg = neg[:-2]
+  assert set(np.unique(neg)) == {0, 1, 4, 5}
+  assert (neg[:, 0] != neg[:, 1]).all()
+  pairs, counts = np.unique(neg[:, 0] * 10 + neg[:, 1], return_counts=True)
+  assert pairs.size == 12  # 4 x 3 ordered pairs, each 1/12
+  expect = (rows - 2) / 12
+  sigma = np.sqrt((rows - 2) * (1 / 12) * (11 / 12))
+  assert np.abs(counts - expect).max() < 5 * sigma, counts
+
+
+def test_official_sampler_reads_presampled_rounds_bit_for_bit():
+  rng = np.random.default_rng(8)
+  seen = jnp.asarray(rng.random((20, 30)) < 0.4)
+  users = jnp.asarray(rng.integers(0, 20, 64).astype(np.int32))
+  key = jax.random.key(2)
+  want = S.sample_negatives(key, seen, users, 4, skip=7, distinct=True)
+  drawn = S.draw_rounds(key, 30, (64, 4), 3, skip=7)
+  got = S.sample_negatives(key, seen, users, 4, drawn=drawn, skip=7,
+                           distinct=True)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  got = np.asarray(got)
+  assert got.min() >= 0 and all(len(set(r)) == 4 for r in got)
+  assert not (got == 7).any() and (got == 29).any()
+  with pytest.raises(ValueError, match="skip = 30"):
+    S.sample_negatives(key, seen, users, 4, skip=30)
+
+
 @pytest.mark.parametrize("rounds", [1, 4])
 def test_presampled_rounds_give_identical_negatives(rounds):
   """`drawn` (the vectorised first rounds) changes nothing, bit for bit,

@@ -56,63 +56,158 @@ def check_sampleable(seen, users: np.ndarray | None = None) -> None:
                     f"(first: user {int(bad[0])})", field="user")
 
 
+def _uniform_items(key: jax.Array, shape, num_items: int,
+                   skip: int) -> jax.Array:
+  """int32 draws uniform over 0..num_items-1, or with `skip` >= 0 over the
+  other num_items - 1 ids (a draw x of 0..num_items-2 becomes x + (x >=
+  skip)); skip = -1 is exactly `randint(key, shape, 0, num_items)`."""
+  if skip < 0:
+    return jax.random.randint(key, shape, 0, num_items, dtype=jnp.int32)
+  x = jax.random.randint(key, shape, 0, num_items - 1, dtype=jnp.int32)
+  return x + (x >= skip).astype(jnp.int32)
+
+
 def draw_rounds(rng: jax.Array, num_items: int, shape: tuple[int, int],
-                rounds: int) -> jax.Array:
+                rounds: int, skip: int = -1) -> jax.Array:
   """The first `rounds` candidate draws of `sample_negatives`, [rounds, B, n].
 
-  Round r is `randint(fold_in(rng, r), shape, 0, num_items)`, exactly the
-  draw `sample_negatives(rng, ...)` makes in round r. Vectorised over a
-  leading axis of keys (`jax.vmap`), it moves the per-step PRNG work of a
-  training epoch out of the scanned step (on XLA:CPU each threefry call is
-  a small rolled loop whose fixed cost dominates a step of MF training).
+  Round r is `_uniform_items(fold_in(rng, r), shape, num_items, skip)`
+  (`randint(..., 0, num_items)` when skip = -1), exactly the draw
+  `sample_negatives(rng, ..., skip=skip)` makes in round r. Vectorised
+  over a leading axis of keys (`jax.vmap`), it moves the per-step PRNG work
+  of a training epoch out of the scanned step (on XLA:CPU each threefry call
+  is a small rolled loop whose fixed cost dominates a step of MF training).
   """
   return jnp.stack([
-      jax.random.randint(jax.random.fold_in(rng, r), shape, 0, num_items,
-                         dtype=jnp.int32) for r in range(rounds)])
+      _uniform_items(jax.random.fold_in(rng, r), shape, num_items, skip)
+      for r in range(rounds)])
 
 
 PRESAMPLED_ROUNDS = 4
+# fold_in offset of the keys that redraw slot j of a row (`distinct`).
+DISTINCT_KEY_BASE = 1 << 20
 
 
 def presample_negatives(state, batches, rng, context, *, num_items: int,
                         num_negatives: int,
-                        rounds: int = PRESAMPLED_ROUNDS, fixed: bool = False):
+                        rounds: int = PRESAMPLED_ROUNDS, fixed: bool = False,
+                        skip: int = -1):
   """An epoch `prepare` (`train.make_epoch`): per-step keys and first
   negative-sampling rounds, drawn once per epoch.
 
   Adds batches['key'] [S] = `step_keys(rng, state.step, S)` and
-  batches['neg_draws'] [S, rounds, B, n] = `draw_rounds` of those keys. A
-  step built with `train.make_step(..., keys_in_batch=True)` whose loss calls
-  `sample_negatives(rng_t, ..., drawn=batch['neg_draws'])` gets negatives
-  bit-identical to sampling inside the step, with one vectorised PRNG call
-  per epoch instead of several per step. With `fixed` the keys are
-  `step_keys(rng, 0, S)`, independent of the state's step: epochs called
-  with the same `rng` draw the same negatives (the official FADE code's
-  fine-tuning reuses one draw for all epochs of a period). Returns (state,
-  batches), the state unchanged.
+  batches['neg_draws'] [S, rounds, B, n] = `draw_rounds` of those keys
+  (never item `skip`). A step built with `train.make_step(...,
+  keys_in_batch=True)` whose loss calls `sample_negatives(rng_t, ...,
+  drawn=batch['neg_draws'], skip=skip)` gets negatives bit-identical to
+  sampling inside the step, with one vectorised PRNG call per epoch instead
+  of several per step. With `fixed` the keys are `step_keys(rng, 0, S)`,
+  independent of the state's step: epochs called with the same `rng` draw
+  the same negatives (the official FADE code's fine-tuning reuses one draw
+  for all epochs of a period). Returns (state, batches), the state
+  unchanged.
   """
   del context
   steps, b = batches["user"].shape
   keys = step_keys(rng, 0 if fixed else state.step, steps)
   draws = jax.vmap(lambda k: draw_rounds(k, num_items, (b, num_negatives),
-                                         rounds))(keys)
+                                         rounds, skip))(keys)
   return state, dict(batches, key=keys, neg_draws=draws)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "max_rounds"))
+def _draw_free(key: jax.Array, free: jax.Array, m: int) -> jax.Array:
+  """m draws per row, uniform over the row's True entries of `free` [B, I]
+  (independent, with replacement); -1 for a row with none. With c the
+  row's cumsum of `free` and r ~ U{0..sum - 1}, the draw is the first j with
+  c_j > r."""
+  csum = jnp.cumsum(free, axis=1, dtype=jnp.int32)
+  cnt = csum[:, -1:]  # [B, 1]
+  r = jax.random.randint(key, (free.shape[0], m), 0, jnp.maximum(cnt, 1),
+                         dtype=jnp.int32)
+  idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(
+      csum, r).astype(jnp.int32)
+  return jnp.where(cnt > 0, idx, -1)
+
+
+def _free_items(seen: jax.Array, users: jax.Array, skip: int) -> jax.Array:
+  """bool [B, I]: the items each row's user never saw, item `skip` (if
+  >= 0) excluded."""
+  free = ~seen[users]
+  if skip >= 0:
+    free = free & (jnp.arange(seen.shape[1]) != skip)
+  return free
+
+
+def _make_slot_distinct(key: jax.Array, seen: jax.Array, users: jax.Array,
+                        cand: jax.Array, j: int, skip: int,
+                        max_rounds: int) -> jax.Array:
+  """Redraws slot j of the rows whose slot j repeats one of slots 0..j-1.
+
+  A repeated slot is redrawn uniformly over the items other than `skip`
+  that the user never saw and that slots 0..j-1 do not hold (rejection for at most
+  `max_rounds` rounds with keys fold_in(key, r), then exactly as in
+  `sample_negatives`); other rows keep their draw. Applied for j = 1..n-1
+  to n independent draws uniform over the unseen items, this gives a
+  uniform sample without replacement: given slots 0..j-1, slot j is
+  uniform over the rest.
+  """
+  earlier = cand[:, :j]  # [B, j]
+  x = cand[:, j]
+
+  def repeats(v):
+    return jnp.any(v[:, None] == earlier, axis=1)
+
+  def cond(c):
+    r, _, rej = c
+    return (r < max_rounds) & rej.any()
+
+  def body(c):
+    r, x, rej = c
+    new = _uniform_items(jax.random.fold_in(key, r), x.shape, seen.shape[1],
+                         skip)
+    x = jnp.where(rej, new, x)
+    return r + 1, x, rej & (seen[users, new] | repeats(new))
+
+  _, x, rej = jax.lax.while_loop(cond, body, (0, x, repeats(x)))
+
+  def exact(x):
+    free = _free_items(seen, users, skip)
+    free = free & ~jnp.any(
+        jnp.arange(seen.shape[1])[None, None, :] == earlier[:, :, None], 1)
+    got = _draw_free(jax.random.fold_in(key, max_rounds + 1), free, 1)[:, 0]
+    return jnp.where(rej, got, x)
+
+  x = jax.lax.cond(rej.any(), exact, lambda v: v, x)
+  return cand.at[:, j].set(x)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("n", "max_rounds", "skip", "distinct"))
 def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
                      n: int, max_rounds: int = 32,
-                     drawn: jax.Array | None = None) -> jax.Array:
+                     drawn: jax.Array | None = None, skip: int = -1,
+                     distinct: bool = False) -> jax.Array:
   """Draws n negatives per row, uniform over the items the user never saw.
 
-  Rejection sampling: draw j ~ U{0..I-1} per slot; in a `lax.while_loop`
+  Rejection sampling: draw j ~ U{0..I-1} (minus item `skip` if >= 0) per
+  slot; in a `lax.while_loop`
   redraw only the slots with seen[u, j] True, for at most `max_rounds`
   rounds (round r uses fold_in(rng, r)). Slots still rejected after that
   (users who saw most of the catalog) are filled exactly: with f_u the
   free-item indicator and c = cumsum(f_u), draw r ~ U{0..sum f_u - 1} and
   take the first j with c_j > r. Both stages give j uniform over
-  {j : seen[u, j] = False}, independently per slot. Pure and jittable
-  inside a training step.
+  {j != skip : seen[u, j] = False}, independently per slot. Pure and
+  jittable inside a training step.
+
+  With `distinct` the n negatives of a row are moreover distinct: slot j
+  (j = 1..n-1, in order) is redrawn, when it repeats an earlier slot, over
+  the unseen items minus the earlier slots (`_make_slot_distinct`, keys
+  fold_in(rng, DISTINCT_KEY_BASE + j)). `distinct=True` with `skip` = the
+  item the official FADE code numbers 0 is its sampler
+  (`Model._sample_neg_items`: Python `randint(1, n_items - 1)` per
+  negative, rejecting the user's items and the row's earlier negatives).
+  The defaults (`skip=-1, distinct=False`) give the draws of earlier
+  versions bit for bit.
 
   Args:
     rng: a PRNG key.
@@ -120,21 +215,26 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
     users: int [B] user of each row.
     n: negatives per row (static).
     max_rounds: rejection rounds before the exact fallback (static).
-    drawn: optional [R, B, n] = `draw_rounds(rng, I, (B, n), R)`, R <=
-      max_rounds: the first R rounds read it instead of drawing (same
+    drawn: optional [R, B, n] = `draw_rounds(rng, I, (B, n), R, skip)`,
+      R <= max_rounds: the first R rounds read it instead of drawing (same
       result, bit for bit).
+    skip: an item id never drawn, or -1 for none (static).
+    distinct: whether a row's negatives are distinct (static).
 
   Returns:
     int32 [B, n] item ids; -1 for users with no unseen item (see
-    `check_sampleable`).
+    `check_sampleable`), and with `distinct` for the slots beyond the
+    number of items a user can still take.
   """
   num_items = seen.shape[1]
   b = users.shape[0]
   rows = users[:, None]
+  if not -1 <= skip < num_items:
+    raise ValueError(f"skip = {skip} is neither -1 nor an item id of "
+                     f"0..{num_items - 1}")
 
   def draw(r):
-    return jax.random.randint(jax.random.fold_in(rng, r), (b, n), 0,
-                              num_items, dtype=jnp.int32)
+    return _uniform_items(jax.random.fold_in(rng, r), (b, n), num_items, skip)
 
   if drawn is None:
     cand, start = draw(0), 1
@@ -164,17 +264,17 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
   _, cand, rej = jax.lax.while_loop(cond, body, (start, cand, rej))
 
   def exact(cand):
-    free = ~seen[users]  # [B, I]
-    csum = jnp.cumsum(free, axis=1, dtype=jnp.int32)
-    cnt = csum[:, -1:]  # [B, 1]
-    r = jax.random.randint(jax.random.fold_in(rng, max_rounds + 1), (b, n),
-                           0, jnp.maximum(cnt, 1), dtype=jnp.int32)
-    idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(
-        csum, r).astype(jnp.int32)
-    idx = jnp.where(cnt > 0, idx, -1)
+    idx = _draw_free(jax.random.fold_in(rng, max_rounds + 1),
+                     _free_items(seen, users, skip), n)
     return jnp.where(rej, idx, cand)
 
-  return jax.lax.cond(rej.any(), exact, lambda c: c, cand)
+  cand = jax.lax.cond(rej.any(), exact, lambda c: c, cand)
+  if distinct:
+    for j in range(1, n):
+      cand = _make_slot_distinct(
+          jax.random.fold_in(rng, DISTINCT_KEY_BASE + j), seen, users, cand,
+          j, skip, max_rounds)
+  return cand
 
 
 def eval_negatives(seed: int, train_seen, test_seen,

@@ -70,7 +70,9 @@ class Context:
                f"{data.num_items} items, period sizes "
                f"{list(data.period_sizes)}; {fade_protocol.describe(config)}")
     self.model = F.create_model(config, data)
-    self.trainer = F.Trainer(self.model, F.make_optimizer(config), config)
+    self.trainer = F.Trainer(
+        self.model, F.make_optimizer(config), config,
+        sampler=fade_protocol.negative_sampler(config, data.item[0]))
     self.negs = E.fixed_negatives(data, workdir / "eval_negatives.npy",
                                   config.seed, config.num_eval_negatives)
     self.evaluator = E.Evaluator(self.model, self.negs, ks=config.ks,

@@ -26,6 +26,7 @@ from fairjax import ops
 from fairjax import train
 from fairjax.data import sampling
 from fairjax.methods import fade as F
+from fairjax.methods import fade_protocol
 
 
 @flax.struct.dataclass
@@ -119,7 +120,9 @@ class AdverRunner:
         length=c.adver.disc_steps)
 
     neg = sampling.sample_negatives(rng_t, context["seen"], users,
-                                    c.num_negatives)
+                                    c.num_negatives,
+                                    **fade_protocol.negative_sampler(
+                                        c, self.data.item[0]))
     cand = jnp.concatenate([batch["item"][:, None], neg], axis=1)
     w = valid.astype(jnp.float32)
 

@@ -23,7 +23,7 @@ interacted with in the history D_0..D_t; L_rec = mean BPR over them. Adam
 `Adam(weight_decay=...)`: g <- g + l2 * w before the moments).
 A batch that holds one user group only has no fairness term (0); the count
 of such batches is reported per period as `one_group_batches`. The official
-code's protocol differs in five switchable details (`protocol=official`,
+code's protocol differs in six switchable details (`protocol=official`,
 `fairjax.methods.fade_protocol`).
 """
 
@@ -155,7 +155,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_loss(model, kind: str, lam: float, tau: float, k: int,
-              num_negatives: int, absolute: bool = False) -> train.LossFn:
+              num_negatives: int, absolute: bool = False,
+              sampler: dict | None = None) -> train.LossFn:
   """The per-batch loss of `kind` in {'bpr', 'fade', 'rec', 'dual'}.
 
   `absolute` selects softplus(|PD_diff|) over softplus(PD_diff)
@@ -167,9 +168,10 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
 
   batch: {'user' [B], 'item' [B], 'valid' [B]}; context: {'seen' bool [U, I],
   'user_group' int [U]}. The loss is `make_score_loss` of the scores of
-  `make_candidates` (parameters enter through those scores only).
+  `make_candidates` (parameters enter through those scores only; `sampler`
+  is its keywords).
   """
-  candidates = make_candidates(num_negatives)
+  candidates = make_candidates(num_negatives, **(sampler or {}))
   score_loss = make_score_loss(kind, lam, tau, k, absolute)
 
   def loss_fn(params, batch, rng, aux, context):
@@ -180,15 +182,18 @@ def make_loss(model, kind: str, lam: float, tau: float, k: int,
   return loss_fn
 
 
-def make_candidates(num_negatives: int) -> Callable:
+def make_candidates(num_negatives: int, skip: int = -1,
+                    distinct: bool = False) -> Callable:
   """`(batch, rng, context) -> (users [B], items [B, 1 + n])`: each row's
   positive, then `num_negatives` negatives uniform among the items the user
-  has not interacted with (context['seen'])."""
+  has not interacted with (context['seen']); `skip` and `distinct` as in
+  `sampling.sample_negatives` (`fade_protocol.negative_sampler`)."""
 
   def candidates(batch, rng, context):
     users = batch["user"]
     neg = sampling.sample_negatives(rng, context["seen"], users, num_negatives,
-                                    drawn=batch.get("neg_draws"))
+                                    drawn=batch.get("neg_draws"), skip=skip,
+                                    distinct=distinct)
     return users, jnp.concatenate([batch["item"][:, None], neg], axis=1)
 
   return candidates
@@ -259,6 +264,9 @@ class Trainer:
   model: Any
   tx: optax.GradientTransformation
   config: Any
+  # Training-negative keywords (`fade_protocol.negative_sampler`); None:
+  # the standard sampler.
+  sampler: dict | None = None
   _epochs: dict = dataclasses.field(default_factory=dict)
 
   def epoch_fn(self, kind: str, lam: float, fixed_negatives: bool = False,
@@ -266,13 +274,16 @@ class Trainer:
     key = (kind, float(lam), fixed_negatives, skip_empty)
     if key not in self._epochs:
       c = self.config
+      sampler = self.sampler or {"skip": -1, "distinct": False}
       loss = make_loss(self.model, kind, lam, c.fade.tau, c.fade.k,
-                       c.num_negatives, absolute=c.fade.form == "absolute")
+                       c.num_negatives, absolute=c.fade.form == "absolute",
+                       sampler=sampler)
       self._epochs[key] = train.make_epoch(
           train.make_step(loss, self.tx, keys_in_batch=True),
           prepare=functools.partial(
               sampling.presample_negatives, num_items=self.model.num_items,
-              num_negatives=c.num_negatives, fixed=fixed_negatives),
+              num_negatives=c.num_negatives, fixed=fixed_negatives,
+              skip=sampler["skip"]),
           skip_empty=skip_empty)
     return self._epochs[key]
 

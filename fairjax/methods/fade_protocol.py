@@ -1,8 +1,8 @@
 """FADE's two protocols: `standard` (ours) and `official` (the paper's code).
 
 The official FADE code (Yoo et al., `hsyoo32/fade` v1.0, `src/helpers/`)
-differs from our standard protocol in five training and evaluation details.
-`protocol=official` switches all five on; each is also its own config field
+differs from our standard protocol in six training and evaluation details.
+`protocol=official` switches all six on; each is also its own config field
 under `official.` (None = follow `protocol`, True/False = force), so their
 effects can be measured one at a time:
 
@@ -24,6 +24,16 @@ effects can be measured one at a time:
                          it is the official behaviour, reproduced to match
                          its figure, not endorsed. Standard: negatives
                          exclude only the history D_0..D_t.
+  randint_negatives      training negatives drawn as the official sampler
+                         (`Model._sample_neg_items`, `_randint_w_exclude`):
+                         Python `randint(1, n_items - 1)` over its item ids,
+                         which number items by first appearance in time
+                         (its mini-batch files), so the item of the first
+                         interaction (its id 0; ML-1M movie 858) is never a
+                         negative; and the negatives of a row are distinct
+                         (`sampling.sample_negatives(skip=, distinct=True)`).
+                         Standard: uniform over all unseen items, drawn
+                         independently per slot.
   split_floor            D_0 = the first int(pretrain_frac * nb) batches
                          (floor); standard rounds half up.
   redraw_eval_negatives  the 100 evaluation negatives are drawn again for
@@ -49,13 +59,13 @@ from fairjax.errors import ConfigError
 
 PROTOCOLS = ("standard", "official")
 SWITCHES = ("fair_pretrain", "chrono_batches", "global_negatives",
-            "split_floor", "redraw_eval_negatives")
+            "randint_negatives", "split_floor", "redraw_eval_negatives")
 # The official summary averages snapshots 1..6 (`Runner.py` ~360-376).
 OFFICIAL_LAST_SNAPSHOT = 6
 
 
 def switches(config) -> dict[str, bool]:
-  """The five switches of `config`: `official.<name>` when set (not None),
+  """The six switches of `config`: `official.<name>` when set (not None),
   else on exactly when `config.protocol == 'official'`."""
   validate(config)
   on = config.protocol == "official"
@@ -80,6 +90,16 @@ def validate(config) -> None:
     if value is not None and not isinstance(value, (bool, np.bool_)):
       raise ConfigError(f"field 'official.{name}': True, False or None, got "
                         f"{value!r}")
+
+
+def negative_sampler(config, first_item: int) -> dict[str, int | bool]:
+  """The training-negative keywords of `sampling.sample_negatives` for
+  `config`: with `randint_negatives` {'skip': first_item, 'distinct':
+  True}, `first_item` the item of the first interaction in time order (the
+  official code's item 0); else the standard sampler's {'skip': -1,
+  'distinct': False}."""
+  on = switches(config)["randint_negatives"]
+  return {"skip": int(first_item) if on else -1, "distinct": on}
 
 
 def describe(config) -> str:
