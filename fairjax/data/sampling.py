@@ -144,8 +144,8 @@ def _make_slot_distinct(key: jax.Array, seen: jax.Array, users: jax.Array,
   """Redraws slot j of the rows whose slot j repeats one of slots 0..j-1.
 
   A repeated slot is redrawn uniformly over the items other than `skip`
-  that the user never saw and that slots 0..j-1 do not hold (rejection for at most
-  `max_rounds` rounds with keys fold_in(key, r), then exactly as in
+  that the user never saw and that slots 0..j-1 do not hold (rejection for
+  at most `max_rounds` rounds with keys fold_in(key, r), then exactly as in
   `sample_negatives`); other rows keep their draw. Applied for j = 1..n-1
   to n independent draws uniform over the unseen items, this gives a
   uniform sample without replacement: given slots 0..j-1, slot j is
