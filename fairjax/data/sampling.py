@@ -138,47 +138,68 @@ def _free_items(seen: jax.Array, users: jax.Array, skip: int) -> jax.Array:
   return free
 
 
+def _redraw_rejected(key: jax.Array, cand: jax.Array, rej: jax.Array,
+                     bad: Callable[[jax.Array], jax.Array],
+                     free: Callable[[], jax.Array], start: int,
+                     max_rounds: int, num_items: int, skip: int) -> jax.Array:
+  """Rejection sampling of the slots `rej` of `cand` [B, m], then the exact
+  fallback.
+
+  Rounds r = start..max_rounds-1 (a `lax.while_loop`, left as soon as no
+  slot is rejected) draw `_uniform_items(fold_in(key, r))` and replace the
+  rejected slots; a slot stays rejected while `bad` of its new draw is True.
+  Slots still rejected after that take `_draw_free(fold_in(key, max_rounds
+  + 1), free(), m)` (`free()` [B, I] the allowed items per row; built only
+  when some slot needs it).
+  """
+  def cond(c):
+    r, _, rej = c
+    return (r < max_rounds) & rej.any()
+
+  def body(c):
+    r, cand, rej = c
+    new = _uniform_items(jax.random.fold_in(key, r), cand.shape, num_items,
+                         skip)
+    return r + 1, jnp.where(rej, new, cand), rej & bad(new)
+
+  _, cand, rej = jax.lax.while_loop(cond, body, (start, cand, rej))
+
+  def exact(cand):
+    idx = _draw_free(jax.random.fold_in(key, max_rounds + 1), free(),
+                     cand.shape[1])
+    return jnp.where(rej, idx, cand)
+
+  return jax.lax.cond(rej.any(), exact, lambda c: c, cand)
+
+
 def _make_slot_distinct(key: jax.Array, seen: jax.Array, users: jax.Array,
                         cand: jax.Array, j: int, skip: int,
                         max_rounds: int) -> jax.Array:
   """Redraws slot j of the rows whose slot j repeats one of slots 0..j-1.
 
   A repeated slot is redrawn uniformly over the items other than `skip`
-  that the user never saw and that slots 0..j-1 do not hold (rejection for
-  at most `max_rounds` rounds with keys fold_in(key, r), then exactly as in
-  `sample_negatives`); other rows keep their draw. Applied for j = 1..n-1
-  to n independent draws uniform over the unseen items, this gives a
-  uniform sample without replacement: given slots 0..j-1, slot j is
-  uniform over the rest.
+  that the user never saw and that slots 0..j-1 do not hold
+  (`_redraw_rejected` from round 0 with `key`); other rows keep their
+  draw. Applied for j = 1..n-1 to n independent draws uniform over the
+  unseen items, this gives a uniform sample without replacement: given
+  slots 0..j-1, slot j is uniform over the rest.
   """
   earlier = cand[:, :j]  # [B, j]
-  x = cand[:, j]
+  rows = users[:, None]
 
-  def repeats(v):
-    return jnp.any(v[:, None] == earlier, axis=1)
+  def repeats(v):  # [B, 1] -> [B, 1]
+    return jnp.any(v == earlier, axis=1, keepdims=True)
 
-  def cond(c):
-    r, _, rej = c
-    return (r < max_rounds) & rej.any()
-
-  def body(c):
-    r, x, rej = c
-    new = _uniform_items(jax.random.fold_in(key, r), x.shape, seen.shape[1],
-                         skip)
-    x = jnp.where(rej, new, x)
-    return r + 1, x, rej & (seen[users, new] | repeats(new))
-
-  _, x, rej = jax.lax.while_loop(cond, body, (0, x, repeats(x)))
-
-  def exact(x):
-    free = _free_items(seen, users, skip)
-    free = free & ~jnp.any(
+  def free():
+    taken = jnp.any(
         jnp.arange(seen.shape[1])[None, None, :] == earlier[:, :, None], 1)
-    got = _draw_free(jax.random.fold_in(key, max_rounds + 1), free, 1)[:, 0]
-    return jnp.where(rej, got, x)
+    return _free_items(seen, users, skip) & ~taken
 
-  x = jax.lax.cond(rej.any(), exact, lambda v: v, x)
-  return cand.at[:, j].set(x)
+  x = cand[:, j:j + 1]
+  x = _redraw_rejected(key, x, repeats(x),
+                       lambda v: seen[rows, v] | repeats(v), free, 0,
+                       max_rounds, seen.shape[1], skip)
+  return cand.at[:, j:j + 1].set(x)
 
 
 @functools.partial(jax.jit,
@@ -251,24 +272,9 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
       cand = jnp.where(rej, drawn[r], cand)
       rej = rej & seen[rows, drawn[r]]
 
-  def cond(c):
-    r, _, rej = c
-    return (r < max_rounds) & rej.any()
-
-  def body(c):
-    r, cand, rej = c
-    new = draw(r)
-    cand = jnp.where(rej, new, cand)
-    return r + 1, cand, rej & seen[rows, new]
-
-  _, cand, rej = jax.lax.while_loop(cond, body, (start, cand, rej))
-
-  def exact(cand):
-    idx = _draw_free(jax.random.fold_in(rng, max_rounds + 1),
-                     _free_items(seen, users, skip), n)
-    return jnp.where(rej, idx, cand)
-
-  cand = jax.lax.cond(rej.any(), exact, lambda c: c, cand)
+  cand = _redraw_rejected(rng, cand, rej, lambda v: seen[rows, v],
+                          lambda: _free_items(seen, users, skip), start,
+                          max_rounds, num_items, skip)
   if distinct:
     for j in range(1, n):
       cand = _make_slot_distinct(
