@@ -37,6 +37,9 @@ with `results` those of the units before it). Units are
 
 Progress: one line per unit (`[job] unit i/n KEY: done earlier | running |
 finished in Ns, ETA ...`) on stderr; jobs print their own per-epoch lines.
+The last line gives the call's wall time and the process's peak resident
+memory (`peak_rss_gb`), which are not part of `summary.json` (they depend on
+the machine and on what a rerun finds done).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import resource
 import socket
 import sys
 import time
@@ -193,6 +197,7 @@ def train_and_evaluate(job: ModuleType, config: Any, workdir: str,
   if stated != job.NAME:
     raise ConfigError(f"field 'job': this config is for job {stated!r}, "
                       f"not {job.NAME!r}")
+  t_call = time.perf_counter()
   job.validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -233,4 +238,14 @@ def train_and_evaluate(job: ModuleType, config: Any, workdir: str,
     ckpt_lib.write_json_atomic(workdir / "summary.json", summary)
     log(f"[{job.NAME}] wrote {workdir / 'metrics.csv'} and "
         f"{workdir / 'summary.json'}")
+    log(f"[{job.NAME}] {ran} of {len(units)} units run here; wall "
+        f"{time.perf_counter() - t_call:.1f}s, peak_rss_gb "
+        f"{peak_rss_gb():.2f}")
   return summary
+
+
+def peak_rss_gb() -> float:
+  """This process's peak resident memory so far, in GB (Linux reports
+  ru_maxrss in KiB, macOS in bytes)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss / (1e9 if sys.platform == "darwin" else 1e9 / 1024)

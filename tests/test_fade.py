@@ -309,3 +309,36 @@ def test_seed_table_mean_std_and_mismatch(tmp_path):
         [run("d0", 5, 0.5, dual_method=True),
          run("d1", 6, 0.5, eta=20.0, dual_method=True)], tmp_path / "w.md")
   assert not (tmp_path / "w.md").exists()
+
+
+def test_sampled_evaluation_scores_only_users_with_positives_exactly():
+  """`Evaluator.sampled` scores the users with a test positive in blocks
+  (here 3 users, so blocks repeat users as padding) and leaves the others'
+  rows out; its metrics equal those of scoring every user at once."""
+  from fairjax import metrics as metrics_lib
+  from fairjax import models as models_lib
+  from fairjax.evaluators import periodic as E
+  rng = np.random.default_rng(0)
+  nu, ni = 11, 30
+  hu, hi = rng.integers(0, nu, 60), rng.integers(0, ni, 60)
+  tu = rng.choice([0, 2, 3, 7, 8], 25)  # six users have no test positive
+  ti = rng.integers(0, ni, 25)
+  es = E.make_eval_set(tu, ti, hu, hi, nu, ni)
+  model = models_lib.create("mf", nu, ni, dim=8)
+  params = models_lib.init_params(model, jax.random.key(1))
+  negs = rng.integers(0, ni, (nu, 6)).astype(np.int32)
+  negs[1, 4:] = -1
+  ev = E.Evaluator(model, negs, ks=(3, 5), sampled_chunk_size=3)
+  got = ev.sampled(params, es, found=True)
+  users = jnp.arange(nu)
+  ref = metrics_lib.sampled_rank_metrics(
+      models_lib.pair_scores(model, params, users, jnp.asarray(es.pos_items)),
+      models_lib.pair_scores(model, params, users, jnp.maximum(negs, 0)),
+      es.pos_mask, (3, 5), neg_mask=negs >= 0, found=True)
+  assert set(got) == set(ref)
+  no_pos = ~es.pos_mask.any(axis=1)
+  assert no_pos.sum() == 6
+  for k in ref:
+    np.testing.assert_array_equal(got[k], np.asarray(ref[k]))
+    assert np.isnan(got[k][no_pos]).all() and not np.isnan(
+        got[k][~no_pos]).any()

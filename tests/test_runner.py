@@ -60,6 +60,19 @@ def test_units_run_once_and_results_feed_later_units(tmp_path):
   assert calls == ["ccc/seed0", "ccc/seed1"] and len(summary) == 6
 
 
+def test_last_line_gives_units_run_wall_time_and_peak_memory(tmp_path,
+                                                             capsys):
+  runner.train_and_evaluate(_toy_job([]), _config(), tmp_path)
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("[toy] 4 of 4 units run here; wall ")
+  rss = float(last.rsplit("peak_rss_gb ", 1)[1])
+  assert rss == pytest.approx(runner.peak_rss_gb(), abs=0.01) and rss > 0.01
+  runner.train_and_evaluate(_toy_job([]), _config(), tmp_path)
+  assert "[toy] 0 of 4 units run here" in capsys.readouterr().err
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert "peak_rss_gb" not in json.dumps(summary)
+
+
 def test_interrupted_run_resumes_with_the_same_summary(tmp_path):
   full = runner.train_and_evaluate(_toy_job([]), _config(), tmp_path / "a")
   with pytest.raises(KeyboardInterrupt):
