@@ -2,7 +2,8 @@ r"""Benchmarks: `python -m launch.bench --bench=NAME`.
 
 Each benchmark measures ours against a baseline in the same run, prints its
 progress to stderr and, as the last line of stdout, one JSON object of the
-measured figures. Names: ranking, fade, itfr, retrieval, serving, bo.
+measured figures. Names: ranking, fade, fade_run (a whole FADE run on ML-1M,
+real data), itfr, retrieval, serving, bo.
 
 The retrieval and serving benchmarks shard items over emulated CPU devices;
 their number (`--devices`, default 2 for them) must be fixed before JAX
@@ -42,6 +43,7 @@ from absl import flags  # noqa: E402
 BENCHES = {
     "ranking": "fairjax.bench.ranking",
     "fade": "fairjax.bench.fade",
+    "fade_run": "fairjax.bench.fade_run",
     "itfr": "fairjax.bench.itfr",
     "retrieval": "fairjax.bench.retrieval",
     "serving": "fairjax.bench.serving",
@@ -67,6 +69,10 @@ def main(argv):
   if _BENCH.value == "fade":
     from configs import fade as fade_config
     kwargs["config"] = fade_config.get_config("dataset=synthetic")
+  elif _BENCH.value == "fade_run":
+    from configs import fade as fade_config
+    kwargs["config"] = fade_config.get_config("dataset=ml1m-order,model=mf")
+    kwargs["config"].methods = "FADE"
   elif _BENCH.value == "itfr":
     from configs import itfr as itfr_config
     kwargs["get_config"] = itfr_config.get_config

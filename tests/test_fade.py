@@ -342,3 +342,21 @@ def test_sampled_evaluation_scores_only_users_with_positives_exactly():
     np.testing.assert_array_equal(got[k], np.asarray(ref[k]))
     assert np.isnan(got[k][no_pos]).all() and not np.isnan(
         got[k][~no_pos]).any()
+
+
+def test_fade_run_bench_counts_the_runs_steps_and_splits_its_time():
+  from fairjax.bench import fade_run
+  c = _config("FINETUNE,FADE", periods=2)
+  out = fade_run.run(c, None, seed=0, floor_steps=20)
+  data = F.prepare_data(c)
+  steps = lambda n: -(-n // c.batch_size)  # noqa: E731
+  sizes = data.period_sizes
+  assert out["pretrain_steps"] == c.pretrain_epochs * steps(sizes[0])
+  assert out["steps"] == out["pretrain_steps"] + 2 * c.epochs * (
+      steps(sizes[1]) + steps(sizes[2]))
+  assert 0 < out["pretrain_seconds"] and 0 < out["finetune_seconds"]
+  assert out["other_seconds"] > 0 and out["peak_rss_gb"] > 0.1
+  assert out["run_over_floor"] == pytest.approx(
+      out["run_seconds"] / out["run_floor_seconds"])
+  with pytest.raises(ConfigError, match="field 'methods'"):
+    fade_run.run(_config("RETRAIN"), None)

@@ -267,6 +267,9 @@ class Trainer:
   # Training-negative keywords (`fade_protocol.negative_sampler`); None:
   # the standard sampler.
   sampler: dict | None = None
+  # Training seconds of each pretraining run here ('pretrain' or
+  # 'pretrain-fade'; compilation excluded, 0-ish when restored).
+  pretrain_seconds: dict = dataclasses.field(default_factory=dict)
   _epochs: dict = dataclasses.field(default_factory=dict)
 
   def epoch_fn(self, kind: str, lam: float, fixed_negatives: bool = False,
@@ -299,15 +302,16 @@ class Trainer:
     c = self.config
     rows = data.rows([0])
     kind, lam = ("fade", c.fade.lam) if fair else ("bpr", 0.0)
-    state, _ = train.fit(
+    name = "pretrain-fade" if fair else "pretrain"
+    state, info = train.fit(
         self.init_state(jax.random.fold_in(rng, 0)), self.epoch_fn(kind, lam),
         lambda e: epoch_batches(rows, data, c.batch_size, (c.seed, 99, e),
                                 mode),
         c.pretrain_epochs, jax.random.fold_in(rng, 1),
         context={"seen": seen, "user_group": data.user_group},
-        checkpoint_dir=checkpoint_dir, ckpt_every=10,
-        name="pretrain-fade" if fair else "pretrain",
+        checkpoint_dir=checkpoint_dir, ckpt_every=10, name=name,
         log_every=max(1, c.pretrain_epochs // 10))
+    self.pretrain_seconds[name] = info.train_seconds
     return state
 
   def run_epochs(self, state, data: FadeData, rows, kind, lam, epochs,
