@@ -35,6 +35,7 @@ if any(a in ("--bench=bo",) for a in sys.argv):
   os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import importlib  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 
 from absl import app  # noqa: E402
@@ -79,10 +80,11 @@ def main(argv):
   elif _BENCH.value == "serving":
     from configs import fairsync as fairsync_config
     kwargs["get_config"] = fairsync_config.get_config
-  if "data_dir" in module.run.__code__.co_varnames:
+  params = inspect.signature(module.run).parameters
+  if "data_dir" in params:
     kwargs["data_dir"] = _DATA_DIR.value or os.environ.get("FAIRJAX_DATA_DIR")
   if _MODEL.value is not None:
-    if "model" not in module.run.__code__.co_varnames:
+    if "model" not in params:
       raise app.UsageError(f"--model does not apply to --bench={_BENCH.value}")
     kwargs["model"] = _MODEL.value
   result = module.run(**kwargs)

@@ -344,14 +344,16 @@ def test_sampled_evaluation_scores_only_users_with_positives_exactly():
         got[k][~no_pos]).any()
 
 
+@pytest.mark.slow
 def test_fade_run_bench_counts_the_runs_steps_and_splits_its_time():
   from fairjax.bench import fade_run
   c = _config("FINETUNE,FADE", periods=2)
+  c.official.fair_pretrain = True  # FADE pretrains apart: two pretrainings
   out = fade_run.run(c, None, seed=0, floor_steps=20)
   data = F.prepare_data(c)
   steps = lambda n: -(-n // c.batch_size)  # noqa: E731
   sizes = data.period_sizes
-  assert out["pretrain_steps"] == c.pretrain_epochs * steps(sizes[0])
+  assert out["pretrain_steps"] == 2 * c.pretrain_epochs * steps(sizes[0])
   assert out["steps"] == out["pretrain_steps"] + 2 * c.epochs * (
       steps(sizes[1]) + steps(sizes[2]))
   assert 0 < out["pretrain_seconds"] and 0 < out["finetune_seconds"]

@@ -10,10 +10,12 @@ snapshot), in a temporary workdir, and reports:
     start and imports are not);
   * `peak_rss_gb`: the process's peak resident memory after the run (the
     run comes first, so it is the run's peak);
-  * `pretrain_seconds` and `finetune_seconds`: training time alone, from the
-    job's own counters (`seconds_per_period` and the pretraining epochs'
-    progress), and `other_seconds`, the rest (evaluation, data, compilation,
-    checkpoints);
+  * `pretrain_seconds` and `finetune_seconds`: training time alone as the
+    job counts it (`train.fit`'s `train_seconds`: the epochs with their
+    host-side batching; compilation excluded; pretraining's checkpoint every
+    10 epochs included), from `Trainer.pretrain_seconds` and the summary's
+    `seconds_per_period`; `other_seconds`, the rest (evaluation, data
+    loading, compilation, fine-tuning checkpoints);
   * `optimizer_floor_seconds_per_step`: one jitted dense Adam + L2 update
     of the same parameter shapes (`fade.optimizer_floor`, 1,300 steps),
     measured after the run in the same process, and `run_floor_seconds`:
