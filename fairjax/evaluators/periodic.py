@@ -134,11 +134,12 @@ class Evaluator:
                                   neg_items[start:start + c])
       ps.append(p)
       ns.append(n)
-    ps, ns = jnp.concatenate(ps), jnp.concatenate(ns)
+    ps = jnp.concatenate(ps)[:active.size]
+    ns = jnp.concatenate(ns)[:active.size]
     rows = jnp.asarray(active)
-    return (jnp.zeros((num_users, width), ps.dtype).at[rows].set(
-        ps[:active.size]), jnp.zeros(negatives.shape, ns.dtype).at[rows].set(
-            ns[:active.size]))
+    pos = jnp.zeros((num_users, width), ps.dtype).at[rows].set(ps)
+    neg = jnp.zeros(negatives.shape, ns.dtype).at[rows].set(ns)
+    return pos, neg
 
   def full(self, params, es: EvalSet) -> dict[str, np.ndarray]:
     num_users = es.relevant.shape[0]
