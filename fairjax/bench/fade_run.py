@@ -65,7 +65,8 @@ def run(config, data_dir: str | None = None, seed: int = 0,
                       f"{','.join(methods)}")
   _log(f"{config.dataset} {config.model}, methods {','.join(methods)}: one "
        "whole run ...")
-  # The job as is, but keeping its context (the trainer's pretraining time).
+  # The job as is, but keeping its context (data, trainer and the trainer's
+  # pretraining time) for the figures below.
   job = types.SimpleNamespace(**{k: getattr(fade_job, k) for k in
                                  dir(fade_job) if not k.startswith("__")})
   contexts = []
@@ -80,22 +81,20 @@ def run(config, data_dir: str | None = None, seed: int = 0,
     summary = runner.train_and_evaluate(job, config, workdir, data_dir)
     run_seconds = time.perf_counter() - t0
   rss = runner.peak_rss_gb()
-  data = F.prepare_data(config, data_dir)
+  ctx = contexts[0]  # the run's data, model and trainer
   steps_of = lambda n: -(-n // config.batch_size)  # noqa: E731
-  sizes = list(data.period_sizes)
+  sizes = list(ctx.data.period_sizes)
   pretrain_steps = config.pretrain_epochs * steps_of(sizes[0])
   finetune_steps = config.epochs * sum(
       steps_of(n) for n in sizes[1:config.num_periods + 1])
   finetune_seconds = config.num_periods * float(sum(
       summary["seconds_per_period"][m] for m in methods))
-  pretrains = contexts[0].trainer.pretrain_seconds  # one per pretraining
+  pretrains = ctx.trainer.pretrain_seconds  # one per pretraining
   pretrain_seconds = float(sum(pretrains.values()))
   pretrain_steps *= len(pretrains)
   _log(f"run {run_seconds:.1f} s, peak memory {rss:.2f} GB")
-  model = F.create_model(config, data)
-  params = F.Trainer(model, F.make_optimizer(config),
-                     config).init_state(jax.random.key(seed)).params
-  floor = fade_bench.optimizer_floor(params, F.make_optimizer(config),
+  params = ctx.trainer.init_state(jax.random.key(seed)).params
+  floor = fade_bench.optimizer_floor(params, ctx.trainer.tx,
                                      floor_steps) / floor_steps
   steps = pretrain_steps + len(methods) * finetune_steps
   _log(f"optimizer floor {floor * 1e3:.3f} ms per step; {steps} steps")
