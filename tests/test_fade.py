@@ -344,6 +344,51 @@ def test_sampled_evaluation_scores_only_users_with_positives_exactly():
         got[k][~no_pos]).any()
 
 
+# The event JAX records each time it traces a program (jax._src.dispatch).
+JAXPR_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
+def test_sampled_evaluation_traces_nothing_new_for_other_user_counts():
+  """A snapshot with another number of users holding a test positive (same
+  padded width) reuses every compiled program: the blocks are cut and the
+  scores put back on the host, so no device op meets a new shape."""
+  from fairjax import models as models_lib
+  from fairjax.evaluators import periodic as E
+  rng = np.random.default_rng(0)
+  nu, ni = 40, 30
+  hu, hi = rng.integers(0, nu, 120), rng.integers(0, ni, 120)
+  model = models_lib.create("mf", nu, ni, dim=8)
+  params = models_lib.init_params(model, jax.random.key(1))
+  negs = rng.integers(0, ni, (nu, 6)).astype(np.int32)
+  ev = E.Evaluator(model, negs, ks=(5,), sampled_chunk_size=4)
+
+  def eval_set(users):
+    # Two positives per user: the same padded width for every set.
+    tu = np.repeat(users, 2)
+    ti = (np.arange(tu.size) * 7 + 3) % ni
+    es = E.make_eval_set(tu, ti, hu, hi, nu, ni)
+    assert es.pos_items.shape[1] == 2
+    return es
+
+  first = eval_set(np.array([1, 5, 9, 13, 20]))
+  second = eval_set(np.array([2, 4, 6, 8, 10, 12, 30, 33, 39]))
+  ev.sampled(params, first, found=True)
+  traced = []
+
+  def listen(event, duration, **kwargs):
+    del duration, kwargs
+    if event == JAXPR_TRACE_EVENT:
+      traced.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    out = ev.sampled(params, second, found=True)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert not traced, f"{len(traced)} programs traced for the second snapshot"
+  assert (~np.isnan(out["ndcg@5"])).sum() == 9
+
+
 @pytest.mark.slow
 def test_fade_run_bench_counts_the_runs_steps_and_splits_its_time():
   from fairjax.bench import fade_run

@@ -100,45 +100,47 @@ class Evaluator:
     replace the fixed ones; `found` adds `ndcg_found@K`."""
     if es.pos_items.shape[0] == 0:
       raise ValueError("sampled evaluation of an empty user set")
-    all_negs = self.negatives if negatives is None else jnp.asarray(negatives)
+    all_negs = np.asarray(self.negatives if negatives is None else negatives)
     pos, neg = self._scores_of_users_with_positives(
-        params, es, jnp.maximum(all_negs, 0))
+        params, es, np.maximum(all_negs, 0))
     out = self._sampled_metrics(pos, neg, jnp.asarray(es.pos_mask),
-                                neg_mask=all_negs >= 0, found=found)
+                                neg_mask=jnp.asarray(all_negs >= 0),
+                                found=found)
     return {k: np.asarray(v) for k, v in out.items()}
 
-  def _scores_of_users_with_positives(self, params, es: EvalSet, negatives):
-    """(pos [U, P], neg [U, n]) candidate scores; rows of users without a
-    test positive are left 0 (their metrics are NaN whatever the scores).
+  def _scores_of_users_with_positives(self, params, es: EvalSet,
+                                      negatives: np.ndarray):
+    """(pos [U, P], neg [U, n]) candidate scores (host arrays); rows of
+    users without a test positive are left 0 (their metrics are NaN
+    whatever the scores).
 
     The users with a positive (often a small share: a Task-N period holds
     7-14% of ML-1M's users) are scored in blocks of one padded size, which
     bounds the [users, candidates, d] gathers (the padded positives of a
     test period can be ~1,000 wide); every block has the shape of the
     earlier all-user blocks and a user's scores do not depend on its block
-    or position in it, so the metrics are those of scoring everyone.
+    or position in it, so the metrics are those of scoring everyone. The
+    blocks are cut and the scores put back in NumPy: their sizes change
+    with every snapshot, and device ops on them would compile anew each
+    time.
     """
     num_users, width = es.pos_items.shape
+    pos = np.zeros((num_users, width), np.float32)
+    neg = np.zeros(negatives.shape, np.float32)
     active = np.flatnonzero(np.asarray(es.pos_mask).any(axis=1))
     if active.size == 0:
-      return (jnp.zeros((num_users, width), jnp.float32),
-              jnp.zeros(negatives.shape, jnp.float32))
+      return pos, neg
     c = min(self.sampled_chunk_size, num_users)
     users = np.resize(active, -(-active.size // c) * c)  # repeats pad
     pos_items = np.asarray(es.pos_items)[users]
     neg_items = negatives[users]
-    ps, ns = [], []
     for start in range(0, users.size, c):
-      p, n = self._sampled_scores(params, jnp.asarray(users[start:start + c]),
-                                  jnp.asarray(pos_items[start:start + c]),
-                                  neg_items[start:start + c])
-      ps.append(p)
-      ns.append(n)
-    ps = jnp.concatenate(ps)[:active.size]
-    ns = jnp.concatenate(ns)[:active.size]
-    rows = jnp.asarray(active)
-    pos = jnp.zeros((num_users, width), ps.dtype).at[rows].set(ps)
-    neg = jnp.zeros(negatives.shape, ns.dtype).at[rows].set(ns)
+      block = slice(start, start + c)
+      p, n = self._sampled_scores(params, users[block], pos_items[block],
+                                  neg_items[block])
+      rows = users[block][:max(0, min(c, active.size - start))]
+      pos[rows] = np.asarray(p)[:rows.size]
+      neg[rows] = np.asarray(n)[:rows.size]
     return pos, neg
 
   def full(self, params, es: EvalSet) -> dict[str, np.ndarray]:
