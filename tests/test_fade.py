@@ -372,7 +372,6 @@ def test_sampled_evaluation_traces_nothing_new_for_other_user_counts():
 
   first = eval_set(np.array([1, 5, 9, 13, 20]))
   second = eval_set(np.array([2, 4, 6, 8, 10, 12, 30, 33, 39]))
-  ev.sampled(params, first, found=True)
   traced = []
 
   def listen(event, duration, **kwargs):
@@ -382,6 +381,9 @@ def test_sampled_evaluation_traces_nothing_new_for_other_user_counts():
 
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
+    ev.sampled(params, first, found=True)
+    assert traced  # the listener sees the first snapshot's tracing
+    traced.clear()
     out = ev.sampled(params, second, found=True)
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)

@@ -138,7 +138,7 @@ class Evaluator:
       block = slice(start, start + c)
       p, n = self._sampled_scores(params, users[block], pos_items[block],
                                   neg_items[block])
-      rows = users[block][:max(0, min(c, active.size - start))]
+      rows = active[start:start + c]  # the block less its padding
       pos[rows] = np.asarray(p)[:rows.size]
       neg[rows] = np.asarray(n)[:rows.size]
     return pos, neg
