@@ -77,7 +77,7 @@ class Evaluator:
         lambda p, u, i: models_lib.pair_scores(model, p, u, i))
     self.all_fn = all_fn or (lambda p, u: models_lib.all_scores(model, p, u))
     self.full_ranking = full_ranking
-    self.negatives = jnp.asarray(eval_negatives)
+    self.negatives = np.asarray(eval_negatives)  # used host-side only
     self.ks = tuple(int(k) for k in ks)
     self.chunk_size = chunk_size
     self.sampled_chunk_size = sampled_chunk_size
@@ -100,7 +100,8 @@ class Evaluator:
     replace the fixed ones; `found` adds `ndcg_found@K`."""
     if es.pos_items.shape[0] == 0:
       raise ValueError("sampled evaluation of an empty user set")
-    all_negs = np.asarray(self.negatives if negatives is None else negatives)
+    all_negs = (self.negatives if negatives is None
+                else np.asarray(negatives))
     pos, neg = self._scores_of_users_with_positives(
         params, es, np.maximum(all_negs, 0))
     out = self._sampled_metrics(pos, neg, jnp.asarray(es.pos_mask),
