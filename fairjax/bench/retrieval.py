@@ -20,6 +20,7 @@ Progress goes to stderr; `run` returns the figures as a dict.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -54,8 +55,9 @@ def _time_interleaved(fns, rounds: int = 5) -> list[float]:
   return best
 
 
-def _gemm_only_fn(mesh, block: int):
-  """The same blocked GEMMs (+ mu bias) with no top-K: the loop's ceiling."""
+def _gemm_only_fn(mesh, block: int, dtype=jnp.float32):
+  """The same blocked GEMMs (+ mu bias) with no top-K: the loop's ceiling
+  (dtype: the operands', as `blocked.block_scores`)."""
   from jax import lax  # noqa: PLC0415
   from jax.sharding import PartitionSpec as P  # noqa: PLC0415
   from fairjax.retrieval import blocked  # noqa: PLC0415
@@ -64,7 +66,7 @@ def _gemm_only_fn(mesh, block: int):
     def body(i, acc):
       v = lax.dynamic_slice_in_dim(emb, i * block, block)
       g = lax.dynamic_slice_in_dim(grp, i * block, block)
-      s = blocked.block_scores(q, v, -mu[jnp.maximum(g, 0)])
+      s = blocked.block_scores(q, v, -mu[jnp.maximum(g, 0)], dtype)
       return acc + s[0, 0]
     return lax.fori_loop(0, emb.shape[0] // block, body, 0.0)[None]
 
@@ -73,7 +75,38 @@ def _gemm_only_fn(mesh, block: int):
       out_specs=P(sharded.AXIS), check_vma=False))
 
 
+def _exact_reference(v, grp, u, mu, k, items_per_step: int = 50_000):
+  """Top-k of `blocked.exact_scores`' formula in NumPy, (score desc, id asc).
+
+  The d products rounded to float32, summed as the same balanced tree,
+  then -mu[g] added: the values the bf16 path must return bit for bit.
+  """
+  best_s = np.full((u.shape[0], 0), -np.inf, np.float32)
+  best_i = np.zeros((u.shape[0], 0), np.int64)
+  for lo in range(0, v.shape[0], items_per_step):
+    p = u[:, None, :] * v[None, lo:lo + items_per_step, :]
+    while p.shape[-1] > 1:
+      if p.shape[-1] % 2:
+        p = np.concatenate([p, np.zeros(p.shape[:-1] + (1,), p.dtype)], -1)
+      h = p.shape[-1] // 2
+      p = p[..., :h] + p[..., h:]
+    s = p[..., 0] - mu[grp[lo:lo + items_per_step]][None, :]
+    s = np.where(s == 0, np.float32(0), s).astype(np.float32)
+    ids = np.broadcast_to(np.arange(lo, lo + s.shape[1]), s.shape)
+    all_s = np.concatenate([best_s, s], 1)
+    all_i = np.concatenate([best_i, ids], 1)
+    order = np.lexsort((all_i, -all_s), axis=1)[:, :k]
+    best_s = np.take_along_axis(all_s, order, 1)
+    best_i = np.take_along_axis(all_i, order, 1)
+  return best_s, best_i
+
+
 def _faiss_search(v, grp, u, mu, k, num_groups):
+  # The OpenBLAS inside faiss-cpu's wheels takes recent Xeons (Sapphire
+  # Rapids) for a generic "Prescott" core and runs its slowest kernels
+  # (IndexFlatIP 3x slower here); unless the user chose a core, use the
+  # AVX2 kernels. It is read when faiss loads its BLAS, after NumPy's.
+  os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
   try:
     import faiss  # noqa: PLC0415
   except ImportError:
@@ -87,12 +120,13 @@ def _faiss_search(v, grp, u, mu, k, num_groups):
   index.search(queries[:8], k)
   t0 = time.perf_counter()
   _, ids = index.search(queries, k)
-  return time.perf_counter() - t0, ids, faiss.omp_get_max_threads()
+  return (time.perf_counter() - t0, ids, faiss.omp_get_max_threads(),
+          faiss.__version__)
 
 
 def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
         k: int = 50, num_queries: int = 1024, shards: int = 2,
-        seed: int = 0) -> dict:
+        seed: int = 0, sgemm_size: int = 4096) -> dict:
   """Runs the benchmark; returns its figures (see module doc).
 
   Keys: devices, shards, block, sgemm_gflops, dual_s, dual_qps,
@@ -108,7 +142,15 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   on the catalog laid out by group, and the share of items they hold),
   blockmerge_s, speedup_vs_blockmerge,
   exact_vs_blockmerge, faiss_s / faiss_qps / speedup_vs_faiss /
-  faiss_agreement / faiss_threads (None without faiss).
+  faiss_agreement / faiss_threads (None without faiss). The same dual top-K
+  with precision="bf16" (bfloat16 GEMM proposals, exact rescoring): bf16_s,
+  bf16_qps, bf16_vs_sgemm, bf16_gemm_loop_s (the bf16 GEMMs alone),
+  bf16_over_gemm_loop and bf16_selection_over_gemm (against the float32
+  GEMM loop), bf16_selection_over_bf16_gemm (against its own GEMMs),
+  bf16_exact (its first 16 rows equal a NumPy run of `exact_scores`'
+  formula, scores and ids), bf16_ids_equal_fp32 / bf16_set_agreement_fp32
+  (against the float32 path: they differ only where scores are within
+  float32 rounding), bf16_speedup_vs_faiss.
   """
   devs = jax.devices()
   shards = min(shards, len(devs))
@@ -134,20 +176,25 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   # SGEMM, the dual top-K and the same blocked GEMMs without selection are
   # timed in interleaved rounds (best of 3 each), so the ratios between
   # them see the same machine load.
-  n_mm = 4096
+  n_mm = sgemm_size
   a = jax.random.normal(jax.random.PRNGKey(0), (n_mm, n_mm), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n_mm, n_mm), jnp.float32)
   matmul = jax.jit(jnp.matmul)
   gemm_fn = _gemm_only_fn(mesh, items.block)
-  _log("SGEMM 4096^2, dual_topk and the GEMM-only loop, 3 interleaved "
-       "rounds ...")
-  t_mm, t_dual, t_gemm = _time_interleaved([
+  gemm16_fn = _gemm_only_fn(mesh, items.block, jnp.bfloat16)
+  _log(f"SGEMM {n_mm}^2, dual_topk (fp32, bf16) and the GEMM-only loops (fp32, "
+       "bf16), 3 interleaved rounds ...")
+  t_mm, t_dual, t_gemm, t_bf16, t_gemm16 = _time_interleaved([
       lambda: matmul(a, b),
       lambda: sharded.sharded_topk(items.emb, items.group, q, mu_r, **kw),
-      lambda: gemm_fn(q, items.emb, items.group, mu_r)], rounds=3)
+      lambda: gemm_fn(q, items.emb, items.group, mu_r),
+      lambda: sharded.sharded_topk(items.emb, items.group, q, mu_r,
+                                   precision="bf16", **kw),
+      lambda: gemm16_fn(q, items.emb, items.group, mu_r)], rounds=3)
   sgemm = 2.0 * n_mm ** 3 / t_mm
   _log(f"SGEMM {sgemm / 1e9:.1f} GFLOP/s; dual_topk {t_dual:.3f}s; blocked "
-       f"GEMM only (no top-K) {t_gemm:.3f}s")
+       f"GEMM only (no top-K) {t_gemm:.3f}s; dual_topk precision=bf16 "
+       f"{t_bf16:.3f}s; bf16 GEMM only {t_gemm16:.3f}s")
   # The mu overhead compares two near-equal times: interleaved rounds.
   mu0 = sharded.replicate(np.zeros(num_groups, np.float32), mesh)
   t_plain, t_mu0 = _time_interleaved([
@@ -173,6 +220,12 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   base = sharded.sharded_topk(items.emb, items.group, q, mu_r, prune=False,
                               **kw)
   ids = np.asarray(ours[1])
+  bf_s, bf_i = (np.asarray(x) for x in sharded.sharded_topk(
+      items.emb, items.group, q, mu_r, precision="bf16", **kw))
+  n_check = min(16, num_queries)
+  _log(f"bf16 result vs a NumPy run of exact_scores' formula ({n_check} "
+       "queries) ...")
+  ref_s, ref_i = _exact_reference(v, grp, u[:n_check], mu, k)
   out = dict(
       devices=len(devs), shards=shards, block=items.block,
       num_items=num_items, dim=dim, num_groups=num_groups, k=k,
@@ -190,18 +243,34 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       repair_item_share=float(np.mean(allowed[grp])),
       blockmerge_s=t_base, speedup_vs_blockmerge=t_base / t_dual,
       exact_vs_blockmerge=bool(np.array_equal(ids, np.asarray(base[1]))),
+      bf16_s=t_bf16, bf16_qps=num_queries / t_bf16,
+      bf16_vs_sgemm=flops / t_bf16 / sgemm,
+      bf16_gemm_loop_s=t_gemm16,
+      bf16_over_gemm_loop=t_bf16 / t_gemm,
+      bf16_selection_over_gemm=(t_bf16 - t_gemm) / t_gemm,
+      bf16_selection_over_bf16_gemm=(t_bf16 - t_gemm16) / t_gemm16,
+      bf16_exact=bool(np.array_equal(bf_s[:n_check], ref_s)
+                      and np.array_equal(bf_i[:n_check], ref_i)),
+      bf16_ids_equal_fp32=float(np.mean(bf_i == ids)),
+      bf16_set_agreement_fp32=float(np.mean(
+          [len(set(a_) & set(b_)) / k for a_, b_ in zip(bf_i, ids)])),
       faiss_s=None, faiss_qps=None, speedup_vs_faiss=None,
-      faiss_agreement=None, faiss_threads=None)
+      bf16_speedup_vs_faiss=None,
+      faiss_agreement=None, faiss_threads=None, faiss_version=None,
+      faiss_openblas_core=None)
   _log("faiss IndexFlatIP ...")
   fs = _faiss_search(v, grp, u, mu, k, num_groups)
   if fs is None:
     _log("faiss not installed: skipped (pip install 'fairjax[bench]')")
   else:
-    t_f, f_ids, threads = fs
+    t_f, f_ids, threads, version = fs
     agree = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, f_ids)])
     out.update(faiss_s=t_f, faiss_qps=num_queries / t_f,
-               speedup_vs_faiss=t_f / t_dual, faiss_agreement=float(agree),
-               faiss_threads=threads)
+               speedup_vs_faiss=t_f / t_dual,
+               bf16_speedup_vs_faiss=t_f / t_bf16,
+               faiss_agreement=float(agree),
+               faiss_threads=threads, faiss_version=version,
+               faiss_openblas_core=os.environ["OPENBLAS_CORETYPE"])
     _log(f"faiss {t_f:.3f}s ({threads} threads), set agreement {agree:.4f}")
   _log(", ".join(f"{k_}={v_:.4g}" if isinstance(v_, float) else f"{k_}={v_}"
                  for k_, v_ in out.items()))

@@ -39,9 +39,14 @@ Per block of blk = c * nc items, chunk j holds the c contiguous items
      [B] arrays) are gathered: [R, c] scores whose row-major order is
      increasing id order; items <= tau are set to -inf; they are written
      after the running list's k scores into a [B, k + F R c] buffer, and
-     the whole buffer goes through one `lax.top_k` every F blocks. Only
-     the chunk ids are kept ([B, F R]); the ids of the k winners of a
-     merge are computed from them (no per-candidate id buffer);
+     every F blocks they are merged with the running list by one
+     `lax.top_k`. Only the chunk ids are kept ([B, F R], nc marking an
+     unused slot); the ids of the k winners of a merge are computed from
+     them (no per-candidate id buffer). Most slots are unused (a row gains
+     about k / blocks items per block), so when no row used more than R of
+     its F R chunk slots, only the used ones are gathered (slot order, so
+     still id order) and the top_k runs on [B, k + R c] columns instead of
+     [B, k + F R c];
   2. otherwise (early blocks, while tau is still low) the block is merged in
      full with the running list and the buffer.
 XLA:CPU notes: a column slice of a `lax.top_k` result makes the compiler
@@ -49,6 +54,26 @@ fall back to a full sort, hence `jnp.min` for the K-th score. A separate
 bias add after the dot was fused into each of its consumers (the chunk
 maxima, the gather, the full merge), three extra passes over the block's
 scores: folding the bias into the GEMM removes them.
+
+bf16 proposals (`precision="bf16"`). The block GEMMs take bfloat16
+operands (float32 sums; products of bfloat16 values are exact in float32),
+2.4-2.6x the float32 GEMM's rate on this project's CPU (AVX-512 bf16).
+The scan above runs on these proposal scores s' for k2 = k + slack items;
+the proposals are rescored with `exact_scores` (one fixed float32 formula
+per pair, [B, k2, d] work) and the top-k taken by (score desc, id asc).
+Proof of exactness: `proposal_error` bounds |s' - s| <= E_b for every item
+of the row (rounding of u, v, mu to bfloat16 and float32 summation, by
+Cauchy-Schwarz). An item left out has s' <= t_b, the k2-th proposal score,
+so s <= t_b + E_b; when that is below S_b, the k-th exact score among the
+proposals (or t_b = -inf: every item with a finite score is proposed), it
+cannot enter the top-k. Otherwise (more than `slack` items within about
+E_b of the k-th score) float32 GEMM proposals with their much smaller bound
+are tried, then a scan with `exact_scores` as the block scores (needed only
+when many items tie; slow, the same values, so the same result). The
+returned scores are `exact_scores` values, which may differ from the
+float32 GEMM's in the last bits (the GEMM's rounding depends on its shape),
+so items within that rounding of each other may order differently between
+the two precisions.
 
 Exclusion. An optional int32 [B, E] list of global ids per query (padded
 with -1) is removed from that query's candidates: after a block is scored,
@@ -85,6 +110,7 @@ import jax.numpy as jnp
 from jax import lax
 
 NEG_INF = float("-inf")
+PROPOSAL_SLACK = 16  # extra bf16 proposals per row (precision="bf16")
 
 
 def merge_topk(scores: jax.Array, ids: jax.Array,
@@ -104,22 +130,80 @@ def merge_topk(scores: jax.Array, ids: jax.Array,
 
 
 def block_scores(user_q: jax.Array, item_blk: jax.Array,
-                 bias_blk: jax.Array | None) -> jax.Array:
+                 bias_blk: jax.Array | None,
+                 dtype=jnp.float32) -> jax.Array:
   """s_bi = <u_b, v_i> + bias_i for one block: one GEMM.
 
   With a bias, [u_b ; 1] against [v_i ; bias_i] (a [B, d + 1] x [d + 1, blk]
   GEMM: the bias is the last term of each sum, and no add pass follows);
   without, [B, d] x [d, blk]. bias_i = -inf (padding, excluded groups)
-  gives s_bi = -inf.
+  gives s_bi = -inf. `dtype`: the operands' type (bfloat16: the proposal
+  GEMM of `precision="bf16"`); the sums are float32 either way.
   """
   if bias_blk is not None:
     user_q = jnp.concatenate(
         [user_q, jnp.ones((user_q.shape[0], 1), user_q.dtype)], axis=1)
     item_blk = jnp.concatenate(
         [item_blk, bias_blk[:, None].astype(item_blk.dtype)], axis=1)
-  return lax.dot_general(user_q, item_blk, (((1,), (1,)), ((), ())),
+  return lax.dot_general(user_q.astype(dtype), item_blk.astype(dtype),
+                         (((1,), (1,)), ((), ())),
                          precision=lax.Precision.HIGHEST,
                          preferred_element_type=jnp.float32)
+
+
+def _exact_block(user_q: jax.Array, item_blk: jax.Array,
+                 bias_blk: jax.Array, max_items: int = 256) -> jax.Array:
+  """`exact_scores` of one block, [B, blk], in pieces of <= max_items
+  items (the formula's [B, piece, d / 2] intermediate stays small)."""
+  blk = item_blk.shape[0]
+  pieces = next(p for p in range(1, blk + 1)
+                if blk % p == 0 and blk // p <= max_items)
+  if pieces == 1:
+    return exact_scores(user_q, item_blk[None], bias_blk[None])
+  out = lax.map(lambda vb: exact_scores(user_q, vb[0][None], vb[1][None]),
+                (item_blk.reshape(pieces, blk // pieces, -1),
+                 bias_blk.reshape(pieces, blk // pieces)))
+  return jnp.transpose(out, (1, 0, 2)).reshape(user_q.shape[0], blk)
+
+
+def _runtime_zero(x: jax.Array) -> jax.Array:
+  """uint32 0 for finite x[0, ...], not known to the compiler."""
+  first = x.reshape(-1)[0]
+  return (first != first).astype(jnp.uint32)
+
+
+def exact_scores(user_q: jax.Array, item_vecs: jax.Array,
+                 bias: jax.Array) -> jax.Array:
+  """The scores of `precision="bf16"`: one fixed float32 formula per pair.
+
+  s_bi = tree(u_b * v_i) + bias_i, where the d products are rounded to
+  float32 and summed as a balanced tree (halves added elementwise, an odd
+  width padded with one 0), then the bias is added; -0.0 becomes 0.0. The
+  value depends on (u_b, v_i, bias_i) only, never on shapes or positions,
+  so NumPy reproduces it bit for bit. The products pass through an integer
+  XOR with a zero the compiler cannot see: without it XLA:CPU contracts a
+  product and the add after it into one FMA, and the value would depend on
+  how the expression was fused.
+
+  Args:
+    user_q: float32 [B, d].
+    item_vecs: float32 [B, n, d] (one list per row) or [1, n, d] (shared).
+    bias: float32 [B, n] or [1, n] (-inf: padding, excluded).
+
+  Returns:
+    float32 [B, n].
+  """
+  p = user_q[:, None, :] * item_vecs
+  z = _runtime_zero(user_q)
+  p = lax.bitcast_convert_type(lax.bitcast_convert_type(p, jnp.uint32) ^ z,
+                               jnp.float32)
+  while p.shape[-1] > 1:
+    if p.shape[-1] % 2:
+      p = jnp.concatenate([p, jnp.zeros(p.shape[:-1] + (1,), p.dtype)], -1)
+    h = p.shape[-1] // 2
+    p = p[..., :h] + p[..., h:]
+  s = p[..., 0] + bias
+  return jnp.where(s == 0, 0.0, s)
 
 
 def exclude_block(s: jax.Array, exclude: jax.Array,
@@ -216,6 +300,7 @@ class _Catalog(NamedTuple):
   exclude: jax.Array | None
   allowed: jax.Array | None
   block: int
+  precision: str = "fp32"  # "fp32" | "bf16" (proposal GEMM) | "exact"
 
   def valid(self, start):
     """(group, valid) of the block at `start`; valid = real and allowed."""
@@ -229,7 +314,12 @@ class _Catalog(NamedTuple):
     """[B, blk] scores of the block at `start` (-inf: padding, groups
     outside `allowed`, excluded ids)."""
     v = lax.dynamic_slice_in_dim(self.item_emb, start, self.block)
-    s = block_scores(self.user_q, v, _item_bias(g, self.mu, valid))
+    bias = _item_bias(g, self.mu, valid)
+    if self.precision == "exact":
+      s = _exact_block(self.user_q, v, bias)
+    else:
+      s = block_scores(self.user_q, v, bias, jnp.bfloat16
+                       if self.precision == "bf16" else jnp.float32)
     if self.exclude is not None:
       s = exclude_block(s, self.exclude, self.id_offset + start)
     return s
@@ -242,11 +332,11 @@ class _Catalog(NamedTuple):
 
 
 def _catalog(user_q, item_emb, item_group, mu, id_offset, exclude, allowed,
-             block) -> _Catalog:
+             block, precision="fp32") -> _Catalog:
   """A `_Catalog` with float32 queries and int32 exclusion ids."""
   return _Catalog(user_q.astype(jnp.float32), item_emb, item_group, mu,
                   id_offset, None if exclude is None else
-                  exclude.astype(jnp.int32), allowed, block)
+                  exclude.astype(jnp.int32), allowed, block, precision)
 
 
 def _warm_bound(cat: _Catalog, k: int, chunk: int, m: int) -> jax.Array:
@@ -271,6 +361,8 @@ def _warm_bound(cat: _Catalog, k: int, chunk: int, m: int) -> jax.Array:
   bmax = 0.0 if cat.mu is None else jnp.max(jnp.abs(cat.mu))
   qn = jnp.sqrt(jnp.sum(cat.user_q * cat.user_q, axis=1, keepdims=True))
   margin = 4.0 * (d + 1) * 2.0 ** -24 * (qn * vmax + bmax)
+  if cat.precision == "bf16":  # the sums of bf16-rounded u and v
+    margin = margin * (1.0 + 2.0 ** -7) + (d + 1) * 2.0 ** -120
   tau0 = jnp.nextafter(t - margin, NEG_INF)
   return jnp.where(jnp.isfinite(tau0), tau0, NEG_INF)
 
@@ -299,14 +391,15 @@ def warm_start_bound(user_q: jax.Array, item_emb: jax.Array,
 
 @functools.partial(jax.jit, static_argnames=(
     "k", "block", "chunk", "num_chunks_small", "flush_every", "prune",
-    "warm_blocks"))
+    "warm_blocks", "precision", "proposal_slack"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                mu: jax.Array | None, id_offset: jax.Array | int,
                exclude: jax.Array | None = None,
                allowed: jax.Array | None = None, *, k: int,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
                flush_every: int = 8, prune: bool = True,
-               warm_blocks: int | None = None
+               warm_blocks: int | None = None, precision: str = "fp32",
+               proposal_slack: int = PROPOSAL_SLACK
                ) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of s_bi = <u_b, v_i> - mu[g_i] over a local item range.
 
@@ -336,25 +429,46 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
       `allowed`, 0 with it (a restricted scan covers few blocks, and on a
       catalog laid out by group its first blocks would be scored twice);
       0: none.
+    precision: "fp32": the scores are the float32 GEMM's; "bf16": a
+      bfloat16 GEMM proposes the k + `proposal_slack` best items, which are
+      rescored exactly (`exact_scores`) with a proven bound on the proposal
+      error (module doc, "bf16 proposals"); the scores are then
+      `exact_scores`' values. Both are exact top-k of their float32 scores.
+    proposal_slack: extra proposals per row with precision="bf16".
 
   Returns:
     (scores [B, k] float32, ids [B, k] int32), sorted by (score desc, id asc);
     slots beyond the local count of non-excluded items hold (-inf, -1).
   """
-  b = user_q.shape[0]
-  n = item_emb.shape[0]
+  if precision not in ("fp32", "bf16"):
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+  cat = _catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
+                 allowed, block)
+  kw = dict(chunk=chunk, num_chunks_small=num_chunks_small,
+            flush_every=flush_every, warm_blocks=warm_blocks)
+  if precision == "fp32" or not prune:
+    return _scan_topk(cat, k=k, prune=prune, **kw)
+  return _bf16_topk(cat, k=k, slack=proposal_slack, **kw)
+
+
+def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
+               flush_every: int, prune: bool, warm_blocks: int | None
+               ) -> tuple[jax.Array, jax.Array]:
+  """The blocked running top-k of `cat`'s scores (module doc)."""
+  block, id_offset = cat.block, cat.id_offset
+  b = cat.user_q.shape[0]
+  n = cat.item_emb.shape[0]
   nb = n // block
   nc = block // chunk
   r = min(num_chunks_small, nc)
   slot = r * chunk  # buffer columns per block
   width = flush_every * slot
+  nsc = r  # chunk slots of a compacted flush
   col = jnp.arange(block, dtype=jnp.int32)
   slot_pos = jnp.arange(width, dtype=jnp.int32)[None, :]
 
-  cat = _catalog(user_q, item_emb, item_group, mu, id_offset, exclude,
-                 allowed, block)
   if warm_blocks is None:  # a restricted scan is short: no warm start
-    m = warm_blocks_for(k, nb) if allowed is None else 0
+    m = warm_blocks_for(k, nb) if cat.allowed is None else 0
   else:
     m = min(warm_blocks, nb)
   if prune and m > 0:
@@ -425,7 +539,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     # Buffer writes stay outside the conds (in place in the loop carry); the
     # conds only produce the small running list.
     buf = lax.dynamic_update_slice_in_dim(buf, cand, k + fill * slot, 1)
-    picks = lax.dynamic_update_slice_in_dim(picks, srt, fill * r, 1)
+    picks = lax.dynamic_update_slice_in_dim(
+        picks, jnp.where(used, srt, nc), fill * r, 1)  # nc: unused slot
     starts = lax.dynamic_update_slice_in_dim(
         starts, jnp.reshape(id_offset + start, (1,)).astype(jnp.int32), fill,
         0)
@@ -438,7 +553,29 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
           top_i, picks, starts, start)
 
     def flush(_):
-      return merge(buf, top_i, picks, starts, start)
+      # Most of the F R chunk slots are unused (each row gains about k /
+      # blocks items per block): when no row used more than r of them,
+      # only those (in slot order, i.e. id order) go through top_k.
+      slots, used_count = first_set(picks < nc, nsc)
+      return lax.cond(jnp.all(used_count <= nsc), compact_merge,
+                      lambda sl: merge(buf, top_i, picks, starts, start),
+                      slots)
+
+    def compact_merge(slots):
+      real = slots < flush_every * r
+      slots = jnp.minimum(slots, flush_every * r - 1)
+      cand = jnp.take_along_axis(
+          buf[:, k:].reshape(b, flush_every * r, chunk),
+          jnp.broadcast_to(slots[:, :, None], (b, nsc, chunk)), axis=1)
+      cand = jnp.where(real[:, :, None], cand, NEG_INF).reshape(b, -1)
+      ns, pos = lax.top_k(jnp.concatenate([buf[:, :k], cand], axis=1), k)
+      q = jnp.clip(pos - k, 0, nsc * chunk - 1)
+      sl = jnp.take_along_axis(slots, q // chunk, axis=1)  # F R slot
+      ids = (starts[sl // r] + jnp.take_along_axis(picks, sl, axis=1) * chunk
+             + q % chunk)
+      ids = jnp.where(pos < k, jnp.take_along_axis(
+          top_i, jnp.minimum(pos, k - 1), axis=1), ids)
+      return ns, ids, jnp.maximum(jnp.min(ns, axis=1, keepdims=True), tau0)
 
     def keep(_):
       return buf[:, :k], top_i, tau
@@ -451,7 +588,7 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
 
   init = (jnp.full((b, k + width), NEG_INF, jnp.float32),
           jnp.full((b, k), -1, jnp.int32),
-          jnp.zeros((b, flush_every * r), jnp.int32),
+          jnp.full((b, flush_every * r), nc, jnp.int32),
           jnp.zeros((flush_every,), jnp.int32), jnp.int32(0), tau0)
   buf, top_i, picks, starts, fill, _ = lax.fori_loop(0, nb, body, init)
   fresh = jnp.concatenate([jnp.ones((1, k), bool), slot_pos < fill * slot],
@@ -459,3 +596,112 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   top_s, top_i, _ = merge(jnp.where(fresh, buf, NEG_INF), top_i, picks,
                           starts, 0)
   return top_s, top_i
+
+
+def proposal_error(user_q: jax.Array, item_emb: jax.Array,
+                   mu: jax.Array | None, precision: str = "bf16"
+                   ) -> jax.Array:
+  """E [B, 1]: |s'_bi - s_bi| <= E_b for every item of the table.
+
+  s' is the proposal GEMM's score, s the `exact_scores` value. With u' =
+  [u ; 1], v' = [v ; bias], S = <u', v'> (the real value) and gamma_n = n
+  2^-24 / (1 - n 2^-24), by Cauchy-Schwarz on the d products:
+    |s - S|  <= gamma_(d+1) (|u| |v| + |bias|)
+  and for precision="fp32" (float32 operands, sums in any order) the same
+  bound on |s' - S|; for "bf16" (operands rounded to bfloat16 with errors
+  e, products exact in float32, float32 sums in any order)
+    |s' - S| <= |e_u| |v| + |bf16(u)| |e_v| + |e_bias|
+                + gamma_(d+1) (|bf16(u)| |bf16(v)| + |bf16(bias)|)
+  with |v| <= max_i |v_i|, |bias| <= max |mu|, |e_v| <= max_i |e_(v_i)|
+  over the whole table (|bf16(x)| <= (1 + 2^-8) |x|), plus (d + 1) 2^-118
+  for flushed subnormals; the sum is rounded up by 2^-10 relative.
+  """
+  u = user_q.astype(jnp.float32)
+
+  def rounded(x):
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+  def norm(x):
+    return jnp.sqrt(jnp.sum(x * x, axis=-1))
+
+  d = u.shape[1]
+  gamma = (d + 1) * 2.0 ** -24 / (1.0 - (d + 1) * 2.0 ** -24)
+  v = item_emb.astype(jnp.float32)
+  vmax = jnp.max(norm(v))
+  evmax = jnp.max(norm(v - rounded(v)))
+  if mu is None:
+    bmax = ebmax = 0.0
+  else:
+    bmax = jnp.max(jnp.abs(mu))
+    ebmax = jnp.max(jnp.abs(mu - rounded(mu)))
+  un = norm(u)[:, None]
+  ubn = norm(rounded(u))[:, None]
+  eu = norm(u - rounded(u))[:, None]
+  tiny = (d + 1) * 2.0 ** -118
+  if precision == "fp32":
+    e = 2.0 * gamma * (un * vmax + bmax) + tiny
+  else:
+    e = (eu * vmax + ubn * evmax + ebmax
+         + gamma * (ubn * vmax + bmax) * (1.0 + 2.0 ** -7)
+         + gamma * (un * vmax + bmax) + tiny)
+  return e * (1.0 + 2.0 ** -10)
+
+
+def _rescore(cat: _Catalog, prop_s: jax.Array, prop_i: jax.Array, k: int,
+             precision: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Exact top-k among a row's proposals, and whether they hold it.
+
+  prop_s / prop_i [B, k2]: the top-k2 of the proposal scores s', by (s'
+  desc, id asc). With t_b the k2-th s' (every item left out has s' <=
+  t_b), E_b the proposal bound and S_b the k-th exact score among the
+  proposals: an item left out has s <= t_b + E_b, so when t_b + E_b < S_b
+  (or t_b = -inf: every item with a finite score is proposed) it scores
+  below k proposed items and the proposals hold the exact top-k.
+
+  Returns:
+    (scores [B, k], ids [B, k], ok [B] bool).
+  """
+  n = cat.item_emb.shape[0]
+  real = prop_i >= 0
+  loc = jnp.clip(prop_i - cat.id_offset, 0, n - 1)
+  g = cat.item_group[loc]
+  valid = real & (g >= 0)
+  s = exact_scores(cat.user_q, cat.item_emb[loc],
+                   _item_bias(g, cat.mu, valid))
+  ids = jnp.where(valid, prop_i, -1)
+  neg, ids = lax.sort((-s, ids), dimension=1, num_keys=2)
+  top = -neg[:, :k]
+  kth = jnp.min(top, axis=1, keepdims=True)
+  e = proposal_error(cat.user_q, cat.item_emb, cat.mu, precision)
+  lower = jnp.nextafter(kth - e, NEG_INF)  # <= S_b - E_b in real numbers
+  tail = jnp.min(prop_s, axis=1, keepdims=True)
+  ok = (tail < lower) | (tail == NEG_INF)
+  return top, ids[:, :k], ok[:, 0]
+
+
+def _bf16_topk(cat: _Catalog, *, k: int, slack: int, chunk: int,
+               num_chunks_small: int, flush_every: int,
+               warm_blocks: int | None) -> tuple[jax.Array, jax.Array]:
+  """precision="bf16": bfloat16 proposals, exact rescoring (module doc).
+
+  When a row's proposals may miss an item of its exact top-k (more than
+  `slack` items within E of the k-th exact score), float32 GEMM proposals
+  (E about 1e-3 of bfloat16's) are tried, then, if those too may miss one
+  (many tied items), the local range is scanned with `exact_scores` as the
+  block scores (slow; the same values, so the same result).
+  """
+  kw = dict(chunk=chunk, num_chunks_small=num_chunks_small,
+            flush_every=flush_every, prune=True)
+
+  def proposed(precision):
+    prop = _scan_topk(cat._replace(precision=precision), k=k + slack,
+                      warm_blocks=warm_blocks, **kw)
+    return _rescore(cat, *prop, k, precision)
+
+  def fp32_then_exact():
+    s, ids, ok = proposed("fp32")
+    return lax.cond(jnp.all(ok), lambda: (s, ids), lambda: _scan_topk(
+        cat._replace(precision="exact"), k=k, warm_blocks=0, **kw))
+
+  s, ids, ok = proposed("bf16")
+  return lax.cond(jnp.all(ok), lambda: (s, ids), fp32_then_exact)

@@ -286,14 +286,15 @@ def _to_host(x) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=(
     "mesh", "k", "block", "chunk", "num_chunks_small", "flush_every", "prune",
-    "warm_blocks"))
+    "warm_blocks", "precision", "proposal_slack"))
 def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
                  mu: jax.Array | None, exclude: jax.Array | None = None,
                  allowed: jax.Array | None = None, *,
                  mesh, k: int, block: int,
                  chunk: int = DEFAULT_CHUNK, num_chunks_small: int = 8,
                  flush_every: int = 4, prune: bool = True,
-                 warm_blocks: int | None = None
+                 warm_blocks: int | None = None, precision: str = "fp32",
+                 proposal_slack: int = blocked.PROPOSAL_SLACK
                  ) -> tuple[jax.Array, jax.Array]:
   """The jitted retrieval on laid-out items (see `shard_items`).
 
@@ -306,14 +307,17 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   skips the blocks that hold none (`blocked.local_topk`). `warm_blocks`:
   blocks per shard scored beforehand for the warm-start pruning bound
   (None: `blocked.warm_blocks_for`, or none with `allowed`; 0: none); it
-  changes the time, never the result.
+  changes the time, never the result. `precision`: "fp32" (float32 GEMM
+  scores) or "bf16" (bfloat16 proposals rescored exactly; see
+  `blocked.local_topk`, also for `proposal_slack`); both exact.
 
   Returns:
     (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc);
     (-inf, -1) in slots beyond a query's non-excluded item count.
   """
   kw = dict(k=k, block=block, chunk=chunk, num_chunks_small=num_chunks_small,
-            flush_every=flush_every, prune=prune, warm_blocks=warm_blocks)
+            flush_every=flush_every, prune=prune, warm_blocks=warm_blocks,
+            precision=precision, proposal_slack=proposal_slack)
   if mesh is None:
     return blocked.local_topk(user_q, emb, group, mu, 0, exclude, allowed,
                               **kw)
@@ -396,8 +400,8 @@ def check_exclude(exclude, num_queries: int, num_items: int,
 
 def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
               exclude=None, block_size: int | None = None,
-              chunk: int = DEFAULT_CHUNK,
-              check: bool = True) -> tuple[jax.Array, jax.Array]:
+              chunk: int = DEFAULT_CHUNK, check: bool = True,
+              precision: str = "fp32") -> tuple[jax.Array, jax.Array]:
   """Exact top-k of the dual-space scores s_ti = <u_t, v_i> - mu[g_i].
 
   FairSync retrieval (DESIGN.md section 5): <[u_t ; -mu], [v_i ; A_i]>, exact,
@@ -420,6 +424,10 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
     block_size: upper bound on items per block.
     chunk: items per pruning chunk.
     check: validate inputs on host (NaN/inf, groups, sizes): one data pass.
+    precision: "fp32" (the float32 GEMM's scores) or "bf16" (bfloat16 GEMM
+      proposals, rescored exactly with `blocked.exact_scores`; faster where
+      the CPU has bfloat16 dot instructions). Both return the exact top-k
+      of their float32 scores, which agree to float32 rounding.
 
   Returns:
     (scores [B, k] float32, item_ids [B, k] int32 global ids), each row sorted
@@ -440,6 +448,9 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
                         chunk=chunk, num_groups=num_groups, check=check)
   if not isinstance(k, (int, np.integer)) or k < 1:
     raise ConfigError(f"k must be a positive integer, got {k!r}")
+  if precision not in ("fp32", "bf16"):
+    raise ConfigError(f"field 'precision': 'fp32' or 'bf16', got "
+                      f"{precision!r}")
   if k > items.num_items:
     raise ConfigError(f"k={k} is larger than the catalog ({items.num_items} "
                       "items)")
@@ -455,7 +466,8 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
   mu_r = None if mu is None else replicate(_as_f32(mu), mesh)
   excl = None if excl is None else replicate(excl, mesh)
   return sharded_topk(items.emb, items.group, user_q, mu_r, excl, mesh=mesh,
-                      k=int(k), block=items.block, chunk=chunk)
+                      k=int(k), block=items.block, chunk=chunk,
+                      precision=precision)
 
 
 def num_blocks(items: ShardedItems, mesh=None) -> int:
