@@ -294,7 +294,7 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
                  chunk: int = DEFAULT_CHUNK, num_chunks_small: int = 8,
                  flush_every: int = 4, prune: bool = True,
                  warm_blocks: int | None = None, precision: str = "fp32",
-                 proposal_slack: int = blocked.PROPOSAL_SLACK
+                 proposal_slack: int | None = None
                  ) -> tuple[jax.Array, jax.Array]:
   """The jitted retrieval on laid-out items (see `shard_items`).
 
