@@ -26,7 +26,8 @@ and tau is their maximum:
     are K distinct items, and however the GEMM orders its sums each of their
     scores in the main pass is within 2 gamma_(d+1) (|u| |v| + |bias|) of
     the warm-pass value (gamma_n = n 2^-24 / (1 - n 2^-24)); tau0 subtracts
-    twice that bound (max |v| over the warm blocks, max |mu|), then one
+    twice that bound (max |v| over the warm blocks, max |mu|; rounded up
+    for the float32 norms, and for bfloat16 operands' rounding), then one
     float step. So K items score > tau0 in the main pass and an item <=
     tau0 loses to all of them. Without it the early blocks take the full
     merge of step 2 below while too many chunks pass a low tau (22 of 250
@@ -57,7 +58,7 @@ scores: folding the bias into the GEMM removes them.
 
 bf16 proposals (`precision="bf16"`). The block GEMMs take bfloat16
 operands (float32 sums; products of bfloat16 values are exact in float32),
-2.4-2.6x the float32 GEMM's rate on this project's CPU (AVX-512 bf16).
+2.2-2.6x the float32 GEMM's rate on this project's CPU (AVX-512 bf16).
 The scan above runs on these proposal scores s' for k2 = k + slack items
 (`proposal_slack_for`);
 the proposals are rescored with `exact_scores` (one fixed float32 formula
@@ -180,10 +181,11 @@ def exact_scores(user_q: jax.Array, item_vecs: jax.Array,
   float32 and summed as a balanced tree (halves added elementwise, an odd
   width padded with one 0), then the bias is added; -0.0 becomes 0.0. The
   value depends on (u_b, v_i, bias_i) only, never on shapes or positions,
-  so NumPy reproduces it bit for bit. The products pass through an integer
-  XOR with a zero the compiler cannot see: without it XLA:CPU contracts a
-  product and the add after it into one FMA, and the value would depend on
-  how the expression was fused.
+  so NumPy reproduces it bit for bit (except where XLA:CPU flushes a
+  subnormal product to zero; `proposal_error` allows for that). The
+  products pass through an integer XOR with a zero the compiler cannot
+  see: without it XLA:CPU contracts a product and the add after it into
+  one FMA, and the value would depend on how the expression was fused.
 
   Args:
     user_q: float32 [B, d].
@@ -370,9 +372,13 @@ def _warm_bound(cat: _Catalog, k: int, chunk: int, m: int) -> jax.Array:
   vmax = jnp.sqrt(jnp.max(jnp.sum(v * v, axis=1)))
   bmax = 0.0 if cat.mu is None else jnp.max(jnp.abs(cat.mu))
   qn = jnp.sqrt(jnp.sum(cat.user_q * cat.user_q, axis=1, keepdims=True))
-  margin = 4.0 * (d + 1) * 2.0 ** -24 * (qn * vmax + bmax)
-  if cat.precision == "bf16":  # the sums of bf16-rounded u and v
-    margin = margin * (1.0 + 2.0 ** -7) + (d + 1) * 2.0 ** -120
+  # 2 x 2 gamma_(d+1) (|u| |v| + |bias|), rounded up by 2^-10 for the
+  # float32 norms; bfloat16 operands: |bf16(x)| <= (1 + 2^-8) |x| each, and
+  # flushed subnormal products.
+  gamma = (d + 1) * 2.0 ** -24 / (1.0 - (d + 1) * 2.0 ** -24)
+  margin = 4.0 * gamma * (qn * vmax + bmax) * (1.0 + 2.0 ** -10)
+  if cat.precision == "bf16":
+    margin = margin * (1.0 + 2.0 ** -6) + (d + 1) * 2.0 ** -118
   tau0 = jnp.nextafter(t - margin, NEG_INF)
   return jnp.where(jnp.isfinite(tau0), tau0, NEG_INF)
 
