@@ -546,10 +546,13 @@ def test_bf16_fallbacks_give_the_same_result():
               warm_blocks=None)
   ok = {}
   for precision in ("bf16", "fp32"):
-    prop = blocked._scan_topk(cat._replace(precision=precision), k=42,
-                              **scan)
-    ok[precision] = np.asarray(blocked._rescore(cat, *prop, 40,
-                                                precision)[2])
+    prop_s, prop_i, stats = blocked._scan_topk(
+        cat._replace(precision=precision), k=42, item_stats=True, **scan)
+    # the scan's item statistics are the whole table's
+    np.testing.assert_allclose(np.asarray(stats)[0],
+                               np.max(np.sum(v * v, axis=1)), rtol=1e-6)
+    ok[precision] = np.asarray(blocked._rescore(
+        cat, prop_s, prop_i, 40, precision, stats)[2])
   assert not ok["bf16"].all() and ok["fp32"].all()
   for slack in (0, 2, 16):
     s, i = blocked.local_topk(u, v, g, mu, 0, precision="bf16",

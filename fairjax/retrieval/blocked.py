@@ -471,9 +471,14 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
 
 
 def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
-               flush_every: int, prune: bool, warm_blocks: int | None
-               ) -> tuple[jax.Array, jax.Array]:
-  """The blocked running top-k of `cat`'s scores (module doc)."""
+               flush_every: int, prune: bool, warm_blocks: int | None,
+               item_stats: bool = False):
+  """The blocked running top-k of `cat`'s scores (module doc).
+
+  Returns (scores, ids); with `item_stats` also float32 [2]: the largest
+  |v_i|^2 and |v_i - bf16(v_i)|^2 over the scanned blocks (computed while
+  each block is in cache; skipped blocks hold no allowed item).
+  """
   block, id_offset = cat.block, cat.id_offset
   b = cat.user_q.shape[0]
   n = cat.item_emb.shape[0]
@@ -543,7 +548,12 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
                             carry)
 
   def scan_block(start, carry, g, valid_blk):
-    buf, top_i, picks, starts, fill, tau = carry
+    buf, top_i, picks, starts, fill, tau, stats = carry
+    if item_stats:
+      v = lax.dynamic_slice_in_dim(cat.item_emb, start, block)
+      e = v - v.astype(jnp.bfloat16).astype(jnp.float32)
+      stats = jnp.maximum(stats, jnp.stack([jnp.max(jnp.sum(v * v, axis=1)),
+                                            jnp.max(jnp.sum(e * e, axis=1))]))
     s = cat.scores(start, g, valid_blk)
     s3 = s.reshape(b, nc, chunk)  # chunk j: items [j c, (j + 1) c)
     above = s3.max(axis=2) > tau  # [b, nc] chunks holding an item > tau
@@ -603,17 +613,21 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
     top_s, top_i, tau = lax.switch(branch, (full, flush, keep), None)
     buf = lax.dynamic_update_slice_in_dim(buf, top_s, 0, 1)
     fill = jnp.where(branch == 2, fill + 1, 0)
-    return buf, top_i, picks, starts, fill, tau
+    return buf, top_i, picks, starts, fill, tau, stats
 
   init = (jnp.full((b, k + width), NEG_INF, jnp.float32),
           jnp.full((b, k), -1, jnp.int32),
           jnp.full((b, flush_every * r), nc, jnp.int32),
-          jnp.zeros((flush_every,), jnp.int32), jnp.int32(0), tau0)
-  buf, top_i, picks, starts, fill, _ = lax.fori_loop(0, nb, body, init)
+          jnp.zeros((flush_every,), jnp.int32), jnp.int32(0), tau0,
+          jnp.zeros((2,), jnp.float32))
+  buf, top_i, picks, starts, fill, _, stats = lax.fori_loop(0, nb, body,
+                                                             init)
   fresh = jnp.concatenate([jnp.ones((1, k), bool), slot_pos < fill * slot],
                           axis=1)
   top_s, top_i, _ = merge(jnp.where(fresh, buf, NEG_INF), top_i, picks,
                           starts, 0)
+  if item_stats:
+    return top_s, top_i, stats
   return top_s, top_i
 
 
@@ -635,6 +649,14 @@ def proposal_error(user_q: jax.Array, item_emb: jax.Array,
   over the whole table (|bf16(x)| <= (1 + 2^-8) |x|), plus (d + 1) 2^-118
   for flushed subnormals; the sum is rounded up by 2^-10 relative.
   """
+  v = item_emb.astype(jnp.float32)
+  e = v - v.astype(jnp.bfloat16).astype(jnp.float32)
+  return _proposal_error(user_q, jnp.max(jnp.sum(v * v, axis=1)),
+                         jnp.max(jnp.sum(e * e, axis=1)), mu, precision)
+
+
+def _proposal_error(user_q, vmax2, evmax2, mu, precision):
+  """`proposal_error` from max_i |v_i|^2 and max_i |e_(v_i)|^2."""
   u = user_q.astype(jnp.float32)
 
   def rounded(x):
@@ -645,9 +667,7 @@ def proposal_error(user_q: jax.Array, item_emb: jax.Array,
 
   d = u.shape[1]
   gamma = (d + 1) * 2.0 ** -24 / (1.0 - (d + 1) * 2.0 ** -24)
-  v = item_emb.astype(jnp.float32)
-  vmax = jnp.max(norm(v))
-  evmax = jnp.max(norm(v - rounded(v)))
+  vmax, evmax = jnp.sqrt(vmax2), jnp.sqrt(evmax2)
   if mu is None:
     bmax = ebmax = 0.0
   else:
@@ -667,7 +687,8 @@ def proposal_error(user_q: jax.Array, item_emb: jax.Array,
 
 
 def _rescore(cat: _Catalog, prop_s: jax.Array, prop_i: jax.Array, k: int,
-             precision: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+             precision: str, item_stats: jax.Array
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Exact top-k among a row's proposals, and whether they hold it.
 
   prop_s / prop_i [B, k2]: the top-k2 of the proposal scores s', by (s'
@@ -676,6 +697,7 @@ def _rescore(cat: _Catalog, prop_s: jax.Array, prop_i: jax.Array, k: int,
   proposals: an item left out has s <= t_b + E_b, so when t_b + E_b < S_b
   (or t_b = -inf: every item with a finite score is proposed) it scores
   below k proposed items and the proposals hold the exact top-k.
+  item_stats: the scan's max |v_i|^2 and |e_(v_i)|^2 (`_scan_topk`).
 
   Returns:
     (scores [B, k], ids [B, k], ok [B] bool).
@@ -691,7 +713,8 @@ def _rescore(cat: _Catalog, prop_s: jax.Array, prop_i: jax.Array, k: int,
   neg, ids = lax.sort((-s, ids), dimension=1, num_keys=2)
   top = -neg[:, :k]
   kth = jnp.min(top, axis=1, keepdims=True)
-  e = proposal_error(cat.user_q, cat.item_emb, cat.mu, precision)
+  e = _proposal_error(cat.user_q, item_stats[0], item_stats[1], cat.mu,
+                      precision)
   lower = jnp.nextafter(kth - e, NEG_INF)  # <= S_b - E_b in real numbers
   tail = jnp.min(prop_s, axis=1, keepdims=True)
   ok = (tail < lower) | (tail == NEG_INF)
@@ -713,9 +736,10 @@ def _bf16_topk(cat: _Catalog, *, k: int, slack: int, chunk: int,
             flush_every=flush_every, prune=True)
 
   def proposed(precision):
-    prop = _scan_topk(cat._replace(precision=precision), k=k + slack,
-                      warm_blocks=warm_blocks, **kw)
-    return _rescore(cat, *prop, k, precision)
+    prop_s, prop_i, stats = _scan_topk(
+        cat._replace(precision=precision), k=k + slack,
+        warm_blocks=warm_blocks, item_stats=True, **kw)
+    return _rescore(cat, prop_s, prop_i, k, precision, stats)
 
   def fp32_then_exact():
     s, ids, ok = proposed("fp32")
