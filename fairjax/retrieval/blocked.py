@@ -450,6 +450,7 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
       rescored exactly (`exact_scores`) with a proven bound on the proposal
       error (module doc, "bf16 proposals"); the scores are then
       `exact_scores`' values. Both are exact top-k of their float32 scores.
+      With prune=False the float32 block-and-merge baseline runs either way.
     proposal_slack: extra proposals per row with precision="bf16"; None:
       `proposal_slack_for(k)`. Too few make the check fail and the float32
       proposals run as well (exact, about twice the time).
