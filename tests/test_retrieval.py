@@ -428,21 +428,10 @@ def test_first_set_matches_numpy(n):
 
 
 def _formula(u, v, g, mu, k, exclude=None, allowed=None):
-  """Top-k of `blocked.exact_scores`' formula in NumPy (score desc, id asc).
-
-  Products rounded to float32, summed as the same balanced tree, then the
-  bias added: NumPy never fuses a multiply and an add, so these are the
-  values the bf16 path must return bit for bit.
-  """
-  p = u[:, None, :] * v[None, :, :]
-  while p.shape[-1] > 1:
-    if p.shape[-1] % 2:
-      p = np.concatenate([p, np.zeros(p.shape[:-1] + (1,), p.dtype)], -1)
-    h = p.shape[-1] // 2
-    p = p[..., :h] + p[..., h:]
+  """Top-k of `blocked.exact_scores_numpy` (score desc, id asc): the values
+  the bf16 path must return bit for bit."""
   bias = (np.zeros(v.shape[0], np.float32) if mu is None else -mu[g])
-  s = (p[..., 0] + bias[None, :]).astype(np.float32)
-  s = np.where(s == 0, np.float32(0), s)
+  s = blocked.exact_scores_numpy(u, v, bias)
   if allowed is not None:
     s[:, ~allowed[g]] = -np.inf
   if exclude is not None:
@@ -462,9 +451,7 @@ def test_exact_scores_match_numpy_formula(d, odd_rows):
   u = rng.normal(size=(9 if odd_rows else 8, d)).astype(np.float32)
   v = (rng.normal(size=(300, d)) * 3).astype(np.float32)
   bias = rng.normal(size=300).astype(np.float32)
-  want, _ = _formula(u, v, np.arange(300), -bias, 300)
-  want = np.take_along_axis(want, np.argsort(_formula(
-      u, v, np.arange(300), -bias, 300)[1], axis=1), 1)
+  want = blocked.exact_scores_numpy(u, v, bias)
   got = np.asarray(blocked.exact_scores(u, v[None], bias[None]))
   np.testing.assert_array_equal(got, want)
   idx = rng.integers(0, 300, size=(u.shape[0], 17))
@@ -481,11 +468,7 @@ def test_proposal_error_bounds_the_gemm(scale, precision):
   u, v, mu = u * scale, v * np.float32(2.0), mu * scale
   dtype = jax.numpy.bfloat16 if precision == "bf16" else jax.numpy.float32
   prop = np.asarray(blocked.block_scores(u, v, -mu[g], dtype))
-  p = u[:, None, :] * v[None]
-  while p.shape[-1] > 1:
-    h = p.shape[-1] // 2
-    p = p[..., :h] + p[..., h:]
-  exact = p[..., 0] - mu[g][None]
+  exact = blocked.exact_scores_numpy(u, v, -mu[g])
   e = np.asarray(blocked.proposal_error(u, v, mu, precision))
   err = np.abs(prop - exact)
   assert (err <= e).all()

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairjax.retrieval import sharded
+from fairjax.retrieval import blocked, sharded
 
 
 def _log(msg: str) -> None:
@@ -60,7 +60,6 @@ def _gemm_only_fn(mesh, block: int, dtype=jnp.float32):
   (dtype: the operands', as `blocked.block_scores`)."""
   from jax import lax  # noqa: PLC0415
   from jax.sharding import PartitionSpec as P  # noqa: PLC0415
-  from fairjax.retrieval import blocked  # noqa: PLC0415
 
   def local(q, emb, grp, mu):
     def body(i, acc):
@@ -76,22 +75,13 @@ def _gemm_only_fn(mesh, block: int, dtype=jnp.float32):
 
 
 def _exact_reference(v, grp, u, mu, k, items_per_step: int = 50_000):
-  """Top-k of `blocked.exact_scores`' formula in NumPy, (score desc, id asc).
-
-  The d products rounded to float32, summed as the same balanced tree,
-  then -mu[g] added: the values the bf16 path must return bit for bit.
-  """
+  """Top-k of `blocked.exact_scores_numpy` (score desc, id asc): the
+  values the bf16 path must return bit for bit."""
   best_s = np.full((u.shape[0], 0), -np.inf, np.float32)
   best_i = np.zeros((u.shape[0], 0), np.int64)
   for lo in range(0, v.shape[0], items_per_step):
-    p = u[:, None, :] * v[None, lo:lo + items_per_step, :]
-    while p.shape[-1] > 1:
-      if p.shape[-1] % 2:
-        p = np.concatenate([p, np.zeros(p.shape[:-1] + (1,), p.dtype)], -1)
-      h = p.shape[-1] // 2
-      p = p[..., :h] + p[..., h:]
-    s = p[..., 0] - mu[grp[lo:lo + items_per_step]][None, :]
-    s = np.where(s == 0, np.float32(0), s).astype(np.float32)
+    hi = lo + items_per_step
+    s = blocked.exact_scores_numpy(u, v[lo:hi], -mu[grp[lo:hi]])
     ids = np.broadcast_to(np.arange(lo, lo + s.shape[1]), s.shape)
     all_s = np.concatenate([best_s, s], 1)
     all_i = np.concatenate([best_i, ids], 1)

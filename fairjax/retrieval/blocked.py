@@ -109,6 +109,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NEG_INF = float("-inf")
@@ -206,6 +207,23 @@ def exact_scores(user_q: jax.Array, item_vecs: jax.Array,
     p = p[..., :h] + p[..., h:]
   s = p[..., 0] + bias
   return jnp.where(s == 0, 0.0, s)
+
+
+def exact_scores_numpy(user_q: np.ndarray, item_vecs: np.ndarray,
+                       bias: np.ndarray) -> np.ndarray:
+  """`exact_scores` in NumPy (the reference of tests and the bench).
+
+  user_q [B, d], item_vecs [n, d], bias [n] -> [B, n]; NumPy never fuses
+  a multiply and an add, so these are the same float32 values.
+  """
+  p = (user_q[:, None, :] * item_vecs[None, :, :]).astype(np.float32)
+  while p.shape[-1] > 1:
+    if p.shape[-1] % 2:
+      p = np.concatenate([p, np.zeros(p.shape[:-1] + (1,), p.dtype)], -1)
+    h = p.shape[-1] // 2
+    p = p[..., :h] + p[..., h:]
+  s = (p[..., 0] + bias[None, :].astype(np.float32)).astype(np.float32)
+  return np.where(s == 0, np.float32(0), s)
 
 
 def exclude_block(s: jax.Array, exclude: jax.Array,
@@ -344,11 +362,11 @@ class _Catalog(NamedTuple):
 
 
 def _catalog(user_q, item_emb, item_group, mu, id_offset, exclude, allowed,
-             block, precision="fp32") -> _Catalog:
+             block) -> _Catalog:
   """A `_Catalog` with float32 queries and int32 exclusion ids."""
   return _Catalog(user_q.astype(jnp.float32), item_emb, item_group, mu,
                   id_offset, None if exclude is None else
-                  exclude.astype(jnp.int32), allowed, block, precision)
+                  exclude.astype(jnp.int32), allowed, block)
 
 
 def _warm_bound(cat: _Catalog, k: int, chunk: int, m: int) -> jax.Array:
@@ -488,7 +506,6 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
   r = min(num_chunks_small, nc)
   slot = r * chunk  # buffer columns per block
   width = flush_every * slot
-  nsc = r  # chunk slots of a compacted flush
   col = jnp.arange(block, dtype=jnp.int32)
   slot_pos = jnp.arange(width, dtype=jnp.int32)[None, :]
 
@@ -524,16 +541,23 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
   # up to F cheap blocks. Candidate ids are not stored: slot q of cheap
   # block f is item starts[f] + picks[b, f R + q // c] c + q mod c, and
   # only the k winners of a merge have their ids computed.
+  def slot_ids(sl, j, picks, starts):
+    """Item ids at offset j of chunk slots sl (indices into [B, F R])."""
+    return (starts[sl // r] + jnp.take_along_axis(picks, sl, axis=1) * chunk
+            + j)
+
+  def list_or(pos, top_i, ids):
+    """Winners at positions < k come from the running list."""
+    return jnp.where(pos < k, jnp.take_along_axis(
+        top_i, jnp.minimum(pos, k - 1), axis=1), ids)
+
   def winner_ids(pos, top_i, picks, starts, start):
     q = jnp.clip(pos - k, 0, width - 1)
-    f, t = q // slot, (q % slot) // chunk
-    chunk_id = jnp.take_along_axis(picks, f * r + t, axis=1)
-    ids = starts[f] + chunk_id * chunk + q % chunk
+    ids = slot_ids((q // slot) * r + (q % slot) // chunk, q % chunk, picks,
+                   starts)
     ids = jnp.where(pos >= k + width, id_offset + start + pos - k - width,
                     ids)
-    return jnp.where(pos < k,
-                     jnp.take_along_axis(top_i, jnp.minimum(pos, k - 1),
-                                         axis=1), ids)
+    return list_or(pos, top_i, ids)
 
   def merge(scores, top_i, picks, starts, start):
     ns, pos = lax.top_k(scores, k)
@@ -586,8 +610,8 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
       # Most of the F R chunk slots are unused (each row gains about k /
       # blocks items per block): when no row used more than r of them,
       # only those (in slot order, i.e. id order) go through top_k.
-      slots, used_count = first_set(picks < nc, nsc)
-      return lax.cond(jnp.all(used_count <= nsc), compact_merge,
+      slots, used_count = first_set(picks < nc, r)
+      return lax.cond(jnp.all(used_count <= r), compact_merge,
                       lambda sl: merge(buf, top_i, picks, starts, start),
                       slots)
 
@@ -596,16 +620,14 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
       slots = jnp.minimum(slots, flush_every * r - 1)
       cand = jnp.take_along_axis(
           buf[:, k:].reshape(b, flush_every * r, chunk),
-          jnp.broadcast_to(slots[:, :, None], (b, nsc, chunk)), axis=1)
+          jnp.broadcast_to(slots[:, :, None], (b, r, chunk)), axis=1)
       cand = jnp.where(real[:, :, None], cand, NEG_INF).reshape(b, -1)
       ns, pos = lax.top_k(jnp.concatenate([buf[:, :k], cand], axis=1), k)
-      q = jnp.clip(pos - k, 0, nsc * chunk - 1)
-      sl = jnp.take_along_axis(slots, q // chunk, axis=1)  # F R slot
-      ids = (starts[sl // r] + jnp.take_along_axis(picks, sl, axis=1) * chunk
-             + q % chunk)
-      ids = jnp.where(pos < k, jnp.take_along_axis(
-          top_i, jnp.minimum(pos, k - 1), axis=1), ids)
-      return ns, ids, jnp.maximum(jnp.min(ns, axis=1, keepdims=True), tau0)
+      q = jnp.clip(pos - k, 0, slot - 1)
+      ids = slot_ids(jnp.take_along_axis(slots, q // chunk, axis=1),
+                     q % chunk, picks, starts)
+      return (ns, list_or(pos, top_i, ids),
+              jnp.maximum(jnp.min(ns, axis=1, keepdims=True), tau0))
 
     def keep(_):
       return buf[:, :k], top_i, tau
