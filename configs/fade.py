@@ -73,6 +73,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.lr = 1e-3
   c.l2 = 1e-4
   c.num_negatives = 4
+  # True: MF's steps take the gradient of the rows a batch reads and apply
+  # the same dense Adam + L2 update to them in one pass (fairjax.ops.
+  # sparse_adam; a native kernel where it builds), without a table-shaped
+  # gradient. Same semantics, float32 rounding apart; MF only.
+  c.fused_update = v.get("fused_update", "0").lower() in ("1", "true", "on")
   # The synthetic default is small: 20 pretraining epochs suffice there.
   default_pre = 20 if c.dataset == "synthetic" else 100
   c.pretrain_epochs = int(v.get("pretrain_epochs", default_pre))

@@ -121,7 +121,8 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict],
 
 
 def open_workdir(workdir: str | os.PathLike, config: Any,
-                 free_fields: tuple[str, ...] | None = None) -> pathlib.Path:
+                 free_fields: tuple[str, ...] | None = None,
+                 added_fields: dict[str, Any] | None = None) -> pathlib.Path:
   """Creates `workdir` (parents too) and records the run's config in
   `workdir/config.json` (atomically; `config` an ml_collections ConfigDict).
   Returns the folder as a Path.
@@ -131,13 +132,17 @@ def open_workdir(workdir: str | os.PathLike, config: Any,
   field: results found there were made with the stored values, and a rerun
   that resumes them under different ones would mix the two in one table.
   A difference raises `ConfigError` naming the fields (stored -> new), and
-  config.json is left as it was. None: no check.
+  config.json is left as it was. None: no check. `added_fields` (dotted
+  name -> value) are fields a job gained later, with the value that
+  reproduces what it did before: a stored config without them counts as
+  holding those values.
   """
   workdir = pathlib.Path(workdir)
   path = workdir / "config.json"
   new = config.to_dict()
   if free_fields is not None and path.exists():
-    changed = config_changes(read_json(path), new, free_fields)
+    changed = config_changes(read_json(path), new, free_fields,
+                             added_fields or {})
     if changed:
       raise ConfigError(
           f"{path} holds results made with other values of "
@@ -162,12 +167,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-def config_changes(stored: dict, new: Any, free_fields: tuple[str, ...] = ()
+def config_changes(stored: dict, new: Any, free_fields: tuple[str, ...] = (),
+                   added_fields: dict[str, Any] | None = None
                    ) -> list[tuple[str, Any, Any]]:
   """Fields (dotted) whose value differs between two config dicts, as
   (field, stored value, new value), leaving out `free_fields` and the
-  fields under them. A field missing on one side shows as None there."""
-  a, b = _flatten(_plain(stored)), _flatten(_plain(new))
+  fields under them. A field missing on one side shows as None there,
+  except `added_fields` missing from `stored`, which take the given value."""
+  a = {**(added_fields or {}), **_flatten(_plain(stored))}
+  b = _flatten(_plain(new))
   def free(k):
     return any(k == f or k.startswith(f + ".") for f in free_fields)
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))

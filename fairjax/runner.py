@@ -28,7 +28,9 @@ module owns the rest:
 
 A config names its job in the field `job` (checked against `job.NAME`;
 free on reruns, so workdirs made before the field existed still resume).
-A job module defines `NAME`, `FREE_FIELDS` (None: no rerun check) and the functions `validate`,
+A job module defines `NAME`, `FREE_FIELDS` (None: no rerun check), optionally
+`ADDED_FIELDS` (fields added later -> the value a stored config without
+them stands for; `checkpoint.open_workdir`), and the functions `validate`,
 `prepare`, `units`, `run_unit`, `rows`, `summarise` (optionally
 `is_current(config, ctx, unit, result, results) -> bool`, default True,
 with `results` those of the units before it). Units are
@@ -203,7 +205,8 @@ def train_and_evaluate(job: ModuleType, config: Any, workdir: str,
   workdir.mkdir(parents=True, exist_ok=True)
   with WorkdirLock(workdir):
     free = None if job.FREE_FIELDS is None else (*job.FREE_FIELDS, "job")
-    ckpt_lib.open_workdir(workdir, config, free)
+    ckpt_lib.open_workdir(workdir, config, free,
+                          getattr(job, "ADDED_FIELDS", None))
     ctx = job.prepare(config, workdir, data_dir)
     units = list(job.units(config, ctx))
     is_current = getattr(job, "is_current", None)

@@ -59,6 +59,9 @@ _DEVICES = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _MODEL = flags.DEFINE_enum("model", None, ["mf", "lightgcn"],
                            "Backbone, for benchmarks that take one (itfr).")
+_VARIANT = flags.DEFINE_string(
+    "variant", None, "Extra `configs/fade.py` variant for --bench=fade_run, "
+    "e.g. 'fused_update=1' (the row-gradient update).")
 flags.mark_flag_as_required("bench")
 
 
@@ -72,7 +75,10 @@ def main(argv):
     kwargs["config"] = fade_config.get_config("dataset=synthetic")
   elif _BENCH.value == "fade_run":
     from configs import fade as fade_config
-    kwargs["config"] = fade_config.get_config("dataset=ml1m-order,model=mf")
+    variant = "dataset=ml1m-order,model=mf"
+    if _VARIANT.value:
+      variant += "," + _VARIANT.value
+    kwargs["config"] = fade_config.get_config(variant)
     kwargs["config"].methods = "FADE"
   elif _BENCH.value == "itfr":
     from configs import itfr as itfr_config
@@ -80,6 +86,8 @@ def main(argv):
   elif _BENCH.value == "serving":
     from configs import fairsync as fairsync_config
     kwargs["get_config"] = fairsync_config.get_config
+  if _VARIANT.value and _BENCH.value != "fade_run":
+    raise app.UsageError(f"--variant does not apply to --bench={_BENCH.value}")
   params = inspect.signature(module.run).parameters
   if "data_dir" in params:
     kwargs["data_dir"] = _DATA_DIR.value or os.environ.get("FAIRJAX_DATA_DIR")

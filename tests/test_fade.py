@@ -108,6 +108,22 @@ def test_rerun_with_changed_field_is_refused(tmp_path):
   assert json.loads(before)["methods"] == "FADE,REC"
 
 
+def test_workdir_from_before_fused_update_resumes_and_refuses_it_on(tmp_path):
+  """A config.json written before the field existed stands for
+  fused_update=False (fade_job.ADDED_FIELDS)."""
+  ckpt_lib.open_workdir(tmp_path, _config("FADE"), fade_job.FREE_FIELDS)
+  path = tmp_path / "config.json"
+  old = json.loads(path.read_text())
+  del old["fused_update"]
+  path.write_text(json.dumps(old))
+  ckpt_lib.open_workdir(tmp_path, _config("FADE"), fade_job.FREE_FIELDS,
+                        fade_job.ADDED_FIELDS)
+  path.write_text(json.dumps(old))
+  with pytest.raises(ConfigError, match=r"field 'fused_update': False -> True"):
+    ckpt_lib.open_workdir(tmp_path, _config("FADE", fused_update=True),
+                          fade_job.FREE_FIELDS, fade_job.ADDED_FIELDS)
+
+
 def test_bad_config_values():
   with pytest.raises(ConfigError, match="fade.lam"):
     F.validate_config(_bad("lam", -0.1))
@@ -186,6 +202,60 @@ def test_loss_reads_parameters_through_candidate_scores_only():
   np.testing.assert_allclose(jnp.zeros_like(i_tab).at[cand].add(g_i),
                              want_i, atol=1e-7)
   assert float(jnp.abs(want_i).sum()) > 0
+
+
+@pytest.mark.parametrize("impl", ["auto", "jax"])
+def test_fused_update_matches_the_optax_step(impl):
+  """`fused_update`: the same dense Adam + L2 semantics as the optax step
+  (float32 rounding apart), the same state layout, every row moving."""
+  from fairjax import models as models_lib
+  from fairjax import train as train_lib
+  from fairjax.data import sampling
+  c = _config("FADE")
+  data = F.prepare_data(c)
+  model = models_lib.create("mf", data.num_users, data.num_items, dim=8)
+  tx = F.make_optimizer(c)
+  state0 = train_lib.create_state(
+      models_lib.init_params(model, jax.random.key(0)), tx)
+  ctx = {"seen": jnp.asarray(data.seen(1)),
+         "user_group": jnp.asarray(data.user_group)}
+  batches = F.epoch_batches(data.rows([1]), data, 32, (0, 1))
+  prepare = lambda s, b, r, x: sampling.presample_negatives(  # noqa: E731
+      s, b, r, x, num_items=data.num_items, num_negatives=c.num_negatives)
+  ends = {}
+  for name, step in (
+      ("optax", train_lib.make_step(
+          F.make_loss(model, "fade", 0.5, c.fade.tau, c.fade.k, 4), tx,
+          keys_in_batch=True)),
+      ("fused", F.make_fused_step("fade", 0.5, c, impl=impl))):
+    epoch = train_lib.make_epoch(step, prepare=prepare)
+    state = jax.tree.map(jnp.copy, state0)
+    for e in range(3):
+      state, metrics = epoch(state, batches, jax.random.key(e), ctx)
+    ends[name] = (state, metrics)
+  (a, ma), (b, mb) = ends["optax"], ends["fused"]
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  assert int(optax_count(a)) == int(optax_count(b)) == 3 * len(batches["user"])
+  for x, y, x0 in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params),
+                      jax.tree.leaves(state0.params)):
+    scale = float(jnp.max(jnp.abs(x)))
+    np.testing.assert_allclose(y, x, atol=1e-5 * scale)
+    assert bool(jnp.all(x != x0)) and bool(jnp.all(y != x0))
+  np.testing.assert_allclose(mb["loss"], ma["loss"], rtol=1e-4)
+
+
+def optax_count(state):
+  import optax
+  return optax.tree_utils.tree_get(state.opt_state, "count")
+
+
+def test_fused_update_needs_mf():
+  c = _config("FADE")
+  c.fused_update = True
+  F.validate_config(c)
+  c.model = "ncf"
+  with pytest.raises(ConfigError, match="fused_update"):
+    F.validate_config(c)
 
 
 @pytest.mark.slow

@@ -22,7 +22,13 @@ respect to the rows read, with no update (`loss_only`);
 costs, relative to the floor, when the update costs no more than the floor
 and nothing overlaps. Reference figures of the official PyTorch code on
 this class of CPU: 9.6 s (FADE) and 8.4 s (FINETUNE) per period, 34 s per
-pretraining epoch.
+pretraining epoch. The same periods with `fused_update` (the row-gradient
+step, `fade.make_fused_step`): `fused_seconds_per_period`,
+`fused_finetune_seconds_per_period`, their ratios to the floor
+(`fused_over_floor`, `fused_finetune_over_floor`), `fused_speedup` over the
+optax step, `fused_max_rel_param_diff` (largest |difference| of the two
+FADE periods' final parameters over the largest |parameter|, per table) and
+`fused_native` (whether the native kernel ran).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from fairjax import train as train_lib
 from fairjax.data import sampling
 from fairjax.methods import fade as F
 from fairjax.models import mf as mf_lib
+from fairjax.ops import sparse_adam
 
 NUM_USERS, NUM_ITEMS, PERIOD, PRETRAIN = 6039, 3628, 33_280, 501_760
 
@@ -165,22 +172,34 @@ def run(config, seed: int = 0, repeats: int = 3) -> dict:
   optimiser and loss fields are used; the data shape is fixed above)."""
   data = _data(seed)
   model = models_lib.create("mf", NUM_USERS, NUM_ITEMS, dim=64)
-  trainer = F.Trainer(model, F.make_optimizer(config), config)
   seen = data.seen(1)
   rows = data.rows([1])
-  out = {}
-  for name, kind, lam in (("finetune", "bpr", 0.0),
-                          ("fade", "fade", config.fade.lam)):
+  trainers = {}
+  for fused in (False, True):
+    c = config.copy_and_resolve_references()
+    c.fused_update = fused
+    trainers[fused] = F.Trainer(model, F.make_optimizer(c), c)
+  trainer = trainers[False]
+  out, final = {}, {}
+  for name, kind, lam, fused in (
+      ("finetune", "bpr", 0.0, False), ("fade", "fade", config.fade.lam, False),
+      ("finetune_fused", "bpr", 0.0, True),
+      ("fade_fused", "fade", config.fade.lam, True)):
     times = []
     for r in range(repeats):
-      state = trainer.init_state(jax.random.key(seed))
-      state, info = trainer.run_epochs(state, data, rows, kind, lam, 10,
-                                       (seed, r), jax.random.key(r), seen)
+      state = trainers[fused].init_state(jax.random.key(seed))
+      state, info = trainers[fused].run_epochs(
+          state, data, rows, kind, lam, 10, (seed, r), jax.random.key(r), seen)
       times.append(info["train_seconds"])
       print(f"[bench fade] {name} repeat {r + 1}/{repeats}: "
             f"{info['train_seconds']:.3f} s (compile "
             f"{info['compile_seconds']:.2f} s)", file=sys.stderr, flush=True)
     out[name] = float(np.median(times))
+    final[name] = state.params
+  # The fused step computes the optax update's parameters up to rounding.
+  rel = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a)))
+            for a, b in zip(jax.tree.leaves(final["fade"]),
+                            jax.tree.leaves(final["fade_fused"])))
   state = trainer.init_state(jax.random.key(seed))
   _, info = trainer.run_epochs(state, data, data.rows([0]), "bpr", 0.0, 1,
                                (seed, 9), jax.random.key(9), data.seen(0))
@@ -203,6 +222,13 @@ def run(config, seed: int = 0, repeats: int = 3) -> dict:
       "seconds_per_period": out["fade"],
       "finetune_seconds_per_period": out["finetune"],
       "fade_over_finetune": out["fade"] / out["finetune"],
+      "fused_seconds_per_period": out["fade_fused"],
+      "fused_finetune_seconds_per_period": out["finetune_fused"],
+      "fused_over_floor": out["fade_fused"] / floor,
+      "fused_finetune_over_floor": out["finetune_fused"] / floor,
+      "fused_speedup": out["fade"] / out["fade_fused"],
+      "fused_max_rel_param_diff": rel,
+      "fused_native": sparse_adam.resolve("auto") == "native",
       "optimizer_floor_seconds": floor,
       "fade_over_floor": out["fade"] / floor,
       "finetune_over_floor": out["finetune"] / floor,

@@ -100,6 +100,7 @@ def run(config, data_dir: str | None = None, seed: int = 0,
   _log(f"optimizer floor {floor * 1e3:.3f} ms per step; {steps} steps")
   return {
       "dataset": config.dataset, "model": config.model, "methods": methods,
+      "fused_update": bool(config.get("fused_update")),
       "run_seconds": run_seconds, "peak_rss_gb": rss,
       "pretrain_seconds": pretrain_seconds,
       "finetune_seconds": finetune_seconds,

@@ -34,6 +34,8 @@ from fairjax.methods import fade_protocol
 
 NAME = "fade"
 FREE_FIELDS = ("methods", "data_dir")
+# Fields added after workdirs existed, with the value that reproduces them.
+ADDED_FIELDS = {"fused_update": False}
 _FINETUNE_KIND = {"FINETUNE": "bpr", "FADE": "fade", "REC": "rec"}
 # FADE-DUAL and ADVER are sequential too (`_run_sequential`).
 _RETRAIN_KIND = {"RETRAIN": "bpr", "FADE-RETRAIN": "fade"}

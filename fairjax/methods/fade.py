@@ -47,6 +47,8 @@ from fairjax.data import registry
 from fairjax.data import sampling
 from fairjax.errors import ConfigError
 from fairjax.methods import fade_protocol
+from fairjax.models import mf as mf_lib
+from fairjax.ops import sparse_adam
 
 METHODS = ("PRE-TRAIN", "RETRAIN", "FINETUNE", "FADE", "FADE-RETRAIN", "REC",
            "ADVER", "FADE-DUAL")
@@ -101,6 +103,10 @@ def validate_config(config) -> None:
   if not 1 <= config.num_periods <= config.num_blocks - 1:
     raise ConfigError(f"field 'num_periods': must be in 1..{config.num_blocks - 1}")
   fade_protocol.validate(config)
+  if config.get("fused_update") and str(config.model).lower() != "mf":
+    raise ConfigError(f"field 'fused_update': the row-gradient update "
+                      f"needs MF (its loss reads rows of the two tables), "
+                      f"got model {config.model!r}")
   if "FADE-DUAL" in method_list(config):
     from fairjax.methods import fade_dual  # pylint: disable=g-import-not-at-top
     fade_dual.validate_config(config)
@@ -236,6 +242,59 @@ def make_score_loss(kind: str, lam: float, tau: float, k: int,
   return score_loss
 
 
+def make_fused_step(kind: str, lam: float, config,
+                    sampler: dict | None = None, impl: str = "auto"
+                    ) -> Callable:
+  """The train step of `make_loss` on MF with `make_optimizer`'s update
+  applied to gradient rows (`config.fused_update`).
+
+  The same loss, candidates and optimiser semantics as
+  `train.make_step(make_loss(...), make_optimizer(config))`: dense Adam with
+  coupled L2, every row moving at every step. The gradient is taken with
+  respect to the rows the batch reads (users [B], candidates [B, 1 + n])
+  and `ops.sparse_adam.update_rows` applies it, so no table-shaped gradient
+  is built; parameters match the optax update to float32 rounding (about
+  1e-6 relative). The optax state keeps its layout (count, mu, nu), so
+  checkpoints and fine-tuning move freely between the two steps.
+  """
+  candidates = make_candidates(config.num_negatives, **(sampler or {}))
+  score_loss = make_score_loss(kind, lam, config.fade.tau, config.fade.k,
+                               config.fade.form == "absolute")
+  hyper = sparse_adam.AdamL2(lr=config.lr, l2=config.l2)
+  get, put = optax.tree_utils.tree_get, optax.tree_utils.tree_set
+
+  def step(state: train.TrainState, batch, rng, context=None):
+    del rng  # the step key is batch['key'] (`presample_negatives`).
+    users, cand = candidates(batch, batch["key"], context)
+    tables = state.params["params"]
+    if set(tables) != {"user", "item"}:
+      raise ValueError("fused_update needs MF parameters (user and item "
+                       f"tables only), got {sorted(tables)}")
+    e_u, e_i = models_lib.embedding_tables(state.params)
+
+    def loss(rows):
+      s = mf_lib.pair_scores(rows[0], rows[1], 1.0, False)
+      return score_loss(s, batch, state.aux, context)
+
+    (value, (metrics, aux)), (g_u, g_i) = jax.value_and_grad(
+        loss, has_aux=True)((e_u[users], e_i[cand]))
+    opt = state.opt_state
+    count = optax.safe_increment(get(opt, "count"))
+    mu, nu = get(opt, "mu")["params"], get(opt, "nu")["params"]
+    new = {}
+    for name, ids, g in (("user", users, g_u), ("item", cand, g_i)):
+      new[name] = sparse_adam.update_rows(
+          tables[name]["embedding"], mu[name]["embedding"],
+          nu[name]["embedding"], count, ids, g, hyper, impl)
+    pick = lambda k: {"params": {n: {"embedding": new[n][k]}  # noqa: E731
+                                 for n in new}}
+    opt = put(opt, count=count, mu=pick(1), nu=pick(2))
+    return train.TrainState(step=state.step + 1, params=pick(0),
+                            opt_state=opt, aux=aux), dict(metrics, loss=value)
+
+  return step
+
+
 def epoch_batches(rows: np.ndarray, data: FadeData, batch_size: int,
                   seed_parts: tuple[int, ...], mode: str = "shuffle"
                   ) -> dict[str, np.ndarray]:
@@ -278,11 +337,15 @@ class Trainer:
     if key not in self._epochs:
       c = self.config
       sampler = self.sampler or {"skip": -1, "distinct": False}
-      loss = make_loss(self.model, kind, lam, c.fade.tau, c.fade.k,
-                       c.num_negatives, absolute=c.fade.form == "absolute",
-                       sampler=sampler)
+      if c.get("fused_update"):
+        step = make_fused_step(kind, lam, c, sampler)
+      else:
+        step = train.make_step(
+            make_loss(self.model, kind, lam, c.fade.tau, c.fade.k,
+                      c.num_negatives, absolute=c.fade.form == "absolute",
+                      sampler=sampler), self.tx, keys_in_batch=True)
       self._epochs[key] = train.make_epoch(
-          train.make_step(loss, self.tx, keys_in_batch=True),
+          step,
           prepare=functools.partial(
               sampling.presample_negatives, num_items=self.model.num_items,
               num_negatives=c.num_negatives, fixed=fixed_negatives,

@@ -1,0 +1,124 @@
+"""Native CPU kernels, built on first use and loaded as XLA FFI targets.
+
+One kernel today: `sparse_adam.cc`, the dense Adam + coupled L2 update of a
+table whose gradient is a few rows (`fairjax.ops.sparse_adam`). The source
+is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ / clang++)
+against the XLA FFI headers that ship with jaxlib, into a cache directory
+(`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that hashes the
+source, the jaxlib version, the flags and this CPU's feature flags, so a
+change of any of them rebuilds. The library is written to a temporary file
+and renamed into place: concurrent builders (test workers) never load a
+half-written file. `FAIRJAX_NATIVE=0` turns native kernels off.
+
+`target(name)` returns the registered FFI target name, or raises
+`NativeUnavailable` with the reason (no compiler, a failed build, turned
+off); callers fall back to their pure-JAX path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+
+SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam")}
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
+         "-std=c++17", "-shared", "-fPIC")
+
+
+class NativeUnavailable(RuntimeError):
+  """A native kernel could not be built or loaded (the message says why)."""
+
+
+def _cpu_flags() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        return line
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _compiler() -> str:
+  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  raise NativeUnavailable("no C++ compiler found (set CXX, or install g++)")
+
+
+def cache_dir() -> pathlib.Path:
+  root = os.environ.get("FAIRJAX_CACHE_DIR") or pathlib.Path.home() / ".cache" / "fairjax"
+  return pathlib.Path(root) / "native"
+
+
+def build(name: str) -> pathlib.Path:
+  """Compiles kernel `name` if its cached library is missing; returns the
+  library's path."""
+  if os.environ.get("FAIRJAX_NATIVE", "1") == "0":
+    raise NativeUnavailable("turned off by FAIRJAX_NATIVE=0")
+  source = pathlib.Path(__file__).with_name(SOURCES[name][0])
+  text = source.read_bytes()
+  key = hashlib.sha256(b"\0".join([
+      text, jaxlib.__version__.encode(), " ".join(FLAGS).encode(),
+      _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
+  out = cache_dir() / f"{name}-{key}.so"
+  if out.exists():
+    return out
+  cxx = _compiler()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so.tmp",
+                                   delete=False) as tmp:
+    tmp_path = pathlib.Path(tmp.name)
+  cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o",
+         str(tmp_path)]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          check=False)
+    if proc.returncode != 0:
+      raise NativeUnavailable(
+          f"building {source.name} failed ({' '.join(cmd)}):\n"
+          f"{proc.stderr[-2000:]}")
+    os.replace(tmp_path, out)
+  finally:
+    tmp_path.unlink(missing_ok=True)
+  return out
+
+
+@functools.cache
+def _load(name: str) -> tuple[str | None, str]:
+  """(FFI target name, '') once kernel `name` is built, loaded and
+  registered for the CPU in this process, else (None, the reason)."""
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(build(name)))
+  except (NativeUnavailable, OSError) as e:
+    return None, str(e)
+  target_name = f"fairjax_{name}"
+  jax.ffi.register_ffi_target(
+      target_name, jax.ffi.pycapsule(getattr(lib, SOURCES[name][1])),
+      platform="cpu")
+  return target_name, ""
+
+
+def target(name: str) -> str:
+  """The registered FFI target of kernel `name` (built and loaded once per
+  process); raises NativeUnavailable with the reason when it cannot be."""
+  found, reason = _load(name)
+  if found is None:
+    raise NativeUnavailable(reason)
+  return found
+
+
+def available(name: str) -> tuple[bool, str]:
+  """(True, '') when kernel `name` loads here, else (False, the reason)."""
+  found, reason = _load(name)
+  return found is not None, reason
