@@ -254,7 +254,8 @@ def make_fused_step(kind: str, lam: float, config,
   respect to the rows the batch reads (users [B], candidates [B, 1 + n])
   and `ops.sparse_adam.update_rows` applies it, so no table-shaped gradient
   is built; parameters match the optax update to float32 rounding (about
-  1e-6 relative). The optax state keeps its layout (count, mu, nu), so
+  1e-6 relative after a period; over a whole run the two trajectories can
+  part as under any rounding change, README). The optax state keeps its layout (count, mu, nu), so
   checkpoints and fine-tuning move freely between the two steps.
   """
   candidates = make_candidates(config.num_negatives, **(sampler or {}))

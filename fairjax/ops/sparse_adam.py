@@ -20,7 +20,9 @@ after this step (optax's `count`). Two implementations compute it:
 Both round differently from optax's update (they multiply by 1 / c_k; XLA
 fuses some products and adds; duplicate rows are summed in another order):
 parameters agree to about 1e-6 relative after a thousand steps
-(tests/test_sparse_adam.py checks both against a float64 reference).
+(tests/test_sparse_adam.py checks both against a float64 reference). Over
+many thousands of steps such differences can grow as any rounding change
+does (README, Benchmarks: rows of idle users near zero).
 `impl='auto'` takes 'native' when it loads on this machine and the arrays
 live on the CPU, else 'jax'.
 """
