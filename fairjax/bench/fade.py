@@ -26,8 +26,9 @@ pretraining epoch. The same periods with `fused_update` (the row-gradient
 step, `fade.make_fused_step`): `fused_seconds_per_period`,
 `fused_finetune_seconds_per_period`, their ratios to the floor
 (`fused_over_floor`, `fused_finetune_over_floor`), `fused_speedup` over the
-optax step, `fused_max_rel_param_diff` (largest |difference| of the two
-FADE periods' final parameters over the largest |parameter|, per table) and
+optax step, `fused_max_rel_param_diff` (the two FADE periods' final parameters:
+largest |difference| over largest |parameter|, the larger of the two
+tables' figures) and
 `fused_native` (whether the native kernel ran).
 """
 

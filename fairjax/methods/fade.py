@@ -150,14 +150,22 @@ def create_model(config, data: FadeData):
                            **kwargs)
 
 
+def optimizer_hyper(config) -> sparse_adam.AdamL2:
+  """The optimiser's hyperparameters: lr and l2 from `config`, Adam's
+  defaults otherwise; `make_optimizer` and `make_fused_step` both read
+  them here."""
+  return sparse_adam.AdamL2(lr=config.lr, l2=config.l2)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam with coupled L2 on non-bias leaves (torch Adam(weight_decay))."""
   def mask(params):
     return jax.tree_util.tree_map_with_path(
         lambda path, _: "bias" not in jax.tree_util.keystr(path).lower(),
         params)
-  return optax.chain(optax.add_decayed_weights(config.l2, mask=mask),
-                     optax.adam(config.lr))
+  h = optimizer_hyper(config)
+  return optax.chain(optax.add_decayed_weights(h.l2, mask=mask),
+                     optax.adam(h.lr, h.b1, h.b2, h.eps))
 
 
 def make_loss(model, kind: str, lam: float, tau: float, k: int,
@@ -255,13 +263,15 @@ def make_fused_step(kind: str, lam: float, config,
   and `ops.sparse_adam.update_rows` applies it, so no table-shaped gradient
   is built; parameters match the optax update to float32 rounding (about
   1e-6 relative after a period; over a whole run the two trajectories can
-  part as under any rounding change, README). The optax state keeps its layout (count, mu, nu), so
-  checkpoints and fine-tuning move freely between the two steps.
+  part as under any rounding change, README). The optax state keeps its
+  layout (count, mu, nu), so checkpoints and fine-tuning move freely
+  between the two steps. MF has no bias leaves, so l2 applies to both
+  tables, as `make_optimizer`'s mask does.
   """
   candidates = make_candidates(config.num_negatives, **(sampler or {}))
   score_loss = make_score_loss(kind, lam, config.fade.tau, config.fade.k,
                                config.fade.form == "absolute")
-  hyper = sparse_adam.AdamL2(lr=config.lr, l2=config.l2)
+  hyper = optimizer_hyper(config)
   get, put = optax.tree_utils.tree_get, optax.tree_utils.tree_set
 
   def step(state: train.TrainState, batch, rng, context=None):
