@@ -48,7 +48,6 @@ from fairjax import models as models_lib
 from fairjax import train as train_lib
 from fairjax.data import sampling
 from fairjax.methods import fade as F
-from fairjax.models import mf as mf_lib
 from fairjax.ops import sparse_adam
 
 NUM_USERS, NUM_ITEMS, PERIOD, PRETRAIN = 6039, 3628, 33_280, 501_760
@@ -130,8 +129,8 @@ def loss_only(params, data: F.FadeData, seen: np.ndarray, config,
               steps: int, repeats: int = 3, seed: int = 0) -> float:
   """Median seconds of `steps` training steps' loss work alone: the
   candidates (positive + sampled negatives), the MF scores of the rows they
-  read, FADE's loss and its gradient with respect to those rows, one
-  `lax.scan`; no optimiser update and no table-shaped gradient; `seen` is
+  read, FADE's loss and its gradient with respect to those rows
+  (`fade.make_row_grads`, as the fused step computes them), one `lax.scan`; no optimiser update and no table-shaped gradient; `seen` is
   the period's negative-sampling exclusions (`data.seen(1)`). The floor
   plus this is what a step pays when its loss and its update run one after
   the other."""
@@ -145,18 +144,10 @@ def loss_only(params, data: F.FadeData, seen: np.ndarray, config,
                                       num_negatives=config.num_negatives)
   context = {"seen": jnp.asarray(seen),
              "user_group": jnp.asarray(data.user_group)}
-  candidates = F.make_candidates(config.num_negatives)
-  score_loss = F.make_score_loss("fade", config.fade.lam, config.fade.tau,
-                                 config.fade.k)
-  user_table, item_table = models_lib.embedding_tables(params)
+  row_grads = F.make_row_grads("fade", config.fade.lam, config)
 
   def body(acc, x):
-    users, cand = candidates(x, x["key"], context)
-    def loss(e_u, e_i):
-      s = mf_lib.pair_scores(e_u, e_i, 1.0, False)
-      return score_loss(s, x, {}, context)[0]
-    g_u, g_i = jax.grad(loss, argnums=(0, 1))(user_table[users],
-                                             item_table[cand])
+    _, _, (g_u, g_i) = row_grads(params, x, {}, context)
     return acc + jnp.sum(g_u) + jnp.sum(g_i), None
 
   fn = jax.jit(lambda xs: jax.lax.scan(body, jnp.zeros(()), xs)[0])

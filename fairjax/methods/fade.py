@@ -250,6 +250,33 @@ def make_score_loss(kind: str, lam: float, tau: float, k: int,
   return score_loss
 
 
+def make_row_grads(kind: str, lam: float, config,
+                   sampler: dict | None = None) -> Callable:
+  """`(params, batch, aux, context) -> ((loss, (metrics, aux)), (users,
+  cand), (g_u, g_i))`: `make_loss` on MF (with `config`'s tau, k, form and
+  negatives; `sampler` as in `make_candidates`), its gradient taken with
+  respect to the rows the batch reads, g_u [B, d] for E_U[users] and g_i
+  [B, 1 + n, d] for E_I[cand], instead of the tables. The step key is
+  batch['key'] (`sampling.presample_negatives`)."""
+  candidates = make_candidates(config.num_negatives, **(sampler or {}))
+  score_loss = make_score_loss(kind, lam, config.fade.tau, config.fade.k,
+                               config.fade.form == "absolute")
+
+  def row_grads(params, batch, aux, context):
+    users, cand = candidates(batch, batch["key"], context)
+    e_u, e_i = models_lib.embedding_tables(params)
+
+    def loss(rows):
+      s = mf_lib.pair_scores(rows[0], rows[1], 1.0, False)
+      return score_loss(s, batch, aux, context)
+
+    out, grads = jax.value_and_grad(loss, has_aux=True)((e_u[users],
+                                                         e_i[cand]))
+    return out, (users, cand), grads
+
+  return row_grads
+
+
 def make_fused_step(kind: str, lam: float, config,
                     sampler: dict | None = None, impl: str = "auto"
                     ) -> Callable:
@@ -259,8 +286,8 @@ def make_fused_step(kind: str, lam: float, config,
   The same loss, candidates and optimiser semantics as
   `train.make_step(make_loss(...), make_optimizer(config))`: dense Adam with
   coupled L2, every row moving at every step. The gradient is taken with
-  respect to the rows the batch reads (users [B], candidates [B, 1 + n])
-  and `ops.sparse_adam.update_rows` applies it, so no table-shaped gradient
+  respect to the rows the batch reads (`make_row_grads`) and
+  `ops.sparse_adam.update_rows` applies it, so no table-shaped gradient
   is built; parameters match the optax update to float32 rounding (about
   1e-6 relative after a period; over a whole run the two trajectories can
   part as under any rounding change, README). The optax state keeps its
@@ -268,27 +295,18 @@ def make_fused_step(kind: str, lam: float, config,
   between the two steps. MF has no bias leaves, so l2 applies to both
   tables, as `make_optimizer`'s mask does.
   """
-  candidates = make_candidates(config.num_negatives, **(sampler or {}))
-  score_loss = make_score_loss(kind, lam, config.fade.tau, config.fade.k,
-                               config.fade.form == "absolute")
+  row_grads = make_row_grads(kind, lam, config, sampler)
   hyper = optimizer_hyper(config)
   get, put = optax.tree_utils.tree_get, optax.tree_utils.tree_set
 
   def step(state: train.TrainState, batch, rng, context=None):
     del rng  # the step key is batch['key'] (`presample_negatives`).
-    users, cand = candidates(batch, batch["key"], context)
     tables = state.params["params"]
     if set(tables) != {"user", "item"}:
       raise ValueError("fused_update needs MF parameters (user and item "
                        f"tables only), got {sorted(tables)}")
-    e_u, e_i = models_lib.embedding_tables(state.params)
-
-    def loss(rows):
-      s = mf_lib.pair_scores(rows[0], rows[1], 1.0, False)
-      return score_loss(s, batch, state.aux, context)
-
-    (value, (metrics, aux)), (g_u, g_i) = jax.value_and_grad(
-        loss, has_aux=True)((e_u[users], e_i[cand]))
+    (value, (metrics, aux)), (users, cand), (g_u, g_i) = row_grads(
+        state.params, batch, state.aux, context)
     opt = state.opt_state
     count = optax.safe_increment(get(opt, "count"))
     mu, nu = get(opt, "mu")["params"], get(opt, "nu")["params"]
