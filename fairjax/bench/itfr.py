@@ -10,6 +10,17 @@ sum_g q_g h_g. Timed: `repeats` epochs after the compiling one, median.
 Every ITFR epoch computes the 144 cosines (in epoch 0 against zero buffers,
 masked to R = I), so every epoch does the same work.
 
+ITFR runs twice: on its default path (the cosines' inner products by the
+native kernel `ops.cell_dots` where it loads, the loss gradient in closed
+form) and on the reference path (`make_epoch_fn(reference=True)`: jnp
+inner products and autodiff, the rounding of earlier versions), from the
+same start. Keys: `reference_seconds_per_epoch`, `reference_over_bpr`, and
+after the `epochs_compared` epochs the distance of the default path's
+parameters from the reference path's (`reference_max_abs_param_diff`,
+`reference_max_rel_param_diff` = that over max |param|,
+`reference_norm_rel_param_diff` = ||difference|| / ||params||);
+`cell_dots_native` says whether the kernel ran.
+
 Data: ML-1M under `data_dir` (or $FAIRJAX_DATA_DIR); without it, the
 synthetic generator at a similar size (6,000 users, 1,200 items, ~396k
 interactions), which the result names under `data`.
@@ -32,7 +43,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from fairjax import native
 from fairjax.methods import itfr as M
 from fairjax.data import cells as cells_data
 
@@ -53,13 +66,15 @@ def _config(get_config, data_dir, model="mf"):
   return c
 
 
-def _time_epochs(name, config, data, seed, repeats, skip):
+def _time_epochs(name, config, data, seed, repeats, skip, reference=False):
+  """(median seconds per epoch over `repeats` after `skip`, final state)."""
   spec = M.METHODS[name]
   model = M.create_model(config, data, spec.cosine)
   tx = M.make_optimizer(config)
   rng = jax.random.key(seed)
   state = M.init_state(model, tx, spec, data, rng)
-  epoch_fn = M.make_epoch_fn(model, tx, spec, config, data)
+  epoch_fn = M.make_epoch_fn(model, tx, spec, config, data,
+                             reference=reference)
   context = M.make_context(data, model, spec)
   times = []
   for e in range(skip + repeats):
@@ -68,10 +83,27 @@ def _time_epochs(name, config, data, seed, repeats, skip):
     state, m = epoch_fn(state, batches, jax.random.fold_in(rng, e), context)
     jax.block_until_ready(state)
     dt = time.perf_counter() - t0
-    _log(f"{name} epoch {e + 1}: {dt:.3f}s loss {float(jnp.mean(m['loss'])):.4f}")
+    tag = " (reference path)" if reference else ""
+    _log(f"{name}{tag} epoch {e + 1}: {dt:.3f}s loss "
+         f"{float(jnp.mean(m['loss'])):.4f}")
     if e >= skip:
       times.append(dt)
-  return statistics.median(times)
+  return statistics.median(times), state
+
+
+def _param_diffs(params, ref) -> dict:
+  """How far the default path's parameters are from the reference path's:
+  max |a - b|, that over max |b| (as `--bench=fade`'s
+  fused_max_rel_param_diff) and ||a - b|| / ||b|| over all leaves."""
+  pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64))
+           for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref))]
+  top = max(float(np.max(np.abs(b))) for _, b in pairs)
+  diff = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+  sq = sum(float(np.sum((a - b) ** 2)) for a, b in pairs)
+  norm = sum(float(np.sum(b ** 2)) for _, b in pairs)
+  return {"reference_max_abs_param_diff": diff,
+          "reference_max_rel_param_diff": diff / top,
+          "reference_norm_rel_param_diff": float(np.sqrt(sq / norm))}
 
 
 def run(get_config, seed: int = 0, data_dir: str | None = None,
@@ -90,17 +122,24 @@ def run(get_config, seed: int = 0, data_dir: str | None = None,
   _log(f"{data.name}, {model}: {data.train_user.size} training interactions, "
        f"{data.num_cells} cells, batch {config.batch_size}, "
        f"{M.steps_per_epoch(data, config.batch_size)} steps per epoch")
-  bpr = _time_epochs("BPR", config, data, seed, repeats, skip=1)
-  itfr = _time_epochs("ITFR", config, data, seed, repeats, skip=1)
+  bpr, _ = _time_epochs("BPR", config, data, seed, repeats, skip=1)
+  itfr, state = _time_epochs("ITFR", config, data, seed, repeats, skip=1)
+  ref, ref_state = _time_epochs("ITFR", config, data, seed, repeats, skip=1,
+                                reference=True)
   out = {"data": data.name, "model": model,
          "train_interactions": int(data.train_user.size),
          "batch_size": int(config.batch_size), "cells": data.num_cells,
          "device": jax.devices()[0].device_kind,
          "itfr_seconds_per_epoch": itfr, "bpr_seconds_per_epoch": bpr,
-         "itfr_over_bpr": itfr / bpr}
+         "itfr_over_bpr": itfr / bpr,
+         "reference_seconds_per_epoch": ref,
+         "reference_over_bpr": ref / bpr,
+         "epochs_compared": 1 + repeats,
+         "cell_dots_native": native.resolve("cell_dots", "auto") == "native",
+         **_param_diffs(state.params, ref_state.params)}
   if model == "lightgcn":
     config.lightgcn_layout = "sparse"
-    coo = _time_epochs("BPR", config, data, seed, repeats, skip=1)
+    coo, _ = _time_epochs("BPR", config, data, seed, repeats, skip=1)
     out["bpr_coo_seconds_per_epoch"] = coo
     out["coo_over_dense_bpr"] = coo / bpr
   return out

@@ -69,6 +69,7 @@ from fairjax.models.mf import normalize_rows
 from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
 from fairjax.ops import group_sam
+from fairjax.ops.cell_dots import cell_dots
 from fairjax.ops import group_weights as gw
 
 
@@ -273,15 +274,77 @@ def init_aux(spec: MethodSpec, data: ItfrData, params, model) -> dict:
 # The ITFR step: per-cell (sharpness-aware) gradients and weights.
 
 
-def mf_example_loss(x, batch_size: int, cosine: bool, tau: float):
-  """Per-row BPR from gathered MF rows x = [e_u; e_i; e_j] ([3B, d])."""
-  eu, ei, ej = x[:batch_size], x[batch_size:2 * batch_size], x[2 * batch_size:]
-  if cosine:
-    eu, ei, ej = normalize_rows(eu), normalize_rows(ei), normalize_rows(ej)
-  sp, sn = jnp.sum(eu * ei, -1), jnp.sum(eu * ej, -1)
-  if cosine:
-    sp, sn = sp / tau, sn / tau
-  return ops.bpr_loss(sp, sn)
+def _row_sums(z):
+  """[N] sums of z [N, d] along d, as a matrix-vector product: XLA's CPU
+  reduction of a short minor axis is several times slower."""
+  return z @ jnp.ones((z.shape[-1],), z.dtype)
+
+
+def mf_example_loss(x, batch_size: int, cosine: bool, tau: float,
+                    closed_form: bool = True):
+  """Per-row BPR from gathered MF rows x = [e_u; e_i; e_j] ([3B, d]).
+
+  l_b = softplus(s_uj - s_ui), s = <e_u, e_i> or with `cosine` the cosine
+  / tau (rows scaled by rsqrt(max(||x||^2, 1e-12)), as
+  `models.mf.normalize_rows`). With `closed_form` its vector-Jacobian
+  product is written out (`jax.custom_vjp`): three row sums per evaluation
+  instead of the eight reductions autodiff leaves, the same gradient up to
+  float rounding (tests/test_itfr.py checks it against autodiff in
+  float64). `closed_form=False`: the plain formula, differentiated by JAX.
+  """
+  if not closed_form:
+    b = batch_size
+    eu, ei, ej = x[:b], x[b:2 * b], x[2 * b:]
+    if cosine:
+      eu, ei, ej = normalize_rows(eu), normalize_rows(ei), normalize_rows(ej)
+    sp, sn = jnp.sum(eu * ei, -1), jnp.sum(eu * ej, -1)
+    if cosine:
+      sp, sn = sp / tau, sn / tau
+    return ops.bpr_loss(sp, sn)
+  return _mf_triplet_loss(batch_size, bool(cosine), float(tau))(x)
+
+
+@functools.cache
+def _mf_triplet_loss(b: int, cosine: bool, tau: float):
+  eps = 1e-12  # models.mf._EPS
+
+  def forward(x):
+    if cosine:
+      sq = _row_sums(x * x)
+      r = jax.lax.rsqrt(jnp.maximum(sq, eps))
+      xn = x * r[:, None]
+    else:
+      sq = r = None
+      xn = x
+    eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
+    s = _row_sums(jnp.concatenate([eu * ei, eu * ej]))
+    z = s[b:] - s[:b]
+    if cosine:
+      z = z / tau
+    return jax.nn.softplus(z), (x, xn, sq, r, z)
+
+  @jax.custom_vjp
+  def loss(x):
+    return forward(x)[0]
+
+  def backward(res, g):
+    x, xn, sq, r, z = res
+    gz = g * jax.nn.sigmoid(z)  # d softplus(z) / dz
+    if cosine:
+      gz = gz / tau
+    eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
+    gz = gz[:, None]
+    gx = jnp.concatenate([gz * (ej - ei), -gz * eu, gz * eu])
+    if cosine:
+      # d(x r)/dx with r = rsqrt(max(sq, eps)): r g - r^3 <x, g> x where
+      # the max passes sq (half of it at a tie, as jnp.maximum's gradient).
+      live = jnp.where(sq > eps, 1.0, jnp.where(sq == eps, 0.5, 0.0))
+      proj = _row_sums(x * gx)
+      gx = r[:, None] * gx - (live * r * r * r * proj)[:, None] * x
+    return (gx,)
+
+  loss.defvjp(forward, backward)
+  return loss
 
 
 class _Backend:
@@ -293,19 +356,44 @@ class _Backend:
     return cur, self.norms(cur)
 
 
+def _user_classes(data: ItfrData):
+  """(key_class [U + I], cell_class [G]) for `ops.cell_dots`: the user
+  group of each user key (-1 for item keys) and of each cell, when every
+  training row's cell lies in its user's group (cell = a J + j; then C's
+  rows of user u are zero in the other groups' cells); else None."""
+  nj = data.num_item_groups
+  cell = data.train_cell
+  ok = cell >= 0
+  if not np.array_equal(data.user_group[data.train_user[ok]], cell[ok] // nj):
+    return None
+  key_class = np.concatenate([data.user_group.astype(np.int32),
+                              np.full(data.num_items, -1, np.int32)])
+  cell_class = (np.arange(data.num_cells) // nj).astype(np.int32)
+  return jnp.asarray(key_class), jnp.asarray(cell_class)
+
+
 class _Rows(_Backend):
   """Row-sparse per-cell gradients for MF; buffers c_cur, c_prev [K, G, d].
 
   Per step the buffers are touched only at the batch's rows: C^prev is
-  gathered there for the cosines, n_g grad_g is scatter-added into C^cur.
+  read there for the cosines (`ops.cell_dots`), n_g grad_g is
+  scatter-added into C^cur.
+
+  `reference=True` takes the jnp cosines and the autodiff loss gradient
+  (`mf_example_loss(closed_form=False)`) instead of the native kernel and
+  the closed form: the same algorithm, rounded as before those two were
+  written; `launch.bench --bench=itfr` compares the two paths.
   """
 
-  def __init__(self, model, spec, config, data):
+  def __init__(self, model, spec, config, data, reference: bool = False):
     self.num_users = data.num_users
     self.key_space = data.num_users + data.num_items
     self.g = data.num_cells
     self.cosine, self.tau = spec.cosine, _tau(spec, config)
     self.rho = float(config.itfr.rho) if spec.sam else None
+    self.dots_impl = "jax" if reference else "auto"  # `ops.cell_dots` impl
+    self.closed_form = not reference
+    self.classes = _user_classes(data)
 
   @staticmethod
   def init_buffers(params, data):
@@ -341,7 +429,8 @@ class _Rows(_Backend):
     x, pull = jax.vjp(lambda p: self.rows(p, users, items, neg, keys), params)
     slot_example = jnp.tile(jnp.arange(b), 3)
     out = group_sam.cell_sam_rows(
-        lambda r: mf_example_loss(r, b, self.cosine, self.tau), x, keys,
+        lambda r: mf_example_loss(r, b, self.cosine, self.tau,
+                                  self.closed_form), x, keys,
         slot_example, batch["cell"], batch["valid"], self.g, self.key_space,
         self.rho, coupling=self.coupling(keys, context))
     cell = jnp.where(batch["valid"], batch["cell"], self.g)
@@ -355,14 +444,11 @@ class _Rows(_Backend):
     return g
 
   def dots(self, c_prev, out):
-    """[G, G] <h_i, C_j^prev>, reading C^prev at the batch's rows only."""
-    k, g, d = c_prev.shape
-    rows = c_prev.reshape(k, g * d)[out.seg_key].reshape(-1, g, d)
-    prod = (rows * out.h_seg[:, None, :]).reshape(-1, d)
-    # The sum over d as a matrix-vector product: XLA's CPU reduction of a
-    # short minor axis (and a batched dot) is several times slower.
-    per_seg = (prod @ jnp.ones((d,), prod.dtype)).reshape(-1, g)
-    return jax.ops.segment_sum(per_seg, out.seg_cell, self.g + 1)[:self.g]
+    """[G, G] <h_i, C_j^prev>, reading C^prev at the batch's rows only
+    (`ops.cell_dots`, implementation `self.dots_impl`)."""
+    key_class, cell_class = self.classes or (None, None)
+    return cell_dots(c_prev, out.seg_key, out.seg_cell, out.h_seg,
+                     key_class, cell_class, impl=self.dots_impl)
 
   def accumulate(self, c_cur, out):
     """C^cur[row, cell] += n_cell grad_cell[row] on the touched rows."""
@@ -388,8 +474,9 @@ class _Graph(_Rows):
   about one propagation per step.
   """
 
-  def __init__(self, model, spec, config, data):
-    super().__init__(model, spec, config, data)
+  def __init__(self, model, spec, config, data, reference: bool = False):
+    super().__init__(model, spec, config, data, reference)
+    self.classes = None  # W = P P^T Z is dense: no row is known to be zero
     self.graph, self.num_layers = model.graph, model.num_layers
     # Per-cell slot capacities (3 slots per example) of the blocked Gram
     # product; None: the dense one.
@@ -426,7 +513,8 @@ class _Dense(_Backend):
   Buffers c_cur, c_prev: pytrees of [G, ...] parameter-shaped sums.
   """
 
-  def __init__(self, model, spec, config, data):
+  def __init__(self, model, spec, config, data, reference: bool = False):
+    del reference  # one path
     self.model, self.g = model, data.num_cells
     self.tau = _tau(spec, config)
     self.rho = float(config.itfr.rho) if spec.sam else None
@@ -569,19 +657,21 @@ def make_itfr_step(model, tx, spec: MethodSpec, config, data: ItfrData,
   return step
 
 
-def make_epoch_fn(model, tx, spec: MethodSpec, config, data: ItfrData):
+def make_epoch_fn(model, tx, spec: MethodSpec, config, data: ItfrData,
+                  reference: bool = False):
   """Jitted epoch `(state, batches, rng, context) -> (state, metrics)`.
 
   `train.make_epoch` of the method's step; for the collaborative balance
   the state first passes `roll_epoch` (run it on whole epochs, as `fit` and
-  the runner do).
+  the runner do). `reference`: the backend's reference path (`_Rows`), for
+  comparisons.
   """
   presample = _presample(data)
   if not spec.per_cell:
     return train.make_epoch(
         train.make_step(make_loss(model, spec, config, data), tx,
                         keys_in_batch=True), prepare=presample)
-  backend = _backend_class(model)(model, spec, config, data)
+  backend = _backend_class(model)(model, spec, config, data, reference)
   step = make_itfr_step(model, tx, spec, config, data, backend)
   if spec.weighting != "clb":
     return train.make_epoch(step, prepare=presample)

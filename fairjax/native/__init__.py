@@ -1,7 +1,9 @@
 """Native CPU kernels, built on first use and loaded as XLA FFI targets.
 
-One kernel today: `sparse_adam.cc`, the dense Adam + coupled L2 update of a
-table whose gradient is a few rows (`fairjax.ops.sparse_adam`). The source
+Kernels (`SOURCES`): `sparse_adam.cc`, the dense Adam + coupled L2 update
+of a table whose gradient is a few rows (`fairjax.ops.sparse_adam`), and
+`cell_dots.cc`, ITFR's inner products of per-cell gradient segments with
+the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`). Each source
 is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ / clang++)
 against the XLA FFI headers that ship with jaxlib, into a cache directory
 (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that hashes the
@@ -12,7 +14,9 @@ half-written file. `FAIRJAX_NATIVE=0` turns native kernels off.
 
 `target(name)` returns the registered FFI target name, or raises
 `NativeUnavailable` with the reason (no compiler, a failed build, turned
-off); callers fall back to their pure-JAX path.
+off); `resolve(name, impl)` turns an op's `impl` argument ('auto', 'native'
+or 'jax') into the implementation to run, so callers fall back to their
+pure-JAX path.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import tempfile
 import jax
 import jaxlib
 
-SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam")}
+SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam"),
+           "cell_dots": ("cell_dots.cc", "FairjaxCellDots")}
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
          "-std=c++17", "-shared", "-fPIC")
 
@@ -122,3 +127,23 @@ def available(name: str) -> tuple[bool, str]:
   """(True, '') when kernel `name` loads here, else (False, the reason)."""
   found, reason = _load(name)
   return found is not None, reason
+
+
+def resolve(name: str, impl: str) -> str:
+  """'native' or 'jax' for an op's `impl` in {'auto', 'native', 'jax'}:
+  'auto' takes kernel `name` when it loads here and the backend is the CPU;
+  'native' raises `NativeUnavailable` with the reason when it cannot."""
+  if impl not in ("auto", "native", "jax"):
+    raise ValueError(f"impl must be auto, native or jax, got {impl!r}")
+  if impl == "jax":
+    return "jax"
+  if jax.default_backend() != "cpu":
+    if impl == "native":
+      raise NativeUnavailable(
+          f"the native kernel {name!r} runs on the CPU; the backend is "
+          f"{jax.default_backend()}")
+    return "jax"
+  if impl == "native":
+    target(name)
+    return "native"
+  return "native" if available(name)[0] else "jax"

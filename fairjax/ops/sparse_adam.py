@@ -61,20 +61,7 @@ def inverse_corrections(count: Array, hyper: AdamL2) -> Array:
 def resolve(impl: str) -> str:
   """'native' or 'jax' for `impl` in {'auto', 'native', 'jax'}; 'native'
   raises `native.NativeUnavailable` with the reason when it cannot load."""
-  if impl not in ("auto", "native", "jax"):
-    raise ValueError(f"impl must be auto, native or jax, got {impl!r}")
-  if impl == "jax":
-    return "jax"
-  if jax.default_backend() != "cpu":
-    if impl == "native":
-      raise native.NativeUnavailable(
-          f"the native kernel runs on the CPU; the backend is "
-          f"{jax.default_backend()}")
-    return "jax"
-  if impl == "native":
-    native.target("sparse_adam")
-    return "native"
-  return "native" if native.available("sparse_adam")[0] else "jax"
+  return native.resolve("sparse_adam", impl)
 
 
 def update_rows(p: Array, m: Array, v: Array, count: Array, ids: Array,
