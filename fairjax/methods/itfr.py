@@ -65,6 +65,7 @@ from fairjax.data import batching
 from fairjax.data import sampling
 from fairjax.data.cells import ItfrData
 from fairjax.errors import ConfigError
+from fairjax.models import mf as mf_model
 from fairjax.models.mf import normalize_rows
 from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
@@ -306,7 +307,7 @@ def mf_example_loss(x, batch_size: int, cosine: bool, tau: float,
 
 @functools.cache
 def _mf_triplet_loss(b: int, cosine: bool, tau: float):
-  eps = 1e-12  # models.mf._EPS
+  eps = mf_model._EPS  # normalize_rows' floor on ||x||^2
 
   def forward(x):
     if cosine:
