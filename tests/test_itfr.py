@@ -252,6 +252,33 @@ def test_default_path_tracks_the_reference_path():
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_bench_interleaves_the_epochs_and_reports_the_ratios(monkeypatch):
+  from fairjax.bench import itfr as bench
+
+  def small(get_config, data_dir, model="mf"):
+    c = get_config(f"dataset=synthetic,model={model}")
+    c.synthetic.num_users, c.synthetic.num_items = 300, 120
+    c.batch_size = 64
+    return c
+
+  monkeypatch.setattr(bench, "_config", small)
+  order = []
+  run = bench._Epochs.run
+  monkeypatch.setattr(bench._Epochs, "run", lambda self, e: (
+      order.append((e, self.label)), run(self, e))[1])
+  out = bench.run(itfr_config.get_config, repeats=2)
+  # Epoch e of every run before epoch e + 1 of any.
+  assert order == [(e, name) for e in range(3) for name in
+                   ("BPR", "ITFR", "ITFR (reference path)")]
+  assert out["itfr_over_bpr"] == pytest.approx(
+      out["itfr_seconds_per_epoch"] / out["bpr_seconds_per_epoch"])
+  assert out["reference_over_bpr"] == pytest.approx(
+      out["reference_seconds_per_epoch"] / out["bpr_seconds_per_epoch"])
+  assert out["epochs_compared"] == 3
+  assert 0 <= out["reference_norm_rel_param_diff"] < 1e-4
+
+
 def _drop_cell_f0(ds):
   """Removes every (F, first genre 0) interaction: an empty cell."""
   first = np.asarray(ds.item_first_genre)

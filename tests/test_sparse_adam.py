@@ -101,6 +101,34 @@ def test_native_on_many_rows_matches_jax_and_repeats_exactly():
 
 
 @pytest.mark.skipif(not NATIVE, reason=f"native kernel unavailable: {WHY}")
+def test_native_flushes_denormals_as_xla_does():
+  # Rows decaying under L2 reach ~1e-33; then m = (1 - b1) l2 p is below
+  # the smallest normal float. XLA's CPU code flushes it to zero (the row
+  # stays put); kept as a denormal, it would move p by lr m / eps ~ p. The
+  # kernel sets the flush mode in every thread it computes on.
+  hyper = sa.AdamL2(lr=1e-3, l2=1e-4)
+  rows = 600  # several thread blocks, so the helpers compute too
+  p = np.geomspace(1e-30, 1e-36, rows * 4, dtype=np.float32).reshape(rows, 4)
+  z = jnp.zeros_like(p)
+  count = jnp.asarray(5000, jnp.int32)
+  p_new, m, v = (np.asarray(x) for x in sa.update_rows(
+      jnp.asarray(p), z, z, count, jnp.asarray([3]), jnp.ones((1, 4)),
+      hyper, "native"))
+  tiny = np.finfo(np.float32).tiny
+  for x in (p_new, m, v):
+    assert not np.any((x != 0) & (np.abs(x) < tiny))  # no denormal left
+  # m is (1 - b1) l2 p in float32: zero exactly where that falls below the
+  # smallest normal (rows within a rounding of the edge left out).
+  exact = 0.1 * 1e-4 * p.astype(np.float64)
+  clear = np.abs(exact / tiny - 1) > 1e-5
+  clear[3] = False  # the row with a gradient
+  np.testing.assert_array_equal((m == 0)[clear], (exact < tiny)[clear])
+  flushed = (m == 0) & clear
+  assert flushed.sum() > rows
+  np.testing.assert_array_equal(p_new[flushed], p[flushed])  # did not move
+
+
+@pytest.mark.skipif(not NATIVE, reason=f"native kernel unavailable: {WHY}")
 def test_native_rejects_an_id_outside_the_table():
   p = jnp.zeros((4, 2))
   with pytest.raises(Exception, match="outside"):

@@ -2,8 +2,10 @@
 
 Both epochs are the jitted `lax.scan` of their step over the whole training
 set (ML-1M: ~277k interactions, batch 1024, one negative per row, d = 64,
-Adam) exactly as `launch.itfr` runs them: BPR is `train.make_step` on the
-plain BPR loss; ITFR computes, per batch, the sharpness-aware loss and
+Adam) exactly as `launch.itfr` runs them, each from its own start, their
+epochs interleaved (BPR's epoch e, ITFR's, the reference path's, then
+e + 1) so that a slow spell of the machine falls on all alike. BPR is
+`train.make_step` on the plain BPR loss; ITFR computes, per batch, the sharpness-aware loss and
 gradient of every cell present (row-sparse path), the collaborative weight
 update with the previous epoch's cumulative gradients, and the update with
 sum_g q_g h_g. Timed: `repeats` epochs after the compiling one, median.
@@ -11,10 +13,10 @@ Every ITFR epoch computes the 144 cosines (in epoch 0 against zero buffers,
 masked to R = I), so every epoch does the same work.
 
 ITFR runs twice: on its default path (the cosines' inner products by the
-native kernel `ops.cell_dots` where it loads, the loss gradient in closed
-form) and on the reference path (`make_epoch_fn(reference=True)`: jnp
-inner products and autodiff, the rounding of earlier versions), from the
-same start. Keys: `reference_seconds_per_epoch`, `reference_over_bpr`, and
+native kernel `ops.cell_dots` and the segment sums by `ops.segment_rows`
+where they load, the loss gradient in closed form) and on the reference
+path (`make_epoch_fn(reference=True)`: jnp inner products and segment sums,
+autodiff, the rounding of earlier versions), from the same start. Keys: `reference_seconds_per_epoch`, `reference_over_bpr`, and
 after the `epochs_compared` epochs the distance of the default path's
 parameters from the reference path's (`reference_max_abs_param_diff`,
 `reference_max_rel_param_diff` = that over max |param|,
@@ -66,29 +68,49 @@ def _config(get_config, data_dir, model="mf"):
   return c
 
 
-def _time_epochs(name, config, data, seed, repeats, skip, reference=False):
-  """(median seconds per epoch over `repeats` after `skip`, final state)."""
-  spec = M.METHODS[name]
-  model = M.create_model(config, data, spec.cosine)
-  tx = M.make_optimizer(config)
-  rng = jax.random.key(seed)
-  state = M.init_state(model, tx, spec, data, rng)
-  epoch_fn = M.make_epoch_fn(model, tx, spec, config, data,
-                             reference=reference)
-  context = M.make_context(data, model, spec)
-  times = []
-  for e in range(skip + repeats):
-    batches = M.epoch_batches(data, config.batch_size, (seed, e))
+class _Epochs:
+  """One method's jitted epochs from its own start, run one at a time so
+  the methods' epochs can interleave (`_time_interleaved`)."""
+
+  def __init__(self, name, config, data, seed, reference=False, tag=""):
+    spec = M.METHODS[name]
+    model = M.create_model(config, data, spec.cosine)
+    tx = M.make_optimizer(config)
+    self.rng = jax.random.key(seed)
+    self.state = M.init_state(model, tx, spec, data, self.rng)
+    self.epoch_fn = M.make_epoch_fn(model, tx, spec, config, data,
+                                    reference=reference)
+    self.context = M.make_context(data, model, spec)
+    self.batches = lambda e: M.epoch_batches(data, config.batch_size,
+                                             (seed, e))
+    self.label = name + tag
+
+  def run(self, e: int) -> float:
+    """Epoch e; returns its seconds."""
+    batches = self.batches(e)
     t0 = time.perf_counter()
-    state, m = epoch_fn(state, batches, jax.random.fold_in(rng, e), context)
-    jax.block_until_ready(state)
+    self.state, m = self.epoch_fn(self.state, batches,
+                                  jax.random.fold_in(self.rng, e),
+                                  self.context)
+    jax.block_until_ready(self.state)
     dt = time.perf_counter() - t0
-    tag = " (reference path)" if reference else ""
-    _log(f"{name}{tag} epoch {e + 1}: {dt:.3f}s loss "
+    _log(f"{self.label} epoch {e + 1}: {dt:.3f}s loss "
          f"{float(jnp.mean(m['loss'])):.4f}")
-    if e >= skip:
-      times.append(dt)
-  return statistics.median(times), state
+    return dt
+
+
+def _time_interleaved(runs: list[_Epochs], repeats: int, skip: int
+                      ) -> list[float]:
+  """Median seconds per epoch of each run over `repeats` epochs after
+  `skip`, the runs' epochs taken in turn (epoch e of every run, then e + 1),
+  so a slow spell of the machine falls on all of them alike."""
+  times = [[] for _ in runs]
+  for e in range(skip + repeats):
+    for r, t in zip(runs, times):
+      dt = r.run(e)
+      if e >= skip:
+        t.append(dt)
+  return [statistics.median(t) for t in times]
 
 
 def _param_diffs(params, ref) -> dict:
@@ -122,10 +144,17 @@ def run(get_config, seed: int = 0, data_dir: str | None = None,
   _log(f"{data.name}, {model}: {data.train_user.size} training interactions, "
        f"{data.num_cells} cells, batch {config.batch_size}, "
        f"{M.steps_per_epoch(data, config.batch_size)} steps per epoch")
-  bpr, _ = _time_epochs("BPR", config, data, seed, repeats, skip=1)
-  itfr, state = _time_epochs("ITFR", config, data, seed, repeats, skip=1)
-  ref, ref_state = _time_epochs("ITFR", config, data, seed, repeats, skip=1,
-                                reference=True)
+  runs = [_Epochs("BPR", config, data, seed),
+          _Epochs("ITFR", config, data, seed),
+          _Epochs("ITFR", config, data, seed, reference=True,
+                  tag=" (reference path)")]
+  if model == "lightgcn":
+    coo = config.copy_and_resolve_references()
+    coo.lightgcn_layout = "sparse"
+    runs.append(_Epochs("BPR", coo, data, seed, tag=" (COO adjacency)"))
+  seconds = _time_interleaved(runs, repeats, skip=1)
+  bpr, itfr, ref = seconds[:3]
+  state, ref_state = runs[1].state, runs[2].state
   out = {"data": data.name, "model": model,
          "train_interactions": int(data.train_user.size),
          "batch_size": int(config.batch_size), "cells": data.num_cells,
@@ -138,8 +167,6 @@ def run(get_config, seed: int = 0, data_dir: str | None = None,
          "cell_dots_native": native.resolve("cell_dots", "auto") == "native",
          **_param_diffs(state.params, ref_state.params)}
   if model == "lightgcn":
-    config.lightgcn_layout = "sparse"
-    coo, _ = _time_epochs("BPR", config, data, seed, repeats, skip=1)
-    out["bpr_coo_seconds_per_epoch"] = coo
-    out["coo_over_dense_bpr"] = coo / bpr
+    out["bpr_coo_seconds_per_epoch"] = seconds[3]
+    out["coo_over_dense_bpr"] = seconds[3] / bpr
   return out

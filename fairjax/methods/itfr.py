@@ -380,10 +380,13 @@ class _Rows(_Backend):
   read there for the cosines (`ops.cell_dots`), n_g grad_g is
   scatter-added into C^cur.
 
-  `reference=True` takes the jnp cosines and the autodiff loss gradient
-  (`mf_example_loss(closed_form=False)`) instead of the native kernel and
-  the closed form: the same algorithm, rounded as before those two were
-  written; `launch.bench --bench=itfr` compares the two paths.
+  The two passes' segment sums run as `ops.segment_rows` (native where it
+  loads: the same sums to the bit, without XLA's zero buffers).
+  `reference=True` takes the jnp cosines, the jnp segment sums and the
+  autodiff loss gradient (`mf_example_loss(closed_form=False)`) instead of
+  the native kernels and the closed form: the same algorithm, rounded as
+  before those were written; `launch.bench --bench=itfr` compares the two
+  paths.
   """
 
   def __init__(self, model, spec, config, data, reference: bool = False):
@@ -392,7 +395,8 @@ class _Rows(_Backend):
     self.g = data.num_cells
     self.cosine, self.tau = spec.cosine, _tau(spec, config)
     self.rho = float(config.itfr.rho) if spec.sam else None
-    self.dots_impl = "jax" if reference else "auto"  # `ops.cell_dots` impl
+    # `ops.cell_dots` and `ops.segment_rows` implementations.
+    self.dots_impl = self.segment_impl = "jax" if reference else "auto"
     self.closed_form = not reference
     self.classes = _user_classes(data)
 
@@ -433,7 +437,8 @@ class _Rows(_Backend):
         lambda r: mf_example_loss(r, b, self.cosine, self.tau,
                                   self.closed_form), x, keys,
         slot_example, batch["cell"], batch["valid"], self.g, self.key_space,
-        self.rho, coupling=self.coupling(keys, context))
+        self.rho, coupling=self.coupling(keys, context),
+        segment_impl=self.segment_impl)
     cell = jnp.where(batch["valid"], batch["cell"], self.g)
     return out, (cell[slot_example], pull)
 

@@ -1,16 +1,20 @@
 """Native CPU kernels, built on first use and loaded as XLA FFI targets.
 
 Kernels (`SOURCES`): `sparse_adam.cc`, the dense Adam + coupled L2 update
-of a table whose gradient is a few rows (`fairjax.ops.sparse_adam`), and
+of a table whose gradient is a few rows (`fairjax.ops.sparse_adam`);
 `cell_dots.cc`, ITFR's inner products of per-cell gradient segments with
-the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`). Each source
-is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ / clang++)
-against the XLA FFI headers that ship with jaxlib, into a cache directory
-(`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that hashes the
-source, the jaxlib version, the flags and this CPU's feature flags, so a
-change of any of them rebuilds. The library is written to a temporary file
-and renamed into place: concurrent builders (test workers) never load a
-half-written file. `FAIRJAX_NATIVE=0` turns native kernels off.
+the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`); and
+`segment_rows.cc`, row sums by segment (`fairjax.ops.segment_rows`). Each
+source is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ /
+clang++) against the XLA FFI headers that ship with jaxlib, into a cache
+directory (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that
+hashes the source and the headers beside it (`flush_denormals.h`), the
+jaxlib version, the flags and this CPU's feature flags, so a change of any
+of them rebuilds. Kernels flush denormal floats to zero while they run, as XLA's
+CPU code does, so they agree with the jnp paths near zero. The library is
+written to a temporary file and renamed into place: concurrent builders
+(test workers) never load a half-written file. `FAIRJAX_NATIVE=0` turns
+native kernels off.
 
 `target(name)` returns the registered FFI target name, or raises
 `NativeUnavailable` with the reason (no compiler, a failed build, turned
@@ -35,8 +39,9 @@ import jax
 import jaxlib
 
 SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam"),
-           "cell_dots": ("cell_dots.cc", "FairjaxCellDots")}
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
+           "cell_dots": ("cell_dots.cc", "FairjaxCellDots"),
+           "segment_rows": ("segment_rows.cc", "FairjaxSegmentRows")}
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast",
          "-std=c++17", "-shared", "-fPIC")
 
 
@@ -72,7 +77,9 @@ def build(name: str) -> pathlib.Path:
   if os.environ.get("FAIRJAX_NATIVE", "1") == "0":
     raise NativeUnavailable("turned off by FAIRJAX_NATIVE=0")
   source = pathlib.Path(__file__).with_name(SOURCES[name][0])
-  text = source.read_bytes()
+  # The source and every header beside it (the kernels include them).
+  headers = sorted(source.parent.glob("*.h"))
+  text = b"\0".join([source.read_bytes()] + [h.read_bytes() for h in headers])
   key = hashlib.sha256(b"\0".join([
       text, jaxlib.__version__.encode(), " ".join(FLAGS).encode(),
       _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
@@ -84,7 +91,8 @@ def build(name: str) -> pathlib.Path:
   with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so.tmp",
                                    delete=False) as tmp:
     tmp_path = pathlib.Path(tmp.name)
-  cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(source), "-o",
+  cmd = [cxx, *FLAGS, f"-I{source.parent}", f"-I{jax.ffi.include_dir()}",
+         str(source), "-o",
          str(tmp_path)]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,

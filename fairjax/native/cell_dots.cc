@@ -16,7 +16,8 @@
 // end. A fixed order: the result does not depend on the number of threads.
 // While a segment is computed, the buffer row kAhead segments on is
 // prefetched (rows are 3 KB apart at random: the hardware prefetcher alone
-// waits on each).
+// waits on each). Denormals are flushed to zero, as XLA's CPU code does
+// (flush_denormals.h).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -26,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "flush_denormals.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -104,6 +106,7 @@ struct Pass {
   // The caller and the pool's helpers take blocks until none is left, so
   // the caller never waits on a helper that has not started.
   void Work() {
+    fairjax_native::ScopedFlushDenormals flush;  // as XLA's own CPU code
     for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
       Block(t);
       done.fetch_add(1, std::memory_order_release);
@@ -117,6 +120,7 @@ ffi::Error CellDotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> c,
                         ffi::Buffer<ffi::S32> key_class,
                         ffi::Buffer<ffi::S32> cell_class,
                         ffi::ResultBuffer<ffi::F32> out) {
+  fairjax_native::ScopedFlushDenormals flush;  // as XLA's own CPU code
   const auto dims = c.dimensions();
   if (dims.size() != 3) {
     return ffi::Error::InvalidArgument("cell_dots: c must be [K, G, D]");

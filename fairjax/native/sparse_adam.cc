@@ -13,10 +13,16 @@
 //
 // with G the summed gradient rows (zero elsewhere); a1 and a2 are 1 - b1
 // and 1 - b2 rounded once from double (as optax's Python floats are), and
-// inv_c [2] holds 1 / c1
-// and 1 / c2 for this step (the divisions by c become products). p, m and
-// v are updated in one pass (in place when XLA aliases them to the
-// results), split over XLA's intra-op threads by blocks of rows.
+// inv_c [2] holds 1 / c1 and 1 / c2 for this step (the divisions by c
+// become products). p, m and v are updated in one pass (in place when XLA
+// aliases them to the results), split over XLA's intra-op threads by blocks
+// of rows. Rounding follows XLA's CPU code: built with -ffp-contract=fast,
+// products and the adds after them become multiply-adds as XLA's LLVM
+// backend makes them, and denormals are flushed to zero
+// (flush_denormals.h), so a row without gradient comes out bit-identical to
+// `update_rows(impl='jax')`'s. That matters for rows decaying towards zero
+// (idle users under coupled L2 reach ~1e-33, where the flush and the
+// contraction decide when a coordinate stops moving).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -26,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "flush_denormals.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -77,6 +84,7 @@ struct Pass {
   // Every participant (the caller and the pool's helpers) takes blocks until
   // none is left, so the caller never waits on a helper that has not started.
   void Work() {
+    fairjax_native::ScopedFlushDenormals flush;  // as XLA's own CPU code
     for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
       Rows(t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask));
       done.fetch_add(1, std::memory_order_release);
@@ -92,6 +100,7 @@ ffi::Error SparseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
                           ffi::ResultBuffer<ffi::F32> m_out,
                           ffi::ResultBuffer<ffi::F32> v_out, float lr, float b1,
                           float b2, float a1, float a2, float eps, float l2) {
+  fairjax_native::ScopedFlushDenormals flush;  // as XLA's own CPU code
   const auto dims = p.dimensions();
   auto same = [&dims](ffi::Buffer<ffi::F32>& b) {
     const auto d = b.dimensions();

@@ -68,6 +68,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairjax.ops.segment_rows import segment_rows
+
 Array = jax.Array
 PyTree = Any
 
@@ -223,7 +225,8 @@ def _cell_weights(cell, valid, num_cells, dtype):
 def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
                   keys: Array, slot_example: Array, cell: Array, valid: Array,
                   num_cells: int, key_space: int, rho: float | Array | None,
-                  coupling: Coupling | None = None) -> RowCellSam:
+                  coupling: Coupling | None = None,
+                  segment_impl: str = "jax") -> RowCellSam:
   """Sharpness-aware loss and gradient of every cell on gathered rows.
 
   The parameters are embedding tables; the batch reads S slots, rows[s] =
@@ -260,6 +263,8 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
       then use the parameter-space geometry. None: rows are parameter rows
       (P = I). The segments (grad_seg, h_seg) stay row-space gradients
       either way.
+    segment_impl: the `ops.segment_rows` implementation of the two passes'
+      segment sums ('jax', 'native' or 'auto'; the same sums, to the bit).
 
   Returns:
     `RowCellSam`.
@@ -285,7 +290,7 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
     losses, vjp = jax.vjp(example_loss, x)
     (slot_g,) = vjp(w.astype(losses.dtype))
     per_cell = jax.ops.segment_sum(w * losses, cell, g + 1)[:g]
-    grad_seg = jax.ops.segment_sum(slot_g, seg, s)
+    grad_seg = segment_rows(slot_g, seg, s, segment_impl)
     if couple is None:
       coupled = grad_seg[seg]  # the cell's gradient on the slot's row
       sq = jax.ops.segment_sum(jnp.sum(grad_seg * grad_seg, -1), seg_cell,
