@@ -76,7 +76,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # True: MF's steps take the gradient of the rows a batch reads and apply
   # the same dense Adam + L2 update to them in one pass (fairjax.ops.
   # sparse_adam; a native kernel where it builds), without a table-shaped
-  # gradient. Same semantics, float32 rounding apart; MF only.
+  # gradient. Same semantics, float32 rounding apart (whole ml1m-order
+  # runs give the optax step's figures in 0.6x the time: README,
+  # Benchmarks); MF only.
   c.fused_update = v.get("fused_update", "0").lower() in ("1", "true", "on")
   # The synthetic default is small: 20 pretraining epochs suffice there.
   default_pre = 20 if c.dataset == "synthetic" else 100

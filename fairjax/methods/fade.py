@@ -289,10 +289,11 @@ def make_fused_step(kind: str, lam: float, config,
   respect to the rows the batch reads (`make_row_grads`) and
   `ops.sparse_adam.update_rows` applies it, so no table-shaped gradient
   is built; parameters match the optax update to float32 rounding (about
-  1e-6 relative after a period; over a whole run the two trajectories can
-  part as under any rounding change, README). The optax state keeps its
-  layout (count, mu, nu), so checkpoints and fine-tuning move freely
-  between the two steps. MF has no bias leaves, so l2 applies to both
+  1e-6 relative after a period; the native kernel rounds rows without
+  gradient as XLA does, so idle users' rows decaying to ~1e-33 follow the
+  optax step's, and whole runs give its figures: README). The optax state
+  keeps its layout (count, mu, nu), so checkpoints and fine-tuning move
+  freely between the two steps. MF has no bias leaves, so l2 applies to both
   tables, as `make_optimizer`'s mask does.
   """
   row_grads = make_row_grads(kind, lam, config, sampler)
