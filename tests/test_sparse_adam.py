@@ -128,6 +128,18 @@ def test_native_flushes_denormals_as_xla_does():
   np.testing.assert_array_equal(p_new[flushed], p[flushed])  # did not move
 
 
+def test_bench_figure_of_decaying_rows():
+  from fairjax.bench import fade as fade_bench
+  share = fade_bench.decaying_rows_agree(HYPER, steps=20)
+  if not NATIVE:
+    assert share is None
+    return
+  # The tests run XLA at -O0 (conftest), which does not contract products
+  # and adds as the kernel does, so only the figure's range is checked
+  # here; `launch.bench --bench=fade` reports it at XLA's defaults.
+  assert 0.0 < share <= 1.0
+
+
 @pytest.mark.skipif(not NATIVE, reason=f"native kernel unavailable: {WHY}")
 def test_native_rejects_an_id_outside_the_table():
   p = jnp.zeros((4, 2))
