@@ -47,7 +47,6 @@ from fairjax.data import registry
 from fairjax.data import sampling
 from fairjax.errors import ConfigError
 from fairjax.methods import fade_protocol
-from fairjax.models import mf as mf_lib
 from fairjax.ops import sparse_adam
 
 METHODS = ("PRE-TRAIN", "RETRAIN", "FINETUNE", "FADE", "FADE-RETRAIN", "REC",
@@ -250,6 +249,38 @@ def make_score_loss(kind: str, lam: float, tau: float, k: int,
   return score_loss
 
 
+@jax.custom_vjp
+def _row_scores(e_u, e_i):
+  """s [B, n] = <e_u[b], e_i[b, j]> for e_u [B, d], e_i [B, n, d], with its
+  vector-Jacobian product written out: the sums over d as a matrix-vector
+  product with ones and e_u's gradient as n multiply-adds over the
+  candidates (autodiff leaves two short-axis reductions, which XLA's CPU
+  backend runs several times slower; a pretraining step of the fused
+  update on ml1m-order: 0.68 -> 0.52 ms). The same values as
+  `mf.pair_scores(e_u, e_i, 1.0, False)` up to float32 summation order
+  (tests/test_fade.py checks the gradient in float64)."""
+  return _row_scores_fwd(e_u, e_i)[0]
+
+
+def _row_scores_fwd(e_u, e_i):
+  d = e_i.shape[-1]
+  s = (e_u[:, None, :] * e_i).reshape(-1, d) @ jnp.ones((d,), e_i.dtype)
+  return s.reshape(e_i.shape[:2]), (e_u, e_i)
+
+
+def _row_scores_bwd(res, g):
+  e_u, e_i = res
+  # e_u's gradient sum_j g[b, j] e_i[b, j] as n axpys (n is small: the
+  # positive and the negatives), not a reduction over a short axis.
+  g_u = g[:, 0, None] * e_i[:, 0]
+  for j in range(1, e_i.shape[1]):
+    g_u = g_u + g[:, j, None] * e_i[:, j]
+  return g_u, g[:, :, None] * e_u[:, None, :]
+
+
+_row_scores.defvjp(_row_scores_fwd, _row_scores_bwd)
+
+
 def make_row_grads(kind: str, lam: float, config,
                    sampler: dict | None = None) -> Callable:
   """`(params, batch, aux, context) -> ((loss, (metrics, aux)), (users,
@@ -267,8 +298,7 @@ def make_row_grads(kind: str, lam: float, config,
     e_u, e_i = models_lib.embedding_tables(params)
 
     def loss(rows):
-      s = mf_lib.pair_scores(rows[0], rows[1], 1.0, False)
-      return score_loss(s, batch, aux, context)
+      return score_loss(_row_scores(*rows), batch, aux, context)
 
     out, grads = jax.value_and_grad(loss, has_aux=True)((e_u[users],
                                                          e_i[cand]))
