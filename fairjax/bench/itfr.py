@@ -5,8 +5,9 @@ set (ML-1M: ~277k interactions, batch 1024, one negative per row, d = 64,
 Adam) exactly as `launch.itfr` runs them, each from its own start, their
 epochs interleaved (BPR's epoch e, ITFR's, the reference path's, then
 e + 1) so that a slow spell of the machine falls on all alike. BPR is
-`train.make_step` on the plain BPR loss; ITFR computes, per batch, the sharpness-aware loss and
-gradient of every cell present (row-sparse path), the collaborative weight
+`train.make_step` on the plain BPR loss; ITFR computes, per batch, the
+sharpness-aware loss and gradient of every cell present (row-sparse
+path), the collaborative weight
 update with the previous epoch's cumulative gradients, and the update with
 sum_g q_g h_g. Timed: `repeats` epochs after the compiling one, median.
 Every ITFR epoch computes the 144 cosines (in epoch 0 against zero buffers,
@@ -16,8 +17,9 @@ ITFR runs twice: on its default path (the cosines' inner products by the
 native kernel `ops.cell_dots` and the segment sums by `ops.segment_rows`
 where they load, the loss gradient in closed form) and on the reference
 path (`make_epoch_fn(reference=True)`: jnp inner products and segment sums,
-autodiff, the rounding of earlier versions), from the same start. Keys: `reference_seconds_per_epoch`, `reference_over_bpr`, and
-after the `epochs_compared` epochs the distance of the default path's
+autodiff, the rounding of earlier versions), from the same start. Keys:
+`reference_seconds_per_epoch`, `reference_over_bpr`, and after the
+`epochs_compared` epochs the distance of the default path's
 parameters from the reference path's (`reference_max_abs_param_diff`,
 `reference_max_rel_param_diff` = that over max |param|,
 `reference_norm_rel_param_diff` = ||difference|| / ||params||);

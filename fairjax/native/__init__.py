@@ -10,11 +10,13 @@ clang++) against the XLA FFI headers that ship with jaxlib, into a cache
 directory (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that
 hashes the source and the headers beside it (`flush_denormals.h`), the
 jaxlib version, the flags and this CPU's feature flags, so a change of any
-of them rebuilds. Kernels flush denormal floats to zero while they run, as XLA's
-CPU code does, so they agree with the jnp paths near zero. The library is
-written to a temporary file and renamed into place: concurrent builders
-(test workers) never load a half-written file. `FAIRJAX_NATIVE=0` turns
-native kernels off.
+of them rebuilds. The kernels round as XLA's CPU code does, so they agree
+with the jnp paths near zero: built with -ffp-contract=fast, a product and
+the add after it become one multiply-add as in XLA's LLVM backend, and
+denormal floats are flushed to zero while they run. The library is written
+to a temporary file and renamed into place: concurrent builders (test
+workers) never load a half-written file. `FAIRJAX_NATIVE=0` turns native
+kernels off.
 
 `target(name)` returns the registered FFI target name, or raises
 `NativeUnavailable` with the reason (no compiler, a failed build, turned
@@ -92,8 +94,7 @@ def build(name: str) -> pathlib.Path:
                                    delete=False) as tmp:
     tmp_path = pathlib.Path(tmp.name)
   cmd = [cxx, *FLAGS, f"-I{source.parent}", f"-I{jax.ffi.include_dir()}",
-         str(source), "-o",
-         str(tmp_path)]
+         str(source), "-o", str(tmp_path)]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           check=False)
