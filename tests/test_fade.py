@@ -398,10 +398,14 @@ def test_seed_table_mean_std_and_mismatch(tmp_path):
   assert not (tmp_path / "w.md").exists()
 
 
-def test_sampled_evaluation_scores_only_users_with_positives_exactly():
+@pytest.mark.parametrize("from_all", [None, True, False])
+def test_sampled_evaluation_scores_only_users_with_positives_exactly(
+    from_all):
   """`Evaluator.sampled` scores the users with a test positive in blocks
   (here 3 users, so blocks repeat users as padding) and leaves the others'
-  rows out; its metrics equal those of scoring every user at once."""
+  rows out; its metrics equal those of scoring every user at once, whether
+  the candidates' scores are read from all-item scores (`sampled_from_all`,
+  MF's default) or scored pair by pair."""
   from fairjax import metrics as metrics_lib
   from fairjax import models as models_lib
   from fairjax.evaluators import periodic as E
@@ -415,7 +419,9 @@ def test_sampled_evaluation_scores_only_users_with_positives_exactly():
   params = models_lib.init_params(model, jax.random.key(1))
   negs = rng.integers(0, ni, (nu, 6)).astype(np.int32)
   negs[1, 4:] = -1
-  ev = E.Evaluator(model, negs, ks=(3, 5), sampled_chunk_size=3)
+  ev = E.Evaluator(model, negs, ks=(3, 5), sampled_chunk_size=3,
+                   sampled_from_all=from_all)
+  assert ev.sampled_from_all == (from_all is not False)
   got = ev.sampled(params, es, found=True)
   users = jnp.arange(nu)
   ref = metrics_lib.sampled_rank_metrics(

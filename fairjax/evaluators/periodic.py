@@ -69,13 +69,26 @@ class Evaluator:
 
   def __init__(self, model, eval_negatives: np.ndarray, ks=(20,),
                chunk_size: int = 1024, pair_fn=None, all_fn=None,
-               full_ranking: bool = True, sampled_chunk_size: int = 256):
+               full_ranking: bool = True, sampled_chunk_size: int = 256,
+               sampled_from_all: bool | None = None):
     """`pair_fn(params, users, items)` / `all_fn(params, users)` override the
-    backbone's scoring (ADVER scores through its filter)."""
+    backbone's scoring (ADVER scores through its filter).
+
+    `sampled_from_all`: the sampled protocol's candidate scores are read
+    from each user's scores against every item (`all_fn`, one [users, d] x
+    [d, I] product for MF) instead of scoring the candidates pair by pair
+    (a [users, candidates, d] gather: a Task-R row holds up to ~1,000
+    future positives). None: on for the backbones whose scores are rows'
+    inner products (`gradient_layout` 'rows': MF) when no `pair_fn` is
+    given. The two differ in the float32 summation order of the scores."""
     self.model = model
     self.pair_fn = pair_fn or (
         lambda p, u, i: models_lib.pair_scores(model, p, u, i))
     self.all_fn = all_fn or (lambda p, u: models_lib.all_scores(model, p, u))
+    if sampled_from_all is None:
+      sampled_from_all = (pair_fn is None and all_fn is None and
+                          models_lib.gradient_layout(model) == "rows")
+    self.sampled_from_all = bool(sampled_from_all)
     self.full_ranking = full_ranking
     self.negatives = np.asarray(eval_negatives)  # used host-side only
     self.ks = tuple(int(k) for k in ks)
@@ -88,6 +101,10 @@ class Evaluator:
     self._full_scores = jax.jit(self._full_scores_impl)
 
   def _sampled_scores_impl(self, params, users, pos_items, neg_items):
+    if self.sampled_from_all:
+      scores = self.all_fn(params, users)  # [users, I]
+      return (jnp.take_along_axis(scores, pos_items, axis=1),
+              jnp.take_along_axis(scores, neg_items, axis=1))
     return (self.pair_fn(params, users, pos_items),
             self.pair_fn(params, users, neg_items))
 
