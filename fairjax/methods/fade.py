@@ -48,6 +48,7 @@ from fairjax.data import sampling
 from fairjax.errors import ConfigError
 from fairjax.methods import fade_protocol
 from fairjax.ops import sparse_adam
+from fairjax.ops.reductions import row_sums
 
 METHODS = ("PRE-TRAIN", "RETRAIN", "FINETUNE", "FADE", "FADE-RETRAIN", "REC",
            "ADVER", "FADE-DUAL")
@@ -264,7 +265,7 @@ def _row_scores(e_u, e_i):
 
 def _row_scores_fwd(e_u, e_i):
   d = e_i.shape[-1]
-  s = (e_u[:, None, :] * e_i).reshape(-1, d) @ jnp.ones((d,), e_i.dtype)
+  s = row_sums((e_u[:, None, :] * e_i).reshape(-1, d))
   return s.reshape(e_i.shape[:2]), (e_u, e_i)
 
 

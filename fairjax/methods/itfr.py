@@ -71,6 +71,7 @@ from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
 from fairjax.ops import group_sam
 from fairjax.ops.cell_dots import cell_dots
+from fairjax.ops.reductions import row_sums
 from fairjax.ops import group_weights as gw
 
 
@@ -275,12 +276,6 @@ def init_aux(spec: MethodSpec, data: ItfrData, params, model) -> dict:
 # The ITFR step: per-cell (sharpness-aware) gradients and weights.
 
 
-def _row_sums(z):
-  """[N] sums of z [N, d] along d, as a matrix-vector product: XLA's CPU
-  reduction of a short minor axis is several times slower."""
-  return z @ jnp.ones((z.shape[-1],), z.dtype)
-
-
 def mf_example_loss(x, batch_size: int, cosine: bool, tau: float,
                     closed_form: bool = True):
   """Per-row BPR from gathered MF rows x = [e_u; e_i; e_j] ([3B, d]).
@@ -311,14 +306,14 @@ def _mf_triplet_loss(b: int, cosine: bool, tau: float):
 
   def forward(x):
     if cosine:
-      sq = _row_sums(x * x)
+      sq = row_sums(x * x)
       r = jax.lax.rsqrt(jnp.maximum(sq, eps))
       xn = x * r[:, None]
     else:
       sq = r = None
       xn = x
     eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
-    s = _row_sums(jnp.concatenate([eu * ei, eu * ej]))
+    s = row_sums(jnp.concatenate([eu * ei, eu * ej]))
     z = s[b:] - s[:b]
     if cosine:
       z = z / tau
@@ -340,7 +335,7 @@ def _mf_triplet_loss(b: int, cosine: bool, tau: float):
       # d(x r)/dx with r = rsqrt(max(sq, eps)): r g - r^3 <x, g> x where
       # the max passes sq (half of it at a tie, as jnp.maximum's gradient).
       live = jnp.where(sq > eps, 1.0, jnp.where(sq == eps, 0.5, 0.0))
-      proj = _row_sums(x * gx)
+      proj = row_sums(x * gx)
       gx = r[:, None] * gx - (live * r * r * r * proj)[:, None] * x
     return (gx,)
 

@@ -19,15 +19,13 @@
 // waits on each). Denormals are flushed to zero, as XLA's CPU code does
 // (flush_denormals.h).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "flush_denormals.h"
+#include "run_tasks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -57,10 +55,8 @@ struct Pass {
   const int32_t* cell_class;
   const int32_t* cell_of;  // cell of each segment
   std::vector<int32_t> segs;  // segments with a cell in [0, G), in order
-  int64_t cells, dim, tasks;
+  int64_t cells, dim;
   std::vector<float> partial;  // [tasks, G, G, kLanes]
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
 
   const float* Row(int32_t seg) const {
     return c + static_cast<int64_t>(key[seg]) * cells * dim;
@@ -102,16 +98,6 @@ struct Pass {
       Segment(seg, cell_of[seg], part);
     }
   }
-
-  // The caller and the pool's helpers take blocks until none is left, so
-  // the caller never waits on a helper that has not started.
-  void Work() {
-    fairjax_native::ScopedFlushDenormals flush;  // as XLA's own CPU code
-    for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
-      Block(t);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
 };
 
 ffi::Error CellDotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> c,
@@ -136,8 +122,8 @@ ffi::Error CellDotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> c,
   }
   const int32_t* k = key.typed_data();
   const int32_t* g = cell.typed_data();
-  auto pass = std::make_shared<Pass>();
-  pass->segs.reserve(n);
+  Pass pass;
+  pass.segs.reserve(n);
   for (int64_t s = 0; s < n; ++s) {
     if (g[s] < 0 || g[s] >= cells) continue;
     if (k[s] < 0 || k[s] >= rows) {
@@ -145,33 +131,29 @@ ffi::Error CellDotsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> c,
           "cell_dots: segment " + std::to_string(s) + " has row key " +
           std::to_string(k[s]) + " outside [0, " + std::to_string(rows) + ")");
     }
-    pass->segs.push_back(static_cast<int32_t>(s));
+    pass.segs.push_back(static_cast<int32_t>(s));
   }
-  pass->c = c.typed_data();
-  pass->key = k;
-  pass->cell_of = g;
-  pass->h = h.typed_data();
-  pass->key_class = key_class.typed_data();
-  pass->cell_class = cell_class.typed_data();
-  pass->cells = cells;
-  pass->dim = dim;
-  pass->tasks = (static_cast<int64_t>(pass->segs.size()) + kSegsPerTask - 1) /
-                kSegsPerTask;
-  pass->partial.assign(pass->tasks * cells * cells * kLanes, 0.0f);
-  const int64_t helpers = std::min(pool.num_threads(), pass->tasks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([pass] { pass->Work(); });
-  pass->Work();
-  while (pass->done.load(std::memory_order_acquire) < pass->tasks) {
-    std::this_thread::yield();
-  }
+  pass.c = c.typed_data();
+  pass.key = k;
+  pass.cell_of = g;
+  pass.h = h.typed_data();
+  pass.key_class = key_class.typed_data();
+  pass.cell_class = cell_class.typed_data();
+  pass.cells = cells;
+  pass.dim = dim;
+  const int64_t tasks =
+      (static_cast<int64_t>(pass.segs.size()) + kSegsPerTask - 1) /
+      kSegsPerTask;
+  pass.partial.assign(tasks * cells * cells * kLanes, 0.0f);
+  fairjax_native::RunTasks(pool, tasks, [&pass](int64_t t) { pass.Block(t); });
   // out[e] = sum over lanes l of (sum over blocks t of partial[t, e, l]),
   // the block sums taken lane by lane in double, the lanes then in order.
   float* o = out->typed_data();
   std::vector<double> lanes(kLanes);
   for (int64_t e = 0; e < cells * cells; ++e) {
     std::fill(lanes.begin(), lanes.end(), 0.0);
-    for (int64_t t = 0; t < pass->tasks; ++t) {
-      const float* p = pass->partial.data() + (t * cells * cells + e) * kLanes;
+    for (int64_t t = 0; t < tasks; ++t) {
+      const float* p = pass.partial.data() + (t * cells * cells + e) * kLanes;
       for (int l = 0; l < kLanes; ++l) lanes[l] += p[l];
     }
     double s = 0.0;

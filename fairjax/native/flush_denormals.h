@@ -6,7 +6,7 @@
 // stands in for jnp ops must do the same, or values near zero part from the
 // jnp path's (e.g. Adam on rows decaying under L2: m ~ 1e-38 stays a
 // denormal here and a zero there). The guard is per thread: take one in
-// every thread that computes (the caller and each pool helper).
+// every thread that computes (run_tasks.h does for its participants).
 #pragma once
 
 #include <cstdint>

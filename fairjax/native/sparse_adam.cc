@@ -24,15 +24,13 @@
 // (idle users under coupled L2 reach ~1e-33, where the flush and the
 // contraction decide when a coordinate stops moving).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "flush_denormals.h"
+#include "run_tasks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -50,10 +48,8 @@ struct Pass {
   const float* v_in;
   const int32_t* slot;  // [N]: row of `sums` holding the row's gradient, or -1
   const float* sums;    // [distinct rows, D]
-  int64_t rows, dim, tasks;
+  int64_t rows, dim;
   float lr, b1, b2, a1, a2, eps, l2, inv_c1, inv_c2;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
 
   static inline void Row(float* __restrict p, float* __restrict m,
                          float* __restrict v, const float* __restrict grad,
@@ -78,16 +74,6 @@ struct Pass {
     for (int64_t r = r0; r < r1; ++r) {
       const float* grad = slot[r] >= 0 ? sums + slot[r] * dim : nullptr;
       Row(p + r * dim, m + r * dim, v + r * dim, grad, dim, *this);
-    }
-  }
-
-  // Every participant (the caller and the pool's helpers) takes blocks until
-  // none is left, so the caller never waits on a helper that has not started.
-  void Work() {
-    fairjax_native::ScopedFlushDenormals flush;  // as XLA's own CPU code
-    for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
-      Rows(t * kRowsPerTask, std::min(rows, (t + 1) * kRowsPerTask));
-      done.fetch_add(1, std::memory_order_release);
     }
   }
 };
@@ -137,33 +123,31 @@ ffi::Error SparseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
       for (int64_t d = 0; d < dim; ++d) s[d] += g[j * dim + d];
     }
   }
-  auto pass = std::make_shared<Pass>();
-  pass->p = p_out->typed_data();
-  pass->m = m_out->typed_data();
-  pass->v = v_out->typed_data();
-  pass->p_in = p.typed_data();
-  pass->m_in = m.typed_data();
-  pass->v_in = v.typed_data();
-  pass->slot = slot.data();
-  pass->sums = sums.data();
-  pass->rows = rows;
-  pass->dim = dim;
-  pass->tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-  pass->lr = lr;
-  pass->b1 = b1;
-  pass->b2 = b2;
-  pass->a1 = a1;
-  pass->a2 = a2;
-  pass->eps = eps;
-  pass->l2 = l2;
-  pass->inv_c1 = inv_c.typed_data()[0];
-  pass->inv_c2 = inv_c.typed_data()[1];
-  const int64_t helpers = std::min(pool.num_threads(), pass->tasks) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([pass] { pass->Work(); });
-  pass->Work();
-  while (pass->done.load(std::memory_order_acquire) < pass->tasks) {
-    std::this_thread::yield();
-  }
+  Pass pass;
+  pass.p = p_out->typed_data();
+  pass.m = m_out->typed_data();
+  pass.v = v_out->typed_data();
+  pass.p_in = p.typed_data();
+  pass.m_in = m.typed_data();
+  pass.v_in = v.typed_data();
+  pass.slot = slot.data();
+  pass.sums = sums.data();
+  pass.rows = rows;
+  pass.dim = dim;
+  pass.lr = lr;
+  pass.b1 = b1;
+  pass.b2 = b2;
+  pass.a1 = a1;
+  pass.a2 = a2;
+  pass.eps = eps;
+  pass.l2 = l2;
+  pass.inv_c1 = inv_c.typed_data()[0];
+  pass.inv_c2 = inv_c.typed_data()[1];
+  fairjax_native::RunTasks(
+      pool, (rows + kRowsPerTask - 1) / kRowsPerTask, [&pass](int64_t t) {
+        pass.Rows(t * kRowsPerTask,
+                  std::min(pass.rows, (t + 1) * kRowsPerTask));
+      });
   return ffi::Error::Success();
 }
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from fairjax import native
+from fairjax.ops.reductions import row_sums
 
 Array = jax.Array
 
@@ -72,8 +73,6 @@ def cell_dots(c: Array, key: Array, cell: Array, h: Array,
                 jnp.asarray(cell_class, jnp.int32).reshape(g))
   rows = c.reshape(k, g * d)[key].reshape(-1, g, d)
   prod = (rows * h[:, None, :]).reshape(-1, d)
-  # The sum over d as a matrix-vector product: XLA's CPU reduction of a
-  # short minor axis (and a batched dot) is several times slower.
-  per_seg = (prod @ jnp.ones((d,), prod.dtype)).reshape(-1, g)
+  per_seg = row_sums(prod).reshape(-1, g)  # (a batched dot is slow too)
   seg_cell = jnp.where((cell >= 0) & (cell < g), cell, g)
   return jax.ops.segment_sum(per_seg, seg_cell, g + 1)[:g]
