@@ -8,8 +8,9 @@ the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`); and
 source is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ /
 clang++) against the XLA FFI headers that ship with jaxlib, into a cache
 directory (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that
-hashes the source and the headers beside it (`flush_denormals.h`), the
-jaxlib version, the flags and this CPU's feature flags, so a change of any
+hashes the source and the headers beside it (`flush_denormals.h`,
+`run_tasks.h`: the denormal flush and the thread-pool task runner the
+kernels share), the jaxlib version, the flags and this CPU's feature flags, so a change of any
 of them rebuilds. The kernels round as XLA's CPU code does, so they agree
 with the jnp paths near zero: built with -ffp-contract=fast, a product and
 the add after it become one multiply-add as in XLA's LLVM backend, and
