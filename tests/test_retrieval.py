@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from fairjax import native
 from fairjax.errors import ConfigError, DataError
 from fairjax.retrieval import blocked, dual_topk, shard_items, sharded
 
@@ -424,7 +425,13 @@ def test_first_set_matches_numpy(n):
     assert (got[want.size:] == n).all()
 
 
-# precision="bf16": bfloat16 GEMM proposals, exact rescoring.
+# precision="bf16": bfloat16 GEMM proposals, exact rescoring; proposed by
+# XLA's GEMM and the blocked scan ("jax") or by the AMX kernel ("native",
+# its plain loop on a CPU without AMX).
+
+NATIVE_PROPOSALS, _WHY = native.available("dual_proposals")
+_NATIVE_PROPOSALS = pytest.param("native", marks=pytest.mark.skipif(
+    not NATIVE_PROPOSALS, reason=f"native kernel unavailable: {_WHY}"))
 
 
 def _formula(u, v, g, mu, k, exclude=None, allowed=None):
@@ -485,15 +492,17 @@ _SLOW = pytest.mark.slow
     pytest.param(1003, 64, 8, True, True, False, marks=_SLOW),
     pytest.param(257, 20, 2, False, False, False, marks=_SLOW),
     pytest.param(130, 1, 4, False, True, False, marks=_SLOW)])
+@pytest.mark.parametrize("impl", ["jax", _NATIVE_PROPOSALS])
 def test_bf16_exact_vs_formula_and_mesh(n, k, shards, ties, with_exclude,
-                                        no_mu):
+                                        no_mu, impl):
   u, v, g, mu = _data(n, d=32, b=40, seed=n + 7, ties=ties)
   mu = None if no_mu else mu
   ex = (_exclusion(n, 40, 3 * k + 5, seed=n) if with_exclude else None)
   ref_s, ref_i = _formula(u, v, g, mu, k, ex)
-  s1, i1 = dual_topk(v, g, u, mu, k, exclude=ex, precision="bf16")
+  s1, i1 = dual_topk(v, g, u, mu, k, exclude=ex, precision="bf16",
+                     proposal_impl=impl)
   sm, im = dual_topk(v, g, u, mu, k, mesh=_mesh(shards), exclude=ex,
-                     precision="bf16", block_size=256)
+                     precision="bf16", block_size=256, proposal_impl=impl)
   for s, i in ((s1, i1), (sm, im)):
     np.testing.assert_array_equal(np.asarray(s), ref_s)
     np.testing.assert_array_equal(np.asarray(i), ref_i)
@@ -502,13 +511,15 @@ def test_bf16_exact_vs_formula_and_mesh(n, k, shards, ties, with_exclude,
   np.testing.assert_allclose(np.asarray(s32), ref_s, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_allowed_groups_exact():
+@pytest.mark.parametrize("impl", ["jax", _NATIVE_PROPOSALS])
+def test_bf16_allowed_groups_exact(impl):
   u, v, g, mu = _data(12000, d=16, b=32, seed=12)
   allowed = np.array([True, False, False, True, False])
   items, perm = sharded.shard_items_by_group(v, g, _mesh(4), block_size=256)
   s, pos = sharded.sharded_topk(items.emb, items.group, u, None, None,
                                 allowed, mesh=_mesh(4), k=25,
-                                block=items.block, precision="bf16")
+                                block=items.block, precision="bf16",
+                                proposal_impl=impl)
   ref_s, ref_i = _formula(u, v, g, None, 25, allowed=allowed)
   np.testing.assert_array_equal(np.asarray(s), ref_s)
   np.testing.assert_array_equal(np.asarray(perm)[np.asarray(pos)], ref_i)
@@ -531,17 +542,23 @@ def test_bf16_fallbacks_give_the_same_result():
   for precision in ("bf16", "fp32"):
     prop_s, prop_i, stats = blocked._scan_topk(
         cat._replace(precision=precision), k=42, item_stats=True, **scan)
-    # the scan's item statistics are the whole table's
+    # the scan's item statistics are the whole table's (the rounding
+    # error's too: XLA must not fold the f32 -> bf16 -> f32 round trip)
     np.testing.assert_allclose(np.asarray(stats)[0],
                                np.max(np.sum(v * v, axis=1)), rtol=1e-6)
+    e = v - v.astype(jax.numpy.bfloat16).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(stats)[1],
+                               np.max(np.sum(e * e, axis=1)), rtol=1e-5)
     ok[precision] = np.asarray(blocked._rescore(
         cat, prop_s, prop_i, 40, precision, stats)[2])
   assert not ok["bf16"].all() and ok["fp32"].all()
   for slack in (0, 2, 16):
-    s, i = blocked.local_topk(u, v, g, mu, 0, precision="bf16",
-                              proposal_slack=slack, **kw)
-    np.testing.assert_array_equal(np.asarray(s), ref_s)
-    np.testing.assert_array_equal(np.asarray(i), ref_i)
+    for impl in ("jax",) + (("native",) if NATIVE_PROPOSALS else ()):
+      s, i = blocked.local_topk(u, v, g, mu, 0, precision="bf16",
+                                proposal_slack=slack, proposal_impl=impl,
+                                **kw)
+      np.testing.assert_array_equal(np.asarray(s), ref_s)
+      np.testing.assert_array_equal(np.asarray(i), ref_i)
 
 
 def test_bf16_precision_errors():

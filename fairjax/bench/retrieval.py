@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairjax.ops import bf16_proposals
 from fairjax.retrieval import blocked, sharded
 
 
@@ -133,14 +134,19 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   blockmerge_s, speedup_vs_blockmerge,
   exact_vs_blockmerge, faiss_s / faiss_qps / speedup_vs_faiss /
   faiss_agreement / faiss_threads (None without faiss). The same dual top-K
-  with precision="bf16" (bfloat16 GEMM proposals, exact rescoring): bf16_s,
+  with precision="bf16" (bfloat16 proposals, exact rescoring): bf16_s,
   bf16_qps, bf16_vs_sgemm, bf16_gemm_loop_s (the bf16 GEMMs alone),
   bf16_over_gemm_loop and bf16_selection_over_gemm (against the float32
   GEMM loop), bf16_selection_over_bf16_gemm (against its own GEMMs),
   bf16_exact (its first 16 rows equal a NumPy run of `exact_scores`'
   formula, scores and ids), bf16_ids_equal_fp32 / bf16_set_agreement_fp32
   (against the float32 path: they differ only where scores are within
-  float32 rounding), bf16_speedup_vs_faiss.
+  float32 rounding), bf16_speedup_vs_faiss. bf16_proposal_impl: who made
+  the bf16 proposals ("native": the AMX kernel of
+  `fairjax.ops.bf16_proposals`, on a CPU with AMX-BF16; "jax": XLA's
+  bfloat16 GEMM and the blocked scan); bf16_xla_s / bf16_xla_vs_sgemm /
+  bf16_xla_speedup_vs_faiss: the "jax" proposals in the same run (equal to
+  bf16_s when those are the default).
   """
   devs = jax.devices()
   shards = min(shards, len(devs))
@@ -181,10 +187,21 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       lambda: sharded.sharded_topk(items.emb, items.group, q, mu_r,
                                    precision="bf16", **kw),
       lambda: gemm16_fn(q, items.emb, items.group, mu_r)], rounds=3)
+  impl = bf16_proposals.resolve("auto")
+  t_bf16_xla = t_bf16
+  if impl == "native":  # the XLA scan's proposals, for the side-by-side
+    _log("dual_topk precision=bf16 with the XLA scan's proposals ...")
+    t_bf16_xla, t_bf16 = _time_interleaved([
+        lambda: sharded.sharded_topk(items.emb, items.group, q, mu_r,
+                                     precision="bf16", proposal_impl="jax",
+                                     **kw),
+        lambda: sharded.sharded_topk(items.emb, items.group, q, mu_r,
+                                     precision="bf16", **kw)], rounds=3)
   sgemm = 2.0 * n_mm ** 3 / t_mm
   _log(f"SGEMM {sgemm / 1e9:.1f} GFLOP/s; dual_topk {t_dual:.3f}s; blocked "
        f"GEMM only (no top-K) {t_gemm:.3f}s; dual_topk precision=bf16 "
-       f"{t_bf16:.3f}s; bf16 GEMM only {t_gemm16:.3f}s")
+       f"{t_bf16:.3f}s ({impl} proposals; XLA scan {t_bf16_xla:.3f}s); "
+       f"bf16 GEMM only {t_gemm16:.3f}s")
   # The mu overhead compares two near-equal times: interleaved rounds.
   mu0 = sharded.replicate(np.zeros(num_groups, np.float32), mesh)
   t_plain, t_mu0 = _time_interleaved([
@@ -233,6 +250,8 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       repair_item_share=float(np.mean(allowed[grp])),
       blockmerge_s=t_base, speedup_vs_blockmerge=t_base / t_dual,
       exact_vs_blockmerge=bool(np.array_equal(ids, np.asarray(base[1]))),
+      bf16_proposal_impl=impl, bf16_xla_s=t_bf16_xla,
+      bf16_xla_vs_sgemm=flops / t_bf16_xla / sgemm,
       bf16_s=t_bf16, bf16_qps=num_queries / t_bf16,
       bf16_vs_sgemm=flops / t_bf16 / sgemm,
       bf16_gemm_loop_s=t_gemm16,
@@ -245,7 +264,7 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       bf16_set_agreement_fp32=float(np.mean(
           [len(set(a_) & set(b_)) / k for a_, b_ in zip(bf_i, ids)])),
       faiss_s=None, faiss_qps=None, speedup_vs_faiss=None,
-      bf16_speedup_vs_faiss=None,
+      bf16_speedup_vs_faiss=None, bf16_xla_speedup_vs_faiss=None,
       faiss_agreement=None, faiss_threads=None, faiss_version=None,
       faiss_openblas_core=None)
   _log("faiss IndexFlatIP ...")
@@ -258,6 +277,7 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
     out.update(faiss_s=t_f, faiss_qps=num_queries / t_f,
                speedup_vs_faiss=t_f / t_dual,
                bf16_speedup_vs_faiss=t_f / t_bf16,
+               bf16_xla_speedup_vs_faiss=t_f / t_bf16_xla,
                faiss_agreement=float(agree),
                faiss_threads=threads, faiss_version=version,
                faiss_openblas_core=os.environ["OPENBLAS_CORETYPE"])

@@ -4,7 +4,9 @@ Kernels (`SOURCES`): `sparse_adam.cc`, the dense Adam + coupled L2 update
 of a table whose gradient is a few rows (`fairjax.ops.sparse_adam`);
 `cell_dots.cc`, ITFR's inner products of per-cell gradient segments with
 the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`); and
-`segment_rows.cc`, row sums by segment (`fairjax.ops.segment_rows`). Each
+`segment_rows.cc`, row sums by segment (`fairjax.ops.segment_rows`); and
+`dual_proposals.cc`, the bfloat16 proposals of the exact dual top-K on AMX
+tiles (`fairjax.ops.bf16_proposals`). Each
 source is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ /
 clang++) against the XLA FFI headers that ship with jaxlib, into a cache
 directory (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that
@@ -43,7 +45,8 @@ import jaxlib
 
 SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam"),
            "cell_dots": ("cell_dots.cc", "FairjaxCellDots"),
-           "segment_rows": ("segment_rows.cc", "FairjaxSegmentRows")}
+           "segment_rows": ("segment_rows.cc", "FairjaxSegmentRows"),
+           "dual_proposals": ("dual_proposals.cc", "FairjaxDualProposals")}
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast",
          "-std=c++17", "-shared", "-fPIC")
 

@@ -7,8 +7,10 @@ leaving out per-query item ids (`exclude=`, e.g. a user's training items);
 the jitted core used inside serving loops (`allowed=` restricts it to some
 groups and skips the blocks without them; `shard_items_by_group` lays the
 catalog out so those blocks are few and spread evenly over the shards).
-`precision="bf16"` proposes candidates with a bfloat16 GEMM and rescores
-them exactly (`blocked.exact_scores`, `blocked.proposal_error`).
+`precision="bf16"` proposes candidates with bfloat16 products (on a CPU with
+AMX-BF16 one native call, `fairjax.ops.bf16_proposals`; elsewhere XLA's
+bfloat16 GEMM and the blocked scan) and rescores them exactly
+(`blocked.exact_scores`, `blocked.proposal_error`).
 """
 
 from fairjax.retrieval.blocked import local_topk, merge_topk

@@ -60,8 +60,11 @@ bf16 proposals (`precision="bf16"`). The block GEMMs take bfloat16
 operands (float32 sums; products of bfloat16 values are exact in float32),
 2.2-2.6x the float32 GEMM's rate on this project's CPU (AVX-512 bf16).
 The scan above runs on these proposal scores s' for k2 = k + slack items
-(`proposal_slack_for`);
-the proposals are rescored with `exact_scores` (one fixed float32 formula
+(`proposal_slack_for`); on a CPU with AMX-BF16 one native call
+(`fairjax.ops.bf16_proposals`, `proposal_impl`) proposes them instead:
+tile multiplies whose scores are compared with each row's running k2-th
+at once, never written out (the bias then enters in float32, unrounded).
+The proposals are rescored with `exact_scores` (one fixed float32 formula
 per pair, [B, k2, d] work) and the top-k taken by (score desc, id asc).
 Proof of exactness: `proposal_error` bounds |s' - s| <= E_b for every item
 of the row (rounding of u, v, mu to bfloat16 and float32 summation, by
@@ -69,9 +72,13 @@ Cauchy-Schwarz). An item left out has s' <= t_b, the k2-th proposal score,
 so s <= t_b + E_b; when that is below S_b, the k-th exact score among the
 proposals (or t_b = -inf: every item with a finite score is proposed), it
 cannot enter the top-k. Otherwise (more than `slack` items within about
-E_b of the k-th score) float32 GEMM proposals with their much smaller bound
-are tried, then a scan with `exact_scores` as the block scores (needed only
+E_b of the k-th score) the native kernel, if it proposed, is asked for
+2 k2, then float32 GEMM proposals with their much smaller bound are
+tried, then a scan with `exact_scores` as the block scores (needed only
 when many items tie; slow, the same values, so the same result). The
+bound's operand errors use `bf16_round`, whose select keeps XLA from
+folding an f32 -> bf16 -> f32 round trip into the identity (inside the
+scan it did, and the item term of E came out 0). The
 returned scores are `exact_scores` values, which may differ from the
 float32 GEMM's in the last bits (the GEMM's rounding depends on its shape),
 so items within that rounding of each other may order differently between
@@ -111,6 +118,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from fairjax.ops import bf16_proposals
 
 NEG_INF = float("-inf")
 
@@ -257,13 +266,15 @@ def _item_bias(group_blk, mu, valid_blk):
 
 
 def proposal_slack_for(k: int) -> int:
-  """The default extra bf16 proposals per row: max(16, ceil(k / 3)).
+  """The default extra bf16 proposals per row: max(16, ceil(0.6 k)).
 
   The items within about E of the k-th score, which the proposals must
   hold, grow with k (on 5 x 10^5 standard normal items, d = 64, 1,024
-  rows: 16 suffice at k = 50 but not 12; k = 100 needs about 32).
+  rows, 18 groups: every row's proposals are proven complete with 17 at
+  k = 10, 25 at k = 50 (17: 97% of the rows) and 50 at k = 100 (33:
+  99.8%)).
   """
-  return max(16, -(-k // 3))
+  return max(16, -(-3 * k // 5))
 
 
 def warm_blocks_for(k: int, num_blocks: int) -> int:
@@ -339,6 +350,14 @@ class _Catalog(NamedTuple):
       return g, g >= 0
     a = self.allowed
     return g, (g >= 0) & a[jnp.clip(g, 0, a.shape[0] - 1)]
+
+  def bias(self):
+    """[n] bias of every local item (-inf: padding, not allowed)."""
+    g = self.item_group
+    valid = g >= 0
+    if self.allowed is not None:
+      valid = valid & self.allowed[jnp.clip(g, 0, self.allowed.shape[0] - 1)]
+    return _item_bias(g, self.mu, valid)
 
   def scores(self, start, g, valid):
     """[B, blk] scores of the block at `start` (-inf: padding, groups
@@ -425,7 +444,7 @@ def warm_start_bound(user_q: jax.Array, item_emb: jax.Array,
 
 @functools.partial(jax.jit, static_argnames=(
     "k", "block", "chunk", "num_chunks_small", "flush_every", "prune",
-    "warm_blocks", "precision", "proposal_slack"))
+    "warm_blocks", "precision", "proposal_slack", "proposal_impl"))
 def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                mu: jax.Array | None, id_offset: jax.Array | int,
                exclude: jax.Array | None = None,
@@ -433,7 +452,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
                block: int, chunk: int = 16, num_chunks_small: int = 8,
                flush_every: int = 8, prune: bool = True,
                warm_blocks: int | None = None, precision: str = "fp32",
-               proposal_slack: int | None = None
+               proposal_slack: int | None = None,
+               proposal_impl: str = "auto"
                ) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of s_bi = <u_b, v_i> - mu[g_i] over a local item range.
 
@@ -472,6 +492,12 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
     proposal_slack: extra proposals per row with precision="bf16"; None:
       `proposal_slack_for(k)`. Too few make the check fail and the float32
       proposals run as well (exact, about twice the time).
+    proposal_impl: who makes the bf16 proposals: "native" (one call of
+      `fairjax.ops.bf16_proposals`: AMX tiles, each score compared with
+      its row's running k2-th at once), "jax" (the blocked scan above on a
+      bfloat16 GEMM), "auto" (native on a CPU with AMX-BF16 where the
+      kernel loads, else jax; jax for d > 128). Either way the result is
+      the exact top-k.
 
   Returns:
     (scores [B, k] float32, ids [B, k] int32), sorted by (score desc, id asc);
@@ -486,7 +512,10 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
   if precision == "fp32" or not prune:
     return _scan_topk(cat, k=k, prune=prune, **kw)
   slack = proposal_slack_for(k) if proposal_slack is None else proposal_slack
-  return _bf16_topk(cat, k=k, slack=slack, **kw)
+  return _bf16_topk(cat, k=k, slack=slack,
+                    native=(bf16_proposals.resolve(proposal_impl) == "native"
+                            and user_q.shape[1] <= bf16_proposals.MAX_DIM),
+                    **kw)
 
 
 def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
@@ -576,7 +605,7 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
     buf, top_i, picks, starts, fill, tau, stats = carry
     if item_stats:
       v = lax.dynamic_slice_in_dim(cat.item_emb, start, block)
-      e = v - v.astype(jnp.bfloat16).astype(jnp.float32)
+      e = v - bf16_round(v)
       stats = jnp.maximum(stats, jnp.stack([jnp.max(jnp.sum(v * v, axis=1)),
                                             jnp.max(jnp.sum(e * e, axis=1))]))
     s = cat.scores(start, g, valid_blk)
@@ -654,6 +683,17 @@ def _scan_topk(cat: _Catalog, *, k: int, chunk: int, num_chunks_small: int,
   return top_s, top_i
 
 
+def bf16_round(x: jax.Array) -> jax.Array:
+  """x rounded to bfloat16 (nearest even), as float32; |x| < 2^-126 gives 0.
+
+  The operands of the proposal GEMMs: the tile and dot instructions read a
+  subnormal as zero, and an error of |x| bounds either reading.
+  """
+  x = x.astype(jnp.float32)
+  r = x.astype(jnp.bfloat16).astype(jnp.float32)
+  return jnp.where(jnp.abs(x) < np.float32(2.0 ** -126), jnp.zeros_like(x), r)
+
+
 def proposal_error(user_q: jax.Array, item_emb: jax.Array,
                    mu: jax.Array | None, precision: str = "bf16"
                    ) -> jax.Array:
@@ -673,7 +713,7 @@ def proposal_error(user_q: jax.Array, item_emb: jax.Array,
   for flushed subnormals; the sum is rounded up by 2^-10 relative.
   """
   v = item_emb.astype(jnp.float32)
-  e = v - v.astype(jnp.bfloat16).astype(jnp.float32)
+  e = v - bf16_round(v)
   return _proposal_error(user_q, jnp.max(jnp.sum(v * v, axis=1)),
                          jnp.max(jnp.sum(e * e, axis=1)), mu, precision)
 
@@ -681,9 +721,6 @@ def proposal_error(user_q: jax.Array, item_emb: jax.Array,
 def _proposal_error(user_q, vmax2, evmax2, mu, precision):
   """`proposal_error` from max_i |v_i|^2 and max_i |e_(v_i)|^2."""
   u = user_q.astype(jnp.float32)
-
-  def rounded(x):
-    return x.astype(jnp.bfloat16).astype(jnp.float32)
 
   def norm(x):
     return jnp.sqrt(jnp.sum(x * x, axis=-1))
@@ -695,10 +732,10 @@ def _proposal_error(user_q, vmax2, evmax2, mu, precision):
     bmax = ebmax = 0.0
   else:
     bmax = jnp.max(jnp.abs(mu))
-    ebmax = jnp.max(jnp.abs(mu - rounded(mu)))
+    ebmax = jnp.max(jnp.abs(mu - bf16_round(mu)))
   un = norm(u)[:, None]
-  ubn = norm(rounded(u))[:, None]
-  eu = norm(u - rounded(u))[:, None]
+  ubn = norm(bf16_round(u))[:, None]
+  eu = norm(u - bf16_round(u))[:, None]
   tiny = (d + 1) * 2.0 ** -118
   if precision == "fp32":
     e = 2.0 * gamma * (un * vmax + bmax) + tiny
@@ -746,11 +783,15 @@ def _rescore(cat: _Catalog, prop_s: jax.Array, prop_i: jax.Array, k: int,
 
 def _bf16_topk(cat: _Catalog, *, k: int, slack: int, chunk: int,
                num_chunks_small: int, flush_every: int,
-               warm_blocks: int | None) -> tuple[jax.Array, jax.Array]:
+               warm_blocks: int | None, native: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
   """precision="bf16": bfloat16 proposals, exact rescoring (module doc).
 
+  native: the proposals come from `fairjax.ops.bf16_proposals` (one
+  kernel call) instead of the blocked scan on a bfloat16 GEMM.
   When a row's proposals may miss an item of its exact top-k (more than
-  `slack` items within E of the k-th exact score), float32 GEMM proposals
+  `slack` items within E of the k-th exact score), the native kernel is
+  asked for 2 (k + slack) proposals, then float32 GEMM proposals
   (E about 1e-3 of bfloat16's) are tried, then, if those too may miss one
   (many tied items), the local range is scanned with `exact_scores` as the
   block scores (slow; the same values, so the same result).
@@ -769,5 +810,19 @@ def _bf16_topk(cat: _Catalog, *, k: int, slack: int, chunk: int,
     return lax.cond(jnp.all(ok), lambda: (s, ids), lambda: _scan_topk(
         cat._replace(precision="exact"), k=k, warm_blocks=0, **kw))
 
+  def native_proposed(k2):
+    prop_s, prop_i, stats = bf16_proposals.bf16_proposals(
+        cat.user_q, cat.item_emb, cat.bias(), cat.exclude, cat.id_offset, k2)
+    return _rescore(cat, prop_s, prop_i, k, "bf16", stats)
+
+  if native:
+    # A failed check costs one more native call with 2 (k + slack)
+    # proposals before the float32 scan.
+    def wider():
+      s, ids, ok = native_proposed(2 * (k + slack))
+      return lax.cond(jnp.all(ok), lambda: (s, ids), fp32_then_exact)
+
+    s, ids, ok = native_proposed(k + slack)
+    return lax.cond(jnp.all(ok), lambda: (s, ids), wider)
   s, ids, ok = proposed("bf16")
   return lax.cond(jnp.all(ok), lambda: (s, ids), fp32_then_exact)

@@ -286,7 +286,7 @@ def _to_host(x) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=(
     "mesh", "k", "block", "chunk", "num_chunks_small", "flush_every", "prune",
-    "warm_blocks", "precision", "proposal_slack"))
+    "warm_blocks", "precision", "proposal_slack", "proposal_impl"))
 def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
                  mu: jax.Array | None, exclude: jax.Array | None = None,
                  allowed: jax.Array | None = None, *,
@@ -294,7 +294,8 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
                  chunk: int = DEFAULT_CHUNK, num_chunks_small: int = 8,
                  flush_every: int = 4, prune: bool = True,
                  warm_blocks: int | None = None, precision: str = "fp32",
-                 proposal_slack: int | None = None
+                 proposal_slack: int | None = None,
+                 proposal_impl: str = "auto"
                  ) -> tuple[jax.Array, jax.Array]:
   """The jitted retrieval on laid-out items (see `shard_items`).
 
@@ -309,7 +310,8 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   (None: `blocked.warm_blocks_for`, or none with `allowed`; 0: none); it
   changes the time, never the result. `precision`: "fp32" (float32 GEMM
   scores) or "bf16" (bfloat16 proposals rescored exactly; see
-  `blocked.local_topk`, also for `proposal_slack`); both exact.
+  `blocked.local_topk`, also for `proposal_slack` and `proposal_impl`);
+  both exact.
 
   Returns:
     (scores [B, k], ids [B, k]) replicated, by (score desc, global id asc);
@@ -317,7 +319,8 @@ def sharded_topk(emb: jax.Array, group: jax.Array, user_q: jax.Array,
   """
   kw = dict(k=k, block=block, chunk=chunk, num_chunks_small=num_chunks_small,
             flush_every=flush_every, prune=prune, warm_blocks=warm_blocks,
-            precision=precision, proposal_slack=proposal_slack)
+            precision=precision, proposal_slack=proposal_slack,
+            proposal_impl=proposal_impl)
   if mesh is None:
     return blocked.local_topk(user_q, emb, group, mu, 0, exclude, allowed,
                               **kw)
@@ -401,7 +404,8 @@ def check_exclude(exclude, num_queries: int, num_items: int,
 def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
               exclude=None, block_size: int | None = None,
               chunk: int = DEFAULT_CHUNK, check: bool = True,
-              precision: str = "fp32") -> tuple[jax.Array, jax.Array]:
+              precision: str = "fp32", proposal_impl: str = "auto"
+              ) -> tuple[jax.Array, jax.Array]:
   """Exact top-k of the dual-space scores s_ti = <u_t, v_i> - mu[g_i].
 
   FairSync retrieval (DESIGN.md section 5): <[u_t ; -mu], [v_i ; A_i]>, exact,
@@ -428,6 +432,10 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
       proposals, rescored exactly with `blocked.exact_scores`; faster where
       the CPU has bfloat16 dot instructions). Both return the exact top-k
       of their float32 scores, which agree to float32 rounding.
+    proposal_impl: with "bf16", who proposes: "native" (the AMX kernel
+      `fairjax.ops.bf16_proposals`), "jax" (XLA's bfloat16 GEMM and the
+      blocked scan) or "auto" (native on a CPU with AMX-BF16). The result
+      is the same.
 
   Returns:
     (scores [B, k] float32, item_ids [B, k] int32 global ids), each row sorted
@@ -451,6 +459,9 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
   if precision not in ("fp32", "bf16"):
     raise ConfigError(f"field 'precision': 'fp32' or 'bf16', got "
                       f"{precision!r}")
+  if proposal_impl not in ("auto", "native", "jax"):
+    raise ConfigError(f"field 'proposal_impl': 'auto', 'native' or 'jax', "
+                      f"got {proposal_impl!r}")
   if k > items.num_items:
     raise ConfigError(f"k={k} is larger than the catalog ({items.num_items} "
                       "items)")
@@ -467,7 +478,7 @@ def dual_topk(item_emb, item_group, user_emb, mu, k: int, mesh=None, *,
   excl = None if excl is None else replicate(excl, mesh)
   return sharded_topk(items.emb, items.group, user_q, mu_r, excl, mesh=mesh,
                       k=int(k), block=items.block, chunk=chunk,
-                      precision=precision)
+                      precision=precision, proposal_impl=proposal_impl)
 
 
 def num_blocks(items: ShardedItems, mesh=None) -> int:
