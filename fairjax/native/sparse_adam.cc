@@ -46,8 +46,9 @@ struct Pass {
   const float* p_in;
   const float* m_in;
   const float* v_in;
-  const int32_t* slot;  // [N]: row of `sums` holding the row's gradient, or -1
-  const float* sums;    // [distinct rows, D]
+  const int32_t* head;  // [N]: the row's first gradient row in `grads`, or -1
+  const int32_t* next;  // [n]: the same table row's next gradient row, or -1
+  const float* grads;   // [n, D]
   int64_t rows, dim;
   float lr, b1, b2, a1, a2, eps, l2, inv_c1, inv_c2;
 
@@ -71,8 +72,18 @@ struct Pass {
     if (p != p_in) std::copy(p_in + a, p_in + b, p + a);  // not aliased
     if (m != m_in) std::copy(m_in + a, m_in + b, m + a);
     if (v != v_in) std::copy(v_in + a, v_in + b, v + a);
+    std::vector<float> sum;  // a repeated row's gradient rows, added up
     for (int64_t r = r0; r < r1; ++r) {
-      const float* grad = slot[r] >= 0 ? sums + slot[r] * dim : nullptr;
+      const int32_t j = head[r];
+      const float* grad = j >= 0 ? grads + j * dim : nullptr;
+      if (j >= 0 && next[j] >= 0) {  // in the order given
+        sum.assign(grad, grad + dim);
+        for (int32_t k = next[j]; k >= 0; k = next[k]) {
+          const float* g = grads + static_cast<int64_t>(k) * dim;
+          for (int64_t d = 0; d < dim; ++d) sum[d] += g[d];
+        }
+        grad = sum.data();
+      }
       Row(p + r * dim, m + r * dim, v + r * dim, grad, dim, *this);
     }
   }
@@ -101,27 +112,32 @@ ffi::Error SparseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
     return ffi::Error::InvalidArgument(
         "sparse_adam: grads must be [n, D] for ids [n]; inv_c must be [2]");
   }
-  // Sum duplicate rows in the order given (deterministic).
-  std::vector<int32_t> slot(rows, -1);
-  std::vector<float> sums;
-  sums.reserve(n * dim);
   const int32_t* id = ids.typed_data();
-  const float* g = grads.typed_data();
-  int32_t distinct = 0;
   for (int64_t j = 0; j < n; ++j) {
-    const int32_t r = id[j];
-    if (r < 0 || r >= rows) {
+    if (id[j] < 0 || id[j] >= rows) {
       return ffi::Error::InvalidArgument(
-          "sparse_adam: row id " + std::to_string(r) + " outside [0, " +
+          "sparse_adam: row id " + std::to_string(id[j]) + " outside [0, " +
           std::to_string(rows) + ")");
     }
-    if (slot[r] < 0) {
-      slot[r] = distinct++;
-      sums.insert(sums.end(), g + j * dim, g + (j + 1) * dim);
+  }
+  // Each table row's gradient rows as a chain in the order given (summed
+  // in that order during the pass, deterministic). `head` is kept per
+  // thread between calls (all -1; the touched entries are reset below):
+  // no table-sized allocation per step.
+  thread_local std::vector<int32_t> head, tail;
+  if (static_cast<int64_t>(head.size()) < rows) {
+    head.assign(rows, -1);
+    tail.assign(rows, -1);
+  }
+  std::vector<int32_t> next(n, -1);
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t r = id[j];
+    if (head[r] < 0) {
+      head[r] = static_cast<int32_t>(j);
     } else {
-      float* s = sums.data() + static_cast<int64_t>(slot[r]) * dim;
-      for (int64_t d = 0; d < dim; ++d) s[d] += g[j * dim + d];
+      next[tail[r]] = static_cast<int32_t>(j);
     }
+    tail[r] = static_cast<int32_t>(j);
   }
   Pass pass;
   pass.p = p_out->typed_data();
@@ -130,8 +146,9 @@ ffi::Error SparseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
   pass.p_in = p.typed_data();
   pass.m_in = m.typed_data();
   pass.v_in = v.typed_data();
-  pass.slot = slot.data();
-  pass.sums = sums.data();
+  pass.head = head.data();
+  pass.next = next.data();
+  pass.grads = grads.typed_data();
   pass.rows = rows;
   pass.dim = dim;
   pass.lr = lr;
@@ -148,6 +165,7 @@ ffi::Error SparseAdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p,
         pass.Rows(t * kRowsPerTask,
                   std::min(pass.rows, (t + 1) * kRowsPerTask));
       });
+  for (int64_t j = 0; j < n; ++j) head[id[j]] = -1;
   return ffi::Error::Success();
 }
 
