@@ -40,7 +40,8 @@ def _reference(u, v, bias, exclude, offset):
 
 @pytest.mark.parametrize("mode", [0, 1])
 @pytest.mark.parametrize("b,n,d,k2", [(70, 3001, 64, 67), (5, 300, 7, 12),
-                                      (33, 1000, 100, 1)])
+                                      (33, 1000, 100, 1),
+                                      (6, 100_003, 16, 40)])  # 4 tasks
 def test_proposals_are_the_k2_best(mode, b, n, d, k2):
   rng = np.random.default_rng(b + n + d)
   u = rng.normal(size=(b, d)).astype(np.float32)
@@ -112,3 +113,27 @@ def test_native_scores_within_the_proposal_bound(scale):
 def test_auto_needs_amx():
   assert bp.resolve("jax") == "jax"
   assert bp.resolve("auto") == ("native" if bp.cpu_has_amx() else "jax")
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_ties_across_item_ranges(mode):
+  # Integer scores tied in every task's range (the kernel's tasks share a
+  # bound): every item strictly above the smallest proposal is proposed,
+  # none left out is above it, and the rows are sorted by (score desc, id
+  # asc).
+  rng = np.random.default_rng(9)
+  u = rng.integers(-1, 2, size=(7, 16)).astype(np.float32)
+  v = rng.integers(-1, 2, size=(140_000, 16)).astype(np.float32)
+  bias = np.zeros(140_000, np.float32)
+  ex = np.full((7, 1), -1, np.int32)
+  s, i, _ = (np.asarray(x) for x in _call(u, v, bias, ex, 0, k2=50,
+                                          mode=mode))
+  ref = _reference(u, v, bias, ex, 0)
+  for r in range(7):
+    floor = s[r].min()
+    np.testing.assert_array_equal(np.sort(i[r][s[r] > floor]),
+                                  np.nonzero(ref[r] > floor)[0])
+    assert (ref[r][np.setdiff1d(np.arange(140_000), i[r])] <= floor).all()
+    np.testing.assert_array_equal(s[r], ref[r][i[r]])
+    assert all((s[r][x], -i[r][x]) >= (s[r][x + 1], -i[r][x + 1])
+               for x in range(49))

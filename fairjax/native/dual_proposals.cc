@@ -7,8 +7,7 @@
 // the products exact in float32 and summed in float32 (in the hardware's
 // order), the bias added in float32. bf16(x) is zero for |x| < 2^-126 and
 // x rounded to nearest even otherwise (as VCVTNE2PS2BF16 does). The kernel returns, per query, k2 items with the largest
-// s' (ties: strictly larger scores replace, so of equal scores the lower id,
-// met first, stays): every item left out scores s' <= the smallest returned.
+// s': every item left out scores s' <= the smallest returned.
 // Items whose global id is in the query's sorted exclusion row are never
 // proposed. Also returned: max_i |v_i|^2 and max_i |v_i - bf16(v_i)|^2
 // over the items with a finite bias (rounded up to float32), the item
@@ -22,15 +21,24 @@
 // it goes into the query's min-heap. Without AMX (not compiled for it, the
 // OS refuses the tile state, or mode = 1) the same tiles are computed by a
 // plain loop (the same products; sums in another order, which the bound
-// allows). Queries are split over XLA's thread pool; each task scans all
-// items in id order, so the result does not depend on the thread count.
+// allows). The items are cut into ranges of 32,768 (tasks on XLA's
+// thread pool, taken by whichever thread is free); each task keeps its own
+// heaps and raises a shared per-query bound, the largest k2-th score any
+// task has seen, below which no task proposes (such an item scores at most
+// the final k2-th). The heaps are then merged. Items strictly above the
+// final k2-th score are always returned; which of the items tied with it
+// fill the last slots may depend on timing, which the exact rescoring
+// does not see (`fairjax.retrieval.blocked`).
 // Denormals are flushed to zero while it runs, as XLA's CPU code does.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AMX_TILE__)
@@ -51,6 +59,8 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPanel = 32;  // items per panel: two 16-item tiles
+constexpr int64_t kItemsPerTask = 32768;
+constexpr int64_t kMaxTasks = 64;
 
 // float32 -> bfloat16 bits, round to nearest even; a subnormal input
 // becomes a signed zero (as VCVTNE2PS2BF16 and the tile unit read it).
@@ -97,7 +107,6 @@ struct Scan {
   std::vector<uint16_t> qp;  // [bp, 32 kb] bfloat16 queries
   float* out_s;           // [B, k2]
   int32_t* out_i;         // [B, k2]
-  double vmax2 = 0, emax2 = 0;
 
   void PackQueries() {
     const int64_t kp = 32 * kb;
@@ -109,7 +118,8 @@ struct Scan {
 
   // Items [p0, p0 + 32) -> tiles[nt][kb][pair][item][2]; their biases.
   // Returns false when no item of the panel has a finite bias.
-  bool PackPanel(int64_t p0, uint16_t* tiles, float* pb, bool stats) {
+  bool PackPanel(int64_t p0, uint16_t* tiles, float* pb, double& vmax2,
+                 double& emax2) {
     bool any = false;
     for (int64_t i = 0; i < kPanel; ++i) {
       pb[i] = p0 + i < n ? bias[p0 + i] : kNegInf;
@@ -120,9 +130,9 @@ struct Scan {
     for (int64_t i = 0; i < kPanel && p0 + i < n; ++i) {
       const float* row = v + (p0 + i) * d;
       uint16_t* t = tiles + (i / 16) * kb * 512 + (i % 16) * 2;
-      const bool count = stats && pb[i] != kNegInf;
+      const bool count = pb[i] != kNegInf;
 #ifdef __AVX512BF16__
-      PackRowVector(row, t, count);
+      PackRowVector(row, t, count, vmax2, emax2);
 #else
       double s2 = 0, e2 = 0;
       for (int64_t j = 0; j < d; ++j) {
@@ -148,7 +158,8 @@ struct Scan {
   // scattered 64 bytes apart (one pair per tile row). With `count`, the
   // float32 |v|^2 and |v - bf16(v)|^2 (their rounding is far inside the
   // bound's 2^-10 margin).
-  void PackRowVector(const float* row, uint16_t* t, bool count) {
+  void PackRowVector(const float* row, uint16_t* t, bool count,
+                     double& vmax2, double& emax2) const {
     const __m512i rows = _mm512_mullo_epi32(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1,
                          0),
@@ -265,34 +276,68 @@ struct Scan {
     return std::binary_search(x, x + e, id);
   }
 
-  // Queries [r0, r1) (multiples of 32 but r1 <= bp) over all items.
-  void Rows(int64_t r0, int64_t r1, bool stats) {
-    const int64_t rows = r1 - r0;
-    std::vector<float> hs(rows * k2);
-    std::vector<int32_t> hi(rows * k2);
-    std::vector<int64_t> cnt(rows, 0);
-    std::vector<float> thr(rows, kNegInf);
+  // One task's heaps: per query, up to k2 (score, id) of its item range.
+  struct Part {
+    std::vector<float> s;
+    std::vector<int32_t> id;
+    std::vector<int64_t> cnt;
+    double vmax2 = 0, emax2 = 0;
+  };
+  std::vector<Part> parts;
+  // [b] float bits: a lower bound on each query's final k2-th score (the
+  // largest full heap's root of any task so far); an item at or below it
+  // cannot be needed, whichever task meets it.
+  std::unique_ptr<std::atomic<uint32_t>[]> shared;
+
+  float Shared(int64_t row) const {
+    const uint32_t bits = shared[row].load(std::memory_order_relaxed);
+    float t;
+    std::memcpy(&t, &bits, 4);
+    return t;
+  }
+
+  void Raise(int64_t row, float t) {
+    uint32_t bits;
+    std::memcpy(&bits, &t, 4);
+    uint32_t cur = shared[row].load(std::memory_order_relaxed);
+    for (;;) {
+      float c;
+      std::memcpy(&c, &cur, 4);
+      if (!(t > c)) return;
+      if (shared[row].compare_exchange_weak(cur, bits,
+                                            std::memory_order_relaxed)) {
+        return;
+      }
+    }
+  }
+
+  // Items [p_lo, p_hi) (multiples of 32) against every query, into part.
+  void Range(int64_t p_lo, int64_t p_hi, Part& part) {
+    part.s.assign(b * k2, kNegInf);
+    part.id.assign(b * k2, -1);
+    part.cnt.assign(b, 0);
+    std::vector<float> thr(b, kNegInf);  // this task's own k2-th score
     alignas(64) uint16_t tiles[2 * 4 * 512];  // kb <= 4 (d <= 128)
     alignas(64) float c[4 * 256];
     alignas(64) float pb[kPanel];
 
-    auto insert = [&](int64_t lr, float s, int32_t id) {
-      float* h = hs.data() + lr * k2;
-      int32_t* hid = hi.data() + lr * k2;
-      int64_t& n_in = cnt[lr];
+    auto insert = [&](int64_t row, float sc, int32_t id) {
+      float* h = part.s.data() + row * k2;
+      int32_t* hid = part.id.data() + row * k2;
+      int64_t& n_in = part.cnt[row];
       if (n_in < k2) {
-        h[n_in] = s;
+        h[n_in] = sc;
         hid[n_in] = id;
-        if (++n_in == k2) {  // heapify: min at the root
-          for (int64_t x = k2 / 2 - 1; x >= 0; --x) SiftDown(h, hid, x, k2);
-          thr[lr] = h[0];
-        }
-        return;
+        if (++n_in < k2) return;
+        // full: heapify, min at the root
+        for (int64_t x = k2 / 2 - 1; x >= 0; --x) SiftDown(h, hid, x, k2);
+      } else {
+        h[0] = sc;
+        hid[0] = id;
+        SiftDown(h, hid, 0, k2);
       }
-      h[0] = s;
-      hid[0] = id;
-      SiftDown(h, hid, 0, k2);
-      thr[lr] = h[0];
+      thr[row] = h[0];
+      Raise(row, h[0]);
     };
 
 #ifdef FAIRJAX_AMX
@@ -305,9 +350,9 @@ struct Scan {
       _tile_loadconfig(&cfg);
     }
 #endif
-    for (int64_t p0 = 0; p0 < n; p0 += kPanel) {
-      if (!PackPanel(p0, tiles, pb, stats)) continue;
-      for (int64_t m = r0 / 16; m < r1 / 16; m += 2) {
+    for (int64_t p0 = p_lo; p0 < p_hi; p0 += kPanel) {
+      if (!PackPanel(p0, tiles, pb, part.vmax2, part.emax2)) continue;
+      for (int64_t m = 0; m < bp / 16; m += 2) {
 #ifdef FAIRJAX_AMX
         if (amx) {
           TilesAmx(m, tiles, c);
@@ -321,20 +366,21 @@ struct Scan {
           for (int64_t r = 0; r < 16; ++r) {
             const int64_t row = 16 * (m + mi) + r;
             if (row >= b) break;
-            const int64_t lr = row - r0;
+            float t = std::max(thr[row], Shared(row));
             for (int64_t nt = 0; nt < 2; ++nt) {
-              const float* s = c + (mi * 2 + nt) * 256 + r * 16;
+              const float* sc = c + (mi * 2 + nt) * 256 + r * 16;
               const float* bb = pb + nt * 16;
-              uint32_t mask = Above(s, bb, thr[lr]);
+              uint32_t mask = Above(sc, bb, t);
               while (mask) {
                 const int i = __builtin_ctz(mask);
                 mask &= mask - 1;
-                const float sc = s[i] + bb[i];
-                if (!(sc > thr[lr])) continue;  // the threshold rose
+                const float x = sc[i] + bb[i];
+                if (!(x > t)) continue;  // the threshold rose
                 const int32_t id =
                     id_offset + static_cast<int32_t>(p0 + nt * 16 + i);
                 if (Excluded(row, id)) continue;
-                insert(lr, sc, id);
+                insert(row, x, id);
+                t = std::max(thr[row], Shared(row));
               }
             }
           }
@@ -344,19 +390,28 @@ struct Scan {
 #ifdef FAIRJAX_AMX
     if (amx) _tile_release();
 #endif
-    // Sorted output: (score desc, id asc), padded with (-inf, -1).
-    std::vector<int64_t> order(k2);
-    for (int64_t row = r0; row < std::min(r1, b); ++row) {
-      const int64_t lr = row - r0, len = cnt[lr];
-      const float* h = hs.data() + lr * k2;
-      const int32_t* hid = hi.data() + lr * k2;
-      for (int64_t x = 0; x < len; ++x) order[x] = x;
-      std::sort(order.begin(), order.begin() + len, [&](int64_t x, int64_t y) {
-        return h[x] > h[y] || (h[x] == h[y] && hid[x] < hid[y]);
-      });
+  }
+
+  // The k2 best of the parts' entries for queries [r0, r1), sorted by
+  // (score desc, id asc), padded with (-inf, -1).
+  void Merge(int64_t r0, int64_t r1) {
+    std::vector<std::pair<float, int32_t>> all;
+    auto before = [](const std::pair<float, int32_t>& x,
+                     const std::pair<float, int32_t>& y) {
+      return x.first > y.first || (x.first == y.first && x.second < y.second);
+    };
+    for (int64_t row = r0; row < r1; ++row) {
+      all.clear();
+      for (const Part& part : parts) {
+        for (int64_t x = 0; x < part.cnt[row]; ++x) {
+          all.emplace_back(part.s[row * k2 + x], part.id[row * k2 + x]);
+        }
+      }
+      const int64_t len = std::min<int64_t>(k2, all.size());
+      std::partial_sort(all.begin(), all.begin() + len, all.end(), before);
       for (int64_t x = 0; x < k2; ++x) {
-        out_s[row * k2 + x] = x < len ? h[order[x]] : kNegInf;
-        out_i[row * k2 + x] = x < len ? hid[order[x]] : -1;
+        out_s[row * k2 + x] = x < len ? all[x].first : kNegInf;
+        out_i[row * k2 + x] = x < len ? all[x].second : -1;
       }
     }
   }
@@ -426,13 +481,34 @@ ffi::Error DualProposalsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   scan.amx = false;
 #endif
   scan.PackQueries();
-  const int64_t groups = scan.bp / 32;
+  // Item ranges of about kItemsPerTask (whole panels), taken by whichever
+  // threads are free: two shards' calls on two cores share the work.
+  const int64_t panels = (scan.n + kPanel - 1) / kPanel;
   const int64_t tasks = std::max<int64_t>(
-      1, std::min<int64_t>(pool.num_threads(), groups));
-  fairjax_native::RunTasks(pool, tasks, [&scan, groups, tasks](int64_t t) {
-    const int64_t g0 = groups * t / tasks, g1 = groups * (t + 1) / tasks;
-    scan.Rows(32 * g0, 32 * g1, t == 0);
+      1, std::min<int64_t>(kMaxTasks, (scan.n + kItemsPerTask - 1) /
+                                          kItemsPerTask));
+  scan.parts.resize(tasks);
+  scan.shared.reset(new std::atomic<uint32_t>[std::max<int64_t>(scan.b, 1)]);
+  {
+    uint32_t neg;
+    std::memcpy(&neg, &kNegInf, 4);
+    for (int64_t r = 0; r < scan.b; ++r) scan.shared[r].store(neg);
+  }
+  fairjax_native::RunTasks(pool, tasks, [&scan, panels, tasks](int64_t t) {
+    scan.Range(kPanel * (panels * t / tasks),
+               kPanel * (panels * (t + 1) / tasks), scan.parts[t]);
   });
+  constexpr int64_t kRowsPerMerge = 64;
+  fairjax_native::RunTasks(
+      pool, (scan.b + kRowsPerMerge - 1) / kRowsPerMerge, [&scan](int64_t t) {
+        scan.Merge(t * kRowsPerMerge,
+                   std::min(scan.b, (t + 1) * kRowsPerMerge));
+      });
+  double vmax2 = 0, emax2 = 0;
+  for (const auto& part : scan.parts) {
+    vmax2 = std::max(vmax2, part.vmax2);
+    emax2 = std::max(emax2, part.emax2);
+  }
   // Rounded up to float32: bounds, never below the double values.
   auto up = [](double x) {
     float f = static_cast<float>(x);
@@ -440,8 +516,8 @@ ffi::Error DualProposalsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                ? std::nextafter(f, std::numeric_limits<float>::infinity())
                : f;
   };
-  out_stats->typed_data()[0] = up(scan.vmax2);
-  out_stats->typed_data()[1] = up(scan.emax2);
+  out_stats->typed_data()[0] = up(vmax2);
+  out_stats->typed_data()[1] = up(emax2);
   return ffi::Error::Success();
 }
 
