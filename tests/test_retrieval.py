@@ -466,6 +466,20 @@ def test_exact_scores_match_numpy_formula(d, odd_rows):
   np.testing.assert_array_equal(got_rows, np.take_along_axis(want, idx, 1))
 
 
+def test_bf16_round_is_bfloat16_rounding_inside_jit():
+  # Nearest even, subnormals to zero, also inside a jitted reduction (where
+  # XLA may fold an f32 -> bf16 -> f32 convert pair into the identity).
+  rng = np.random.default_rng(4)
+  x = (rng.normal(size=20000) * 10.0 ** rng.integers(-40, 37, 20000)
+       ).astype(np.float32)
+  want = x.astype(jax.numpy.bfloat16).astype(np.float32)
+  want = np.where(np.abs(x) < 2.0 ** -126, np.float32(0), want)
+  np.testing.assert_array_equal(np.asarray(blocked.bf16_round(x)), want)
+  err = jax.jit(lambda v: jax.numpy.max(jax.numpy.abs(
+      v - blocked.bf16_round(v))))(x)
+  assert float(err) == float(np.max(np.abs(x - want))) > 0
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e-3, 300.0])
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_proposal_error_bounds_the_gemm(scale, precision):

@@ -76,9 +76,9 @@ E_b of the k-th score) the native kernel, if it proposed, is asked for
 2 k2, then float32 GEMM proposals with their much smaller bound are
 tried, then a scan with `exact_scores` as the block scores (needed only
 when many items tie; slow, the same values, so the same result). The
-bound's operand errors use `bf16_round`, whose select keeps XLA from
-folding an f32 -> bf16 -> f32 round trip into the identity (inside the
-scan it did, and the item term of E came out 0). The
+bound's operand errors use `bf16_round`, an integer rounding XLA cannot
+fold: an f32 -> bf16 -> f32 convert pair it may turn into the identity
+(inside the scan it did, and the item term of E came out 0). The
 returned scores are `exact_scores` values, which may differ from the
 float32 GEMM's in the last bits (the GEMM's rounding depends on its shape),
 so items within that rounding of each other may order differently between
@@ -687,10 +687,16 @@ def bf16_round(x: jax.Array) -> jax.Array:
   """x rounded to bfloat16 (nearest even), as float32; |x| < 2^-126 gives 0.
 
   The operands of the proposal GEMMs: the tile and dot instructions read a
-  subnormal as zero, and an error of |x| bounds either reading.
+  subnormal as zero, and an error of |x| bounds either reading. Rounded on
+  the float32 bits (add 0x7fff plus the lowest kept bit, clear the low 16
+  bits): XLA may fold an f32 -> bf16 -> f32 convert pair into the
+  identity (it did inside the scan), an integer formula it cannot.
   """
   x = x.astype(jnp.float32)
-  r = x.astype(jnp.bfloat16).astype(jnp.float32)
+  bits = lax.bitcast_convert_type(x, jnp.uint32)
+  odd = (bits >> 16) & jnp.uint32(1)
+  r = lax.bitcast_convert_type(
+      (bits + jnp.uint32(0x7FFF) + odd) & jnp.uint32(0xFFFF0000), jnp.float32)
   return jnp.where(jnp.abs(x) < np.float32(2.0 ** -126), jnp.zeros_like(x), r)
 
 
