@@ -113,6 +113,9 @@ def test_native_scores_within_the_proposal_bound(scale):
 def test_auto_needs_amx():
   assert bp.resolve("jax") == "jax"
   assert bp.resolve("auto") == ("native" if bp.cpu_has_amx() else "jax")
+  # where the CPU has AMX the tiles run (in this process too, with the
+  # test runner's signal stacks)
+  assert bp.amx_active() == bp.cpu_has_amx()
 
 
 @pytest.mark.parametrize("mode", [0, 1])

@@ -144,7 +144,7 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
   float32 rounding), bf16_speedup_vs_faiss. bf16_proposal_impl: who made
   the bf16 proposals ("native": the AMX kernel of
   `fairjax.ops.bf16_proposals`, on a CPU with AMX-BF16; "jax": XLA's
-  bfloat16 GEMM and the blocked scan); bf16_xla_s / bf16_xla_vs_sgemm /
+  bfloat16 GEMM and the blocked scan); bf16_amx: whether its AMX tiles ran; bf16_xla_s / bf16_xla_vs_sgemm /
   bf16_xla_speedup_vs_faiss: the "jax" proposals in the same run (equal to
   bf16_s when those are the default).
   """
@@ -250,7 +250,8 @@ def run(num_items: int = 1_000_000, dim: int = 64, num_groups: int = 18,
       repair_item_share=float(np.mean(allowed[grp])),
       blockmerge_s=t_base, speedup_vs_blockmerge=t_base / t_dual,
       exact_vs_blockmerge=bool(np.array_equal(ids, np.asarray(base[1]))),
-      bf16_proposal_impl=impl, bf16_xla_s=t_bf16_xla,
+      bf16_proposal_impl=impl, bf16_amx=bf16_proposals.amx_active(),
+      bf16_xla_s=t_bf16_xla,
       bf16_xla_vs_sgemm=flops / t_bf16_xla / sgemm,
       bf16_s=t_bf16, bf16_qps=num_queries / t_bf16,
       bf16_vs_sgemm=flops / t_bf16 / sgemm,

@@ -67,7 +67,9 @@ constexpr int64_t kMaxTasks = 64;
 inline uint16_t ToBf16(float x) {
   uint32_t bits;
   std::memcpy(&bits, &x, 4);
-  if ((bits & 0x7F800000u) == 0) return static_cast<uint16_t>(bits >> 16) & 0x8000u;
+  if ((bits & 0x7F800000u) == 0) {
+    return static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  }
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
@@ -522,6 +524,16 @@ ffi::Error DualProposalsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
 }
 
 }  // namespace
+
+// 1 when the AMX tiles are compiled in and the OS grants their state to
+// this process (what mode 0 uses), else 0.
+extern "C" int FairjaxDualProposalsAmx() {
+#ifdef FAIRJAX_AMX
+  return AmxPermitted() ? 1 : 0;
+#else
+  return 0;
+#endif
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FairjaxDualProposals, DualProposalsImpl,
                               ffi::Ffi::Bind()

@@ -24,6 +24,7 @@ the kernel's plain loop). `mode=1` forces the plain loop (tests).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import pathlib
 
@@ -49,6 +50,16 @@ def cpu_has_amx() -> bool:
   except OSError:
     pass
   return False
+
+
+def amx_active() -> bool:
+  """True when the kernel loads with its AMX tiles and the OS grants the
+  tile state to this process (`arch_prctl(ARCH_REQ_XCOMP_PERM)`): what
+  mode 0 runs; else it runs the plain loop."""
+  if not native.available("dual_proposals")[0]:
+    return False
+  lib = ctypes.cdll.LoadLibrary(str(native.build("dual_proposals")))
+  return bool(lib.FairjaxDualProposalsAmx())
 
 
 def resolve(impl: str) -> str:
