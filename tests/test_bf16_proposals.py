@@ -41,7 +41,8 @@ def _reference(u, v, bias, exclude, offset):
 @pytest.mark.parametrize("mode", [0, 1])
 @pytest.mark.parametrize("b,n,d,k2", [(70, 3001, 64, 67), (5, 300, 7, 12),
                                       (33, 1000, 100, 1),
-                                      (6, 100_003, 16, 40)])  # 4 tasks
+                                      (6, 100_003, 16, 40),  # 4 tasks
+                                      (4100, 700, 8, 3)])  # 2 chunks
 def test_proposals_are_the_k2_best(mode, b, n, d, k2):
   rng = np.random.default_rng(b + n + d)
   u = rng.normal(size=(b, d)).astype(np.float32)

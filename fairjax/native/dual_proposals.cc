@@ -28,7 +28,8 @@
 // the final k2-th). The heaps are then merged. Items strictly above the
 // final k2-th score are always returned; which of the items tied with it
 // fill the last slots may depend on timing, which the exact rescoring
-// does not see (`fairjax.retrieval.blocked`).
+// does not see (`fairjax.retrieval.blocked`). Queries are scanned 4,096
+// at a time (the heaps take tasks x 4,096 x k2 entries at most).
 // Denormals are flushed to zero while it runs, as XLA's CPU code does.
 #include <algorithm>
 #include <atomic>
@@ -61,6 +62,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kPanel = 32;  // items per panel: two 16-item tiles
 constexpr int64_t kItemsPerTask = 32768;
 constexpr int64_t kMaxTasks = 64;
+// Queries scanned at once (a multiple of 32): bounds the heaps' memory,
+// tasks x chunk x k2 entries, for large batches.
+constexpr int64_t kQueriesPerChunk = 4096;
 
 // float32 -> bfloat16 bits, round to nearest even; a subnormal input
 // becomes a signed zero (as VCVTNE2PS2BF16 and the tile unit read it).
@@ -106,6 +110,7 @@ struct Scan {
   int64_t bp;             // B rounded up to 32
   int32_t id_offset;
   bool amx;
+  int64_t c0 = 0, c1 = 0;  // the query chunk being scanned
   std::vector<uint16_t> qp;  // [bp, 32 kb] bfloat16 queries
   float* out_s;           // [B, k2]
   int32_t* out_i;         // [B, k2]
@@ -315,16 +320,17 @@ struct Scan {
 
   // Items [p_lo, p_hi) (multiples of 32) against every query, into part.
   void Range(int64_t p_lo, int64_t p_hi, Part& part) {
-    part.s.assign(b * k2, kNegInf);
-    part.id.assign(b * k2, -1);
-    part.cnt.assign(b, 0);
-    std::vector<float> thr(b, kNegInf);  // this task's own k2-th score
+    const int64_t rows = c1 - c0;  // local row lr = query c0 + lr
+    part.s.assign(rows * k2, kNegInf);
+    part.id.assign(rows * k2, -1);
+    part.cnt.assign(rows, 0);
+    std::vector<float> thr(rows, kNegInf);  // this task's own k2-th score
     alignas(64) uint16_t tiles[2 * 4 * 512];  // kb <= 4 (d <= 128)
     alignas(64) float c[4 * 256];
     alignas(64) float pb[kPanel];
 
     auto insert = [&](int64_t row, float sc, int32_t id) {
-      float* h = part.s.data() + row * k2;
+      float* h = part.s.data() + row * k2;  // row: local
       int32_t* hid = part.id.data() + row * k2;
       int64_t& n_in = part.cnt[row];
       if (n_in < k2) {
@@ -354,7 +360,8 @@ struct Scan {
 #endif
     for (int64_t p0 = p_lo; p0 < p_hi; p0 += kPanel) {
       if (!PackPanel(p0, tiles, pb, part.vmax2, part.emax2)) continue;
-      for (int64_t m = 0; m < bp / 16; m += 2) {
+      const int64_t m_end = std::min(bp, c0 + kQueriesPerChunk) / 16;
+      for (int64_t m = c0 / 16; m < m_end; m += 2) {
 #ifdef FAIRJAX_AMX
         if (amx) {
           TilesAmx(m, tiles, c);
@@ -366,8 +373,9 @@ struct Scan {
 #endif
         for (int64_t mi = 0; mi < 2; ++mi) {
           for (int64_t r = 0; r < 16; ++r) {
-            const int64_t row = 16 * (m + mi) + r;
-            if (row >= b) break;
+            const int64_t query = 16 * (m + mi) + r;
+            if (query >= c1) break;
+            const int64_t row = query - c0;
             float t = std::max(thr[row], Shared(row));
             for (int64_t nt = 0; nt < 2; ++nt) {
               const float* sc = c + (mi * 2 + nt) * 256 + r * 16;
@@ -380,7 +388,7 @@ struct Scan {
                 if (!(x > t)) continue;  // the threshold rose
                 const int32_t id =
                     id_offset + static_cast<int32_t>(p0 + nt * 16 + i);
-                if (Excluded(row, id)) continue;
+                if (Excluded(query, id)) continue;
                 insert(row, x, id);
                 t = std::max(thr[row], Shared(row));
               }
@@ -394,8 +402,8 @@ struct Scan {
 #endif
   }
 
-  // The k2 best of the parts' entries for queries [r0, r1), sorted by
-  // (score desc, id asc), padded with (-inf, -1).
+  // The k2 best of the parts' entries for queries [r0, r1) of the
+  // chunk, sorted by (score desc, id asc), padded with (-inf, -1).
   void Merge(int64_t r0, int64_t r1) {
     std::vector<std::pair<float, int32_t>> all;
     auto before = [](const std::pair<float, int32_t>& x,
@@ -403,10 +411,11 @@ struct Scan {
       return x.first > y.first || (x.first == y.first && x.second < y.second);
     };
     for (int64_t row = r0; row < r1; ++row) {
+      const int64_t lr = row - c0;
       all.clear();
       for (const Part& part : parts) {
-        for (int64_t x = 0; x < part.cnt[row]; ++x) {
-          all.emplace_back(part.s[row * k2 + x], part.id[row * k2 + x]);
+        for (int64_t x = 0; x < part.cnt[lr]; ++x) {
+          all.emplace_back(part.s[lr * k2 + x], part.id[lr * k2 + x]);
         }
       }
       const int64_t len = std::min<int64_t>(k2, all.size());
@@ -490,26 +499,32 @@ ffi::Error DualProposalsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
       1, std::min<int64_t>(kMaxTasks, (scan.n + kItemsPerTask - 1) /
                                           kItemsPerTask));
   scan.parts.resize(tasks);
-  scan.shared.reset(new std::atomic<uint32_t>[std::max<int64_t>(scan.b, 1)]);
-  {
-    uint32_t neg;
-    std::memcpy(&neg, &kNegInf, 4);
-    for (int64_t r = 0; r < scan.b; ++r) scan.shared[r].store(neg);
-  }
-  fairjax_native::RunTasks(pool, tasks, [&scan, panels, tasks](int64_t t) {
-    scan.Range(kPanel * (panels * t / tasks),
-               kPanel * (panels * (t + 1) / tasks), scan.parts[t]);
-  });
-  constexpr int64_t kRowsPerMerge = 64;
-  fairjax_native::RunTasks(
-      pool, (scan.b + kRowsPerMerge - 1) / kRowsPerMerge, [&scan](int64_t t) {
-        scan.Merge(t * kRowsPerMerge,
-                   std::min(scan.b, (t + 1) * kRowsPerMerge));
-      });
+  scan.shared.reset(new std::atomic<uint32_t>[kQueriesPerChunk]);
+  uint32_t neg;
+  std::memcpy(&neg, &kNegInf, 4);
   double vmax2 = 0, emax2 = 0;
-  for (const auto& part : scan.parts) {
-    vmax2 = std::max(vmax2, part.vmax2);
-    emax2 = std::max(emax2, part.emax2);
+  const int64_t chunks = std::max<int64_t>(
+      1, (scan.b + kQueriesPerChunk - 1) / kQueriesPerChunk);
+  for (int64_t c0 = 0; c0 < chunks * kQueriesPerChunk;
+       c0 += kQueriesPerChunk) {
+    scan.c0 = c0;
+    scan.c1 = std::min(scan.b, c0 + kQueriesPerChunk);
+    for (int64_t r = 0; r < kQueriesPerChunk; ++r) scan.shared[r].store(neg);
+    fairjax_native::RunTasks(pool, tasks, [&scan, panels, tasks](int64_t t) {
+      scan.Range(kPanel * (panels * t / tasks),
+                 kPanel * (panels * (t + 1) / tasks), scan.parts[t]);
+    });
+    constexpr int64_t kRowsPerMerge = 64;
+    fairjax_native::RunTasks(
+        pool, (scan.c1 - c0 + kRowsPerMerge - 1) / kRowsPerMerge,
+        [&scan, c0](int64_t t) {
+          scan.Merge(c0 + t * kRowsPerMerge,
+                     std::min(scan.c1, c0 + (t + 1) * kRowsPerMerge));
+        });
+    for (const auto& part : scan.parts) {
+      vmax2 = std::max(vmax2, part.vmax2);
+      emax2 = std::max(emax2, part.emax2);
+    }
   }
   // Rounded up to float32: bounds, never below the double values.
   auto up = [](double x) {
