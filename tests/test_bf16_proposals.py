@@ -141,3 +141,14 @@ def test_ties_across_item_ranges(mode):
     np.testing.assert_array_equal(s[r], ref[r][i[r]])
     assert all((s[r][x], -i[r][x]) >= (s[r][x + 1], -i[r][x + 1])
                for x in range(49))
+
+
+def test_bad_shapes_are_named():
+  u = np.zeros((3, 8), np.float32)
+  v = np.zeros((10, 8), np.float32)
+  with pytest.raises(ValueError, match="bias"):
+    bp.bf16_proposals(u, v, np.zeros(9, np.float32), None, 0, 4)
+  with pytest.raises(ValueError, match="d <= 128"):
+    bp.bf16_proposals(np.zeros((3, 129), np.float32),
+                      np.zeros((10, 129), np.float32),
+                      np.zeros(10, np.float32), None, 0, 4)

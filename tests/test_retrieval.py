@@ -581,6 +581,8 @@ def test_bf16_precision_errors():
   u, v, g, mu = _data(100)
   with pytest.raises(ConfigError, match="precision"):
     dual_topk(v, g, u, mu, 5, precision="fp16")
+  with pytest.raises(ConfigError, match="proposal_impl"):
+    dual_topk(v, g, u, mu, 5, precision="bf16", proposal_impl="gpu")
 
 
 @pytest.mark.slow

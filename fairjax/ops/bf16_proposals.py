@@ -91,6 +91,15 @@ def bf16_proposals(user_q: Array, item_emb: Array, bias: Array,
     rows sorted by (score desc, id asc), slots beyond a row's count of
     proposable items (-inf, -1); stats float32 [2].
   """
+  if (user_q.ndim != 2 or item_emb.ndim != 2
+      or user_q.shape[1] != item_emb.shape[1]
+      or bias.shape != item_emb.shape[:1]):
+    raise ValueError(f"bf16_proposals: user_q must be [B, d], item_emb "
+                     f"[n, d] and bias [n], got {user_q.shape}, "
+                     f"{item_emb.shape}, {bias.shape}")
+  if not 1 <= user_q.shape[1] <= MAX_DIM or k2 < 1:
+    raise ValueError(f"bf16_proposals: needs 1 <= d <= {MAX_DIM} and "
+                     f"k2 >= 1, got d = {user_q.shape[1]}, k2 = {k2}")
   b = user_q.shape[0]
   if exclude is None:
     exclude = jnp.full((b, 1), -1, jnp.int32)

@@ -496,8 +496,8 @@ def local_topk(user_q: jax.Array, item_emb: jax.Array, item_group: jax.Array,
       `fairjax.ops.bf16_proposals`: AMX tiles, each score compared with
       its row's running k2-th at once), "jax" (the blocked scan above on a
       bfloat16 GEMM), "auto" (native on a CPU with AMX-BF16 where the
-      kernel loads, else jax; jax for d > 128). Either way the result is
-      the exact top-k.
+      kernel loads, else jax); d > 128 always takes jax. Either way the
+      result is the exact top-k.
 
   Returns:
     (scores [B, k] float32, ids [B, k] int32), sorted by (score desc, id asc);
