@@ -25,7 +25,8 @@ kernels off.
 `NativeUnavailable` with the reason (no compiler, a failed build, turned
 off); `resolve(name, impl)` turns an op's `impl` argument ('auto', 'native'
 or 'jax') into the implementation to run, so callers fall back to their
-pure-JAX path.
+pure-JAX path. `library(name)` gives a kernel's loaded library for its
+plain C entry points, `has_cpu_flags(...)` this CPU's feature flags.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast",
 
 class NativeUnavailable(RuntimeError):
   """A native kernel could not be built or loaded (the message says why)."""
+
+
+def has_cpu_flags(*names: str) -> bool:
+  """True when this CPU's /proc/cpuinfo flags include every one of names."""
+  return set(names) <= set(_cpu_flags().split())
 
 
 def _cpu_flags() -> str:
@@ -113,13 +119,30 @@ def build(name: str) -> pathlib.Path:
 
 
 @functools.cache
+def _library(name: str) -> tuple[ctypes.CDLL | None, str]:
+  """(the loaded library, '') of kernel `name`, else (None, the reason)."""
+  try:
+    return ctypes.cdll.LoadLibrary(str(build(name))), ""
+  except (NativeUnavailable, OSError) as e:
+    return None, str(e)
+
+
+def library(name: str) -> ctypes.CDLL:
+  """Kernel `name`'s loaded library (built once per process), for its
+  plain C entry points; raises NativeUnavailable with the reason."""
+  lib, reason = _library(name)
+  if lib is None:
+    raise NativeUnavailable(reason)
+  return lib
+
+
+@functools.cache
 def _load(name: str) -> tuple[str | None, str]:
   """(FFI target name, '') once kernel `name` is built, loaded and
   registered for the CPU in this process, else (None, the reason)."""
-  try:
-    lib = ctypes.cdll.LoadLibrary(str(build(name)))
-  except (NativeUnavailable, OSError) as e:
-    return None, str(e)
+  lib, reason = _library(name)
+  if lib is None:
+    return None, reason
   target_name = f"fairjax_{name}"
   jax.ffi.register_ffi_target(
       target_name, jax.ffi.pycapsule(getattr(lib, SOURCES[name][1])),

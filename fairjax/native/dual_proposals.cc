@@ -263,6 +263,14 @@ struct Scan {
   }
 #endif
 
+  // The four tiles of query tiles m, m + 1: AMX where it runs.
+  void Tiles(int64_t m, const uint16_t* tiles, float* c) const {
+#ifdef FAIRJAX_AMX
+    if (amx) return TilesAmx(m, tiles, c);
+#endif
+    TilesPlain(m, tiles, c);
+  }
+
   // Bit i set where s[i] + bias[i] > t (i < 16).
   static uint32_t Above(const float* s, const float* bias, float t) {
 #ifdef __AVX512F__
@@ -362,15 +370,7 @@ struct Scan {
       if (!PackPanel(p0, tiles, pb, part.vmax2, part.emax2)) continue;
       const int64_t m_end = std::min(bp, c0 + kQueriesPerChunk) / 16;
       for (int64_t m = c0 / 16; m < m_end; m += 2) {
-#ifdef FAIRJAX_AMX
-        if (amx) {
-          TilesAmx(m, tiles, c);
-        } else {
-          TilesPlain(m, tiles, c);
-        }
-#else
-        TilesPlain(m, tiles, c);
-#endif
+        Tiles(m, tiles, c);
         for (int64_t mi = 0; mi < 2; ++mi) {
           for (int64_t r = 0; r < 16; ++r) {
             const int64_t query = 16 * (m + mi) + r;

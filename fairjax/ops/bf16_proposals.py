@@ -24,10 +24,6 @@ the kernel's plain loop). `mode=1` forces the plain loop (tests).
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,17 +35,9 @@ Array = jax.Array
 MAX_DIM = 128  # the kernel's largest embedding width (four 32-wide blocks)
 
 
-@functools.cache
 def cpu_has_amx() -> bool:
   """True when /proc/cpuinfo lists amx_tile and amx_bf16."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("flags"):
-        flags = set(line.split())
-        return {"amx_tile", "amx_bf16"} <= flags
-  except OSError:
-    pass
-  return False
+  return native.has_cpu_flags("amx_tile", "amx_bf16")
 
 
 def amx_active() -> bool:
@@ -58,8 +46,7 @@ def amx_active() -> bool:
   mode 0 runs; else it runs the plain loop."""
   if not native.available("dual_proposals")[0]:
     return False
-  lib = ctypes.cdll.LoadLibrary(str(native.build("dual_proposals")))
-  return bool(lib.FairjaxDualProposalsAmx())
+  return bool(native.library("dual_proposals").FairjaxDualProposalsAmx())
 
 
 def resolve(impl: str) -> str:
