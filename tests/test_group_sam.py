@@ -236,7 +236,8 @@ def test_sort_path_equals_table_path(monkeypatch):
     np.testing.assert_allclose(ga[k], gb[k], atol=1e-6)
 
 
-def _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho, kernel):
+def _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho, kernel,
+                      couple_on="segments"):
   """Rows of the table P theta (a linear propagation, as LightGCN)."""
   keys = jnp.concatenate([users, U + pos, U + neg])
   rows = (p @ theta)[keys]
@@ -246,13 +247,15 @@ def _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho, kernel):
     return _row_losses(x[:B], x[B:2 * B], x[2 * B:])
 
   coupling = (None if kernel is None
-              else group_sam.dense_coupling(kernel(keys), G))
+              else group_sam.dense_coupling(kernel, G))
   return group_sam.cell_sam_rows(example_loss, rows, keys, slot_example,
                                  jnp.asarray(cell), jnp.asarray(valid), G,
-                                 U + I, rho, coupling=coupling)
+                                 U + I, rho, coupling=coupling,
+                                 couple_on=couple_on)
 
 
-def test_kernel_path_equals_direct_sam_through_a_linear_map():
+@pytest.mark.parametrize("couple_on", ["segments", "slots"])
+def test_kernel_path_equals_direct_sam_through_a_linear_map(couple_on):
   tables, users, pos, neg, cell, valid = _problem(seed=4)
   rng = np.random.default_rng(5)
   theta = jnp.asarray(np.concatenate([tables["user"], tables["item"]]),
@@ -262,7 +265,7 @@ def test_kernel_path_equals_direct_sam_through_a_linear_map():
   gram = p @ p.T
   rho = 0.4
   out = _linear_rows_impl(theta, p, users, pos, neg, cell, valid, rho,
-                          lambda k: gram[k][:, k])
+                          lambda a, b: gram[a][:, b], couple_on)
 
   def cell_loss(th, g):
     t = p @ th
@@ -291,7 +294,7 @@ def test_key_equality_kernel_is_the_segment_path():
                             None)
   kern = _linear_rows_impl(
       theta, eye, users, pos, neg, cell, valid, 0.3,
-      lambda k: (k[:, None] == k[None, :]).astype(jnp.float32))
+      lambda a, b: (a[:, None] == b[None, :]).astype(jnp.float32))
   for a, b in zip(plain, kern):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-6)
@@ -321,7 +324,7 @@ def test_blocked_coupling_equals_dense(capacities):
   def kernel_at(a, b):
     return gram[a[:, None], b[None, :]]
 
-  want = group_sam.dense_coupling(kernel_at(keys, keys), 3)(slot_cell)(j)
+  want = group_sam.dense_coupling(kernel_at, 3)(keys, slot_cell)(j)
   direct = np.zeros(j.shape)
   for x in range(s.size):
     for y in range(s.size):
@@ -329,7 +332,7 @@ def test_blocked_coupling_equals_dense(capacities):
         direct[x] += np.asarray(gram)[keys[x], keys[y]] * np.asarray(j)[y]
   np.testing.assert_allclose(want, direct, rtol=1e-5, atol=1e-4)
   got = jax.jit(lambda sc, jj: group_sam.blocked_coupling(
-      kernel_at, keys, capacities)(sc)(jj))(slot_cell, j)
+      kernel_at, capacities)(keys, sc)(jj))(slot_cell, j)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 

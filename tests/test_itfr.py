@@ -23,6 +23,7 @@ from fairjax.methods import itfr as M
 from fairjax import runner
 from fairjax.data import cells as cells_data
 from fairjax.jobs import itfr as itfr_job
+from fairjax.ops import gram_coupling
 from fairjax.ops import group_sam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,14 +151,21 @@ def _reference(model, params, data, config, epochs, spec):
                                                ("lightgcn", "ITFR"),
                                                ("lightgcn-coo", "ITFR"),
                                                ("lightgcn-blocked", "ITFR"),
+                                               ("lightgcn-blocked-jax", "ITFR"),
                                                ("lightgcn-dense", "ITFR")])
 def test_step_matches_cell_by_cell_reference(model_name, method, monkeypatch):
   """MF: row path; LightGCN: row path with the Gram matrix (dense bipartite
-  or COO adjacency); lightgcn-blocked: the Gram product by cell blocks, with
-  capacities that some batches fit and some overflow; lightgcn-dense: the
-  vmap over cells (graphs above GRAM_MAX_NODES)."""
+  or COO adjacency; the Gram products native where they load); lightgcn-
+  blocked: the Gram product by cell blocks, with capacities that some
+  batches fit and some overflow (natively: blocks beyond the kept-block
+  budget read again), -jax: XLA's static blocks; lightgcn-dense: the vmap
+  over cells (graphs above GRAM_MAX_NODES)."""
   layout = "auto"
   caps = None
+  if model_name == "lightgcn-blocked-jax":
+    monkeypatch.setattr(M, "gram_coupling", lambda gram, g, c, impl:
+                        gram_coupling.gram_coupling(gram, g, c, "jax"))
+    model_name = "lightgcn-blocked"
   if model_name == "lightgcn-blocked":
     caps = (9, 9, 9, 9)  # 3 examples per cell and batch
     monkeypatch.setattr(group_sam, "cell_capacities", lambda *a: caps)
@@ -263,10 +271,15 @@ def test_bench_interleaves_the_epochs_and_reports_the_ratios(monkeypatch):
     return c
 
   monkeypatch.setattr(bench, "_config", small)
-  order = []
+  order, took = [], {}
   run = bench._Epochs.run
-  monkeypatch.setattr(bench._Epochs, "run", lambda self, e: (
-      order.append((e, self.label)), run(self, e))[1])
+
+  def timed(self, e):
+    order.append((e, self.label))
+    took[e, self.label] = run(self, e)
+    return took[e, self.label]
+
+  monkeypatch.setattr(bench._Epochs, "run", timed)
   out = bench.run(itfr_config.get_config, repeats=2)
   # Epoch e of every run before epoch e + 1 of any.
   assert order == [(e, name) for e in range(3) for name in
@@ -277,6 +290,8 @@ def test_bench_interleaves_the_epochs_and_reports_the_ratios(monkeypatch):
       out["reference_seconds_per_epoch"] / out["bpr_seconds_per_epoch"])
   assert out["epochs_compared"] == 3
   assert 0 <= out["reference_norm_rel_param_diff"] < 1e-4
+  assert out["itfr_over_bpr_by_epoch"] == pytest.approx(
+      [took[e, "ITFR"] / took[e, "BPR"] for e in (1, 2)])
 
 
 def _drop_cell_f0(ds):

@@ -17,13 +17,17 @@ ITFR runs twice: on its default path (the cosines' inner products by the
 native kernel `ops.cell_dots` and the segment sums by `ops.segment_rows`
 where they load, the loss gradient in closed form) and on the reference
 path (`make_epoch_fn(reference=True)`: jnp inner products and segment sums,
-autodiff, the rounding of earlier versions), from the same start. Keys:
+autodiff, for LightGCN XLA's Gram blocks on the slots: the rounding of
+earlier versions), from the same start. Keys:
 `reference_seconds_per_epoch`, `reference_over_bpr`, and after the
 `epochs_compared` epochs the distance of the default path's
 parameters from the reference path's (`reference_max_abs_param_diff`,
 `reference_max_rel_param_diff` = that over max |param|,
 `reference_norm_rel_param_diff` = ||difference|| / ||params||);
-`cell_dots_native` says whether the kernel ran.
+`itfr_over_bpr_by_epoch` lists each timed epoch's ratio (the two epochs
+run one after the other, so the spread shows the machine's drift);
+`cell_dots_native` says whether the kernel ran, `gram_coupling_native`
+whether LightGCN's Gram products ran natively (`ops.gram_coupling`).
 
 Data: ML-1M under `data_dir` (or $FAIRJAX_DATA_DIR); without it, the
 synthetic generator at a similar size (6,000 users, 1,200 items, ~396k
@@ -102,17 +106,17 @@ class _Epochs:
 
 
 def _time_interleaved(runs: list[_Epochs], repeats: int, skip: int
-                      ) -> list[float]:
-  """Median seconds per epoch of each run over `repeats` epochs after
-  `skip`, the runs' epochs taken in turn (epoch e of every run, then e + 1),
-  so a slow spell of the machine falls on all of them alike."""
+                      ) -> list[list[float]]:
+  """Seconds of each run's `repeats` epochs after `skip`, the runs' epochs
+  taken in turn (epoch e of every run, then e + 1), so a slow spell of the
+  machine falls on all of them alike."""
   times = [[] for _ in runs]
   for e in range(skip + repeats):
     for r, t in zip(runs, times):
       dt = r.run(e)
       if e >= skip:
         t.append(dt)
-  return [statistics.median(t) for t in times]
+  return times
 
 
 def _param_diffs(params, ref) -> dict:
@@ -154,7 +158,8 @@ def run(get_config, seed: int = 0, data_dir: str | None = None,
     coo = config.copy_and_resolve_references()
     coo.lightgcn_layout = "sparse"
     runs.append(_Epochs("BPR", coo, data, seed, tag=" (COO adjacency)"))
-  seconds = _time_interleaved(runs, repeats, skip=1)
+  times = _time_interleaved(runs, repeats, skip=1)
+  seconds = [statistics.median(t) for t in times]
   bpr, itfr, ref = seconds[:3]
   state, ref_state = runs[1].state, runs[2].state
   out = {"data": data.name, "model": model,
@@ -163,10 +168,15 @@ def run(get_config, seed: int = 0, data_dir: str | None = None,
          "device": jax.devices()[0].device_kind,
          "itfr_seconds_per_epoch": itfr, "bpr_seconds_per_epoch": bpr,
          "itfr_over_bpr": itfr / bpr,
+         # ITFR's epoch e over BPR's epoch e (run one after the other).
+         "itfr_over_bpr_by_epoch": [i / b for i, b in zip(times[1],
+                                                          times[0])],
          "reference_seconds_per_epoch": ref,
          "reference_over_bpr": ref / bpr,
          "epochs_compared": 1 + repeats,
          "cell_dots_native": native.resolve("cell_dots", "auto") == "native",
+         "gram_coupling_native": (model == "lightgcn" and native.resolve(
+             "gram_blocks", "auto") == "native"),
          **_param_diffs(state.params, ref_state.params)}
   if model == "lightgcn":
     out["bpr_coo_seconds_per_epoch"] = seconds[3]

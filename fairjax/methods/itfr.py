@@ -71,6 +71,7 @@ from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
 from fairjax.ops import group_sam
 from fairjax.ops.cell_dots import cell_dots
+from fairjax.ops.gram_coupling import gram_coupling
 from fairjax.ops.reductions import row_sums
 from fairjax.ops import group_weights as gw
 
@@ -393,6 +394,8 @@ class _Rows(_Backend):
     # `ops.cell_dots` and `ops.segment_rows` implementations.
     self.dots_impl = self.segment_impl = "jax" if reference else "auto"
     self.closed_form = not reference
+    # `group_sam.cell_sam_rows(couple_on=)` (used with a coupling only).
+    self.couple_on = "slots" if reference else "segments"
     self.classes = _user_classes(data)
 
   @staticmethod
@@ -415,9 +418,9 @@ class _Rows(_Backend):
     eu, ei = models_lib.embedding_tables(params)
     return jnp.concatenate([eu[users], ei[items], ei[neg]])
 
-  def coupling(self, keys, context):
+  def coupling(self, context):
     """`group_sam.cell_sam_rows(coupling=)`; None: P = I."""
-    del keys, context
+    del context
     return None
 
   def cells(self, params, batch, neg, context):
@@ -432,8 +435,8 @@ class _Rows(_Backend):
         lambda r: mf_example_loss(r, b, self.cosine, self.tau,
                                   self.closed_form), x, keys,
         slot_example, batch["cell"], batch["valid"], self.g, self.key_space,
-        self.rho, coupling=self.coupling(keys, context),
-        segment_impl=self.segment_impl)
+        self.rho, coupling=self.coupling(context),
+        segment_impl=self.segment_impl, couple_on=self.couple_on)
     cell = jnp.where(batch["valid"], batch["cell"], self.g)
     return out, (cell[slot_example], pull)
 
@@ -468,9 +471,11 @@ class _Graph(_Rows):
   through the propagation once. The buffers hold row-space sums Z_j (C_j =
   P^T Z_j); at the epoch boundary C^prev is stored as W_j = P P^T Z_j, so
   <h_i, C_j> = <row gradient of h_i, W_j> at the batch's rows and ||C_j||^2
-  = <Z_j, W_j>. The Gram products are taken by cell blocks
-  (`group_sam.blocked_coupling`, capacities from the cell sizes and the
-  batch size) when that at least halves their work. Equal to the dense vmap
+  = <Z_j, W_j>. The Gram products are taken by cell blocks on the cells'
+  gradient segments (`ops.gram_coupling`: natively where it loads, else
+  XLA's static blocks, `group_sam.blocked_coupling`, capacities from the
+  cell sizes and the batch size, when that at least halves their work;
+  the reference path: XLA's blocks on the slots). Equal to the dense vmap
   over cells (tested against the official cell-by-cell procedure), at
   about one propagation per step.
   """
@@ -483,6 +488,8 @@ class _Graph(_Rows):
     # product; None: the dense one.
     self.capacities = group_sam.cell_capacities(data.cell_counts,
                                                 config.batch_size, 3)
+    # `ops.gram_coupling` implementation (reference: XLA's blocks).
+    self.coupling_impl = "jax" if reference else "auto"
 
   def rows(self, params, users, items, neg, keys):
     del keys
@@ -491,15 +498,9 @@ class _Graph(_Rows):
                                self.num_users, users)
     return jnp.concatenate([e_u, e_i[items], e_i[neg]])
 
-  def coupling(self, keys, context):
-    gram = context["gram"]
-
-    def kernel_at(a, b):
-      return gram[a[:, None], b[None, :]]
-
-    if self.capacities is None:
-      return group_sam.dense_coupling(kernel_at(keys, keys), self.g)
-    return group_sam.blocked_coupling(kernel_at, keys, self.capacities)
+  def coupling(self, context):
+    return gram_coupling(context["gram"], self.g, self.capacities,
+                         self.coupling_impl)
 
   def roll(self, cur, context):
     k, g, d = cur.shape

@@ -6,7 +6,9 @@ of a table whose gradient is a few rows (`fairjax.ops.sparse_adam`);
 the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`); and
 `segment_rows.cc`, row sums by segment (`fairjax.ops.segment_rows`); and
 `dual_proposals.cc`, the bfloat16 proposals of the exact dual top-K on AMX
-tiles (`fairjax.ops.bf16_proposals`). Each
+tiles (`fairjax.ops.bf16_proposals`); and `gram_coupling.cc` (targets
+gram_blocks and gram_apply), ITFR's per-cell products with LightGCN's Gram
+matrix (`fairjax.ops.gram_coupling`). Each
 source is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ /
 clang++) against the XLA FFI headers that ship with jaxlib, into a cache
 directory (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that
@@ -47,7 +49,9 @@ import jaxlib
 SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam"),
            "cell_dots": ("cell_dots.cc", "FairjaxCellDots"),
            "segment_rows": ("segment_rows.cc", "FairjaxSegmentRows"),
-           "dual_proposals": ("dual_proposals.cc", "FairjaxDualProposals")}
+           "dual_proposals": ("dual_proposals.cc", "FairjaxDualProposals"),
+           "gram_blocks": ("gram_coupling.cc", "FairjaxGramBlocks"),
+           "gram_apply": ("gram_coupling.cc", "FairjaxGramApply")}
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=fast",
          "-std=c++17", "-shared", "-fPIC")
 
@@ -95,7 +99,7 @@ def build(name: str) -> pathlib.Path:
   key = hashlib.sha256(b"\0".join([
       text, jaxlib.__version__.encode(), " ".join(FLAGS).encode(),
       _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:16]
-  out = cache_dir() / f"{name}-{key}.so"
+  out = cache_dir() / f"{source.stem}-{key}.so"  # one per source file
   if out.exists():
     return out
   cxx = _compiler()

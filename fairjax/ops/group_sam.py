@@ -51,12 +51,18 @@ Two implementations of the same quantities:
     ||grad_g||^2 = sum_{s in g} J_s . (K J)_s,   rows'_s = rows_s +
     rho (K J)_s / (||grad_g|| + 1e-12),
   and ||h_g|| likewise from the slot gradients at rows'. K = [key_s ==
-  key_s'] (P = I) is the plain segment path. K is block diagonal over the
-  cells: `dense_coupling` forms all S^2 entries and masks them;
-  `blocked_coupling` forms only the diagonal blocks (the slots sorted by
-  cell into static per-cell capacities, `cell_capacities`), about sum_g
-  (n_g / n)^2 of the entries (0.12 on ML-1M's 12 cells), and falls back to
-  the dense product for a batch with a cell above its capacity.
+  key_s'] (P = I) is the plain segment path. The sums over a cell's slots
+  with one key are that cell's gradient segment, so K is applied to the
+  segments (one entry per (cell, key); `couple_on='segments'`, the
+  default): ||grad_g||^2 = sum_k grad_seg_k . (K grad_seg)_k over g's
+  segments, and a key repeated in a cell is read from P P^T once (0.64 of
+  the slot pairs on ML-1M). K is block diagonal over the cells:
+  `dense_coupling` forms all entries and masks them; `blocked_coupling`
+  forms only the diagonal blocks (the entries sorted by cell into static
+  per-cell capacities, `cell_capacities`), about sum_g (n_g / n)^2 of the
+  entries (0.12 on ML-1M's 12 cells), and falls back to the dense product
+  for a batch with a cell above its capacity; `ops.gram_coupling` does
+  the blocks natively.
 """
 
 from __future__ import annotations
@@ -226,7 +232,8 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
                   keys: Array, slot_example: Array, cell: Array, valid: Array,
                   num_cells: int, key_space: int, rho: float | Array | None,
                   coupling: Coupling | None = None,
-                  segment_impl: str = "jax") -> RowCellSam:
+                  segment_impl: str = "jax",
+                  couple_on: str = "segments") -> RowCellSam:
   """Sharpness-aware loss and gradient of every cell on gathered rows.
 
   The parameters are embedding tables; the batch reads S slots, rows[s] =
@@ -257,20 +264,29 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
     rho: perturbation radius >= 0; None skips the perturbed pass (one pass,
       L^SA = L and h = grad: the "no SAM" case, equal to rho = 0).
     coupling: when rows = P theta (module docstring), a function
-      `slot_cell [S] -> apply` (`dense_coupling`, `blocked_coupling`) with
-      apply(J)[s] = sum over the slots s' of s's cell of (P P^T)[keys_s,
-      keys_s'] J[s'] (0 for padding slots, cell G): norms and perturbations
+      `(keys [M], cells [M]) -> apply` (`dense_coupling`,
+      `blocked_coupling`, `ops.gram_coupling.native_coupling`) with
+      apply(J)[a] = sum over the entries a' of a's cell of (P P^T)[keys_a,
+      keys_a'] J[a'] (0 for entries of cell G): norms and perturbations
       then use the parameter-space geometry. None: rows are parameter rows
       (P = I). The segments (grad_seg, h_seg) stay row-space gradients
       either way.
     segment_impl: the `ops.segment_rows` implementation of the two passes'
       segment sums ('jax', 'native' or 'auto'; the same sums, to the bit).
+    couple_on: what the coupling multiplies. 'segments' (default): the
+      cells' gradient segments, one entry per (cell, key) (a key repeated
+      in a cell is read from P P^T once); 'slots': the slot gradients, one
+      entry per slot, the rounding of earlier versions. The same sums in
+      another order (within float32 rounding).
 
   Returns:
     `RowCellSam`.
   """
   if rho is not None:
     _check_rho(rho)
+  if couple_on not in ("segments", "slots"):
+    raise ValueError(f"couple_on must be 'segments' or 'slots', got "
+                     f"{couple_on!r}")
   g = num_cells
   if (g + 1) * key_space >= 2 ** 31:
     raise ValueError(f"(num_cells + 1) * key_space = {(g + 1) * key_space} "
@@ -284,7 +300,12 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
   seg_cell = jnp.where(seg_slot >= 0, slot_cell[safe], g)
   seg_key = keys[safe].astype(jnp.int32)
 
-  couple = None if coupling is None else coupling(slot_cell)
+  if coupling is None:
+    couple = None
+  elif couple_on == "segments":
+    couple = coupling(seg_key, seg_cell)
+  else:
+    couple = coupling(keys.astype(jnp.int32), slot_cell)
 
   def pass_at(x):
     losses, vjp = jax.vjp(example_loss, x)
@@ -295,6 +316,11 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
       coupled = grad_seg[seg]  # the cell's gradient on the slot's row
       sq = jax.ops.segment_sum(jnp.sum(grad_seg * grad_seg, -1), seg_cell,
                                g + 1)[:g]
+    elif couple_on == "segments":
+      coupled_seg = couple(grad_seg)  # (P P^T grad_g) at the cell's rows
+      coupled = coupled_seg[seg]
+      sq = jax.ops.segment_sum(jnp.sum(grad_seg * coupled_seg, -1),
+                               seg_cell, g + 1)[:g]
     else:
       coupled = couple(slot_g)  # (P P^T J) at the slot, within its cell
       sq = jax.ops.segment_sum(jnp.sum(slot_g * coupled, -1), slot_cell,
@@ -314,18 +340,24 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
                     h_seg=h_seg, slot_grad=slot_grad, slot_h=slot_h)
 
 
-# `cell_sam_rows(coupling=)`: slot cells [S] -> (J [S, d] -> [S, d]).
-Coupling = Callable[[Array], Callable[[Array], Array]]
+# `cell_sam_rows(coupling=)`: (keys [M], cells [M]) -> (J [M, d] -> [M, d]).
+Coupling = Callable[[Array, Array], Callable[[Array], Array]]
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def dense_coupling(kernel: Array, num_cells: int) -> Coupling:
-  """The coupling of the whole [S, S] kernel K[s, s'] = (P P^T)[keys_s,
-  keys_s']: K masked to pairs of slots of one cell (< num_cells), times J."""
-  def make(slot_cell):
-    same = ((slot_cell[:, None] == slot_cell[None, :])
-            & (slot_cell < num_cells)[:, None])
-    masked = jnp.where(same, kernel, 0.0)
+def dense_coupling(kernel_at: Callable[[Array, Array], Array],
+                   num_cells: int) -> Coupling:
+  """The coupling of the whole [M, M] kernel K[a, b] = (P P^T)[keys_a,
+  keys_b]: K masked to pairs of entries of one cell (< num_cells), times J.
+
+  Args:
+    kernel_at: `(a [m], b [n]) -> [m, n]`, (P P^T)[a[:, None], b[None, :]].
+    num_cells: G; entries of cell G (padding, unused segments) take no part.
+  """
+  def make(keys, cells):
+    same = ((cells[:, None] == cells[None, :])
+            & (cells < num_cells)[:, None])
+    masked = jnp.where(same, kernel_at(keys, keys), 0.0)
     return lambda j: jnp.matmul(masked.astype(j.dtype), j, precision=_HIGHEST)
   return make
 
@@ -353,26 +385,26 @@ def cell_capacities(cell_counts, batch_size: int, slots_per_example: int,
   return caps if 2 * sum(c * c for c in caps) <= full * full else None
 
 
-def blocked_coupling(kernel_at: Callable[[Array, Array], Array], keys: Array,
+def blocked_coupling(kernel_at: Callable[[Array, Array], Array],
                      capacities: tuple[int, ...]) -> Coupling:
   """The coupling from the cells' diagonal blocks only.
 
-  The slots are sorted by cell into static blocks of `capacities[g]` places
-  (`cell_capacities`); block g is kernel_at(k_g, k_g) at its slots' keys k_g
+  The entries are sorted by cell into static blocks of `capacities[g]`
+  places (`cell_capacities`); block g is kernel_at(k_g, k_g) at its
+  entries' keys k_g
   (empty places masked), so the work is sum_g capacity_g^2 instead of S^2.
-  A batch with more slots in a cell than its capacity takes
+  A batch with more entries in a cell than its capacity takes
   `dense_coupling` (a `lax.cond`): the result is exact for every batch.
 
   Args:
     kernel_at: `(a [m], b [n]) -> [m, n]`, (P P^T)[a[:, None], b[None, :]].
-    keys: int [S] row key of each slot.
-    capacities: static slot capacity of each cell (G = len).
+    capacities: static entry capacity of each cell (G = len).
   """
   num_cells = len(capacities)
   offsets = np.concatenate([[0], np.cumsum(capacities)]).astype(np.int32)
   total = int(offsets[-1])
 
-  def make(slot_cell):
+  def make(keys, slot_cell):
     s = slot_cell.shape[0]
     order = jnp.argsort(slot_cell, stable=True).astype(jnp.int32)
     sorted_cell = slot_cell[order]
@@ -406,7 +438,7 @@ def blocked_coupling(kernel_at: Callable[[Array, Array], Array], keys: Array,
           out)[:s]
 
     def dense(j):
-      return dense_coupling(kernel_at(keys, keys), num_cells)(slot_cell)(j)
+      return dense_coupling(kernel_at, num_cells)(keys, slot_cell)(j)
 
     return lambda j: jax.lax.cond(fits, blocked, dense, j)
 
