@@ -201,7 +201,11 @@ void ApplyRows(const float* const* kr, int64_t rows, const int32_t* row_entry,
                float* out) {
 #if defined(__AVX512F__)
   constexpr int64_t kW = 64;  // columns per pass: 4 vectors of 16
-  std::vector<float> spare(d);  // the rows a last register block leaves over
+  // Where a last register block's rows beyond `rows` are stored (columns
+  // c0 .. c0 + 64 of a row of d floats).
+  float spare_small[256];
+  std::vector<float> spare_big(d > 256 ? d : 0);
+  float* spare = d > 256 ? spare_big.data() : spare_small;
   for (int64_t c0 = 0; c0 < d; c0 += kW) {
     const int64_t w = std::min(kW, d - c0);
     __mmask16 mask[4];
@@ -216,7 +220,7 @@ void ApplyRows(const float* const* kr, int64_t rows, const int32_t* row_entry,
         const bool live = i + r < rows;
         k[r] = kr[live ? i + r : i];
         o[r] = live ? out + static_cast<int64_t>(row_entry[i + r]) * d
-                    : spare.data();
+                    : spare;
       }
       MicroBlock(k, n, entry, j_in, d, c0, mask, o);
     }

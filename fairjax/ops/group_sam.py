@@ -55,8 +55,8 @@ Two implementations of the same quantities:
   with one key are that cell's gradient segment, so K is applied to the
   segments (one entry per (cell, key); `couple_on='segments'`, the
   default): ||grad_g||^2 = sum_k grad_seg_k . (K grad_seg)_k over g's
-  segments, and a key repeated in a cell is read from P P^T once (0.64 of
-  the slot pairs on ML-1M). K is block diagonal over the cells:
+  segments, and a key repeated in a cell is read from P P^T once (about
+  0.64 of the slot pairs on ML-1M batches). K is block diagonal over the cells:
   `dense_coupling` forms all entries and masks them; `blocked_coupling`
   forms only the diagonal blocks (the entries sorted by cell into static
   per-cell capacities, `cell_capacities`), about sum_g (n_g / n)^2 of the
@@ -265,7 +265,7 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
       L^SA = L and h = grad: the "no SAM" case, equal to rho = 0).
     coupling: when rows = P theta (module docstring), a function
       `(keys [M], cells [M]) -> apply` (`dense_coupling`,
-      `blocked_coupling`, `ops.gram_coupling.native_coupling`) with
+      `blocked_coupling`, `ops.gram_coupling.gram_coupling`) with
       apply(J)[a] = sum over the entries a' of a's cell of (P P^T)[keys_a,
       keys_a'] J[a'] (0 for entries of cell G): norms and perturbations
       then use the parameter-space geometry. None: rows are parameter rows
