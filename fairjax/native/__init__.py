@@ -90,9 +90,14 @@ def cache_dir() -> pathlib.Path:
 def build(name: str) -> pathlib.Path:
   """Compiles kernel `name` if its cached library is missing; returns the
   library's path."""
+  return _build_source(SOURCES[name][0])
+
+
+def _build_source(file_name: str) -> pathlib.Path:
+  """`build` of one source file (its kernels share the library)."""
   if os.environ.get("FAIRJAX_NATIVE", "1") == "0":
     raise NativeUnavailable("turned off by FAIRJAX_NATIVE=0")
-  source = pathlib.Path(__file__).with_name(SOURCES[name][0])
+  source = pathlib.Path(__file__).with_name(file_name)
   # The source and every header beside it (the kernels include them).
   headers = sorted(source.parent.glob("*.h"))
   text = b"\0".join([source.read_bytes()] + [h.read_bytes() for h in headers])
@@ -122,11 +127,17 @@ def build(name: str) -> pathlib.Path:
   return out
 
 
-@functools.cache
 def _library(name: str) -> tuple[ctypes.CDLL | None, str]:
   """(the loaded library, '') of kernel `name`, else (None, the reason)."""
+  return _source_library(SOURCES[name][0])
+
+
+@functools.cache
+def _source_library(file_name: str) -> tuple[ctypes.CDLL | None, str]:
+  """`_library` per source file: built, hashed and loaded once a process
+  however many kernels it holds."""
   try:
-    return ctypes.cdll.LoadLibrary(str(build(name))), ""
+    return ctypes.cdll.LoadLibrary(str(_build_source(file_name))), ""
   except (NativeUnavailable, OSError) as e:
     return None, str(e)
 

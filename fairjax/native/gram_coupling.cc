@@ -171,9 +171,10 @@ ffi::Error GramBlocksImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gram,
 #if defined(__AVX512F__)
 constexpr int kMicroRows = 6;  // output rows per register block (24 sums)
 
-// out rows o[0 .. kMicroRows), columns [c0, c0 + 64) under `mask`:
-// o[r] = sum_j k[r][j] J[entry[j]]. Every row is stored (the caller points
-// rows it does not need at a scratch row), so the sums stay in registers.
+// Columns [c0, c0 + 64) under `mask` of kMicroRows output rows, o[r]
+// pointing at row r's column c0: o[r] = sum_j k[r][j] J[entry[j]]. Every
+// row is stored (the caller points rows it does not need at a scratch
+// row), so the sums stay in registers.
 inline void MicroBlock(const float* const* k, int64_t n, const int32_t* entry,
                        const float* j_in, int64_t d, int64_t c0,
                        const __mmask16* mask, float* const* o) {
@@ -190,7 +191,7 @@ inline void MicroBlock(const float* const* k, int64_t n, const int32_t* entry,
     }
   }
   for (int r = 0; r < kMicroRows; ++r)
-    for (int q = 0; q < 4; ++q) _mm512_mask_storeu_ps(o[r] + c0 + 16 * q, mask[q], acc[r][q]);
+    for (int q = 0; q < 4; ++q) _mm512_mask_storeu_ps(o[r] + 16 * q, mask[q], acc[r][q]);
 }
 #endif
 
@@ -201,11 +202,7 @@ void ApplyRows(const float* const* kr, int64_t rows, const int32_t* row_entry,
                float* out) {
 #if defined(__AVX512F__)
   constexpr int64_t kW = 64;  // columns per pass: 4 vectors of 16
-  // Where a last register block's rows beyond `rows` are stored (columns
-  // c0 .. c0 + 64 of a row of d floats).
-  float spare_small[256];
-  std::vector<float> spare_big(d > 256 ? d : 0);
-  float* spare = d > 256 ? spare_big.data() : spare_small;
+  float spare[kW];  // where a last register block's extra rows are stored
   for (int64_t c0 = 0; c0 < d; c0 += kW) {
     const int64_t w = std::min(kW, d - c0);
     __mmask16 mask[4];
@@ -219,7 +216,7 @@ void ApplyRows(const float* const* kr, int64_t rows, const int32_t* row_entry,
       for (int r = 0; r < kMicroRows; ++r) {
         const bool live = i + r < rows;
         k[r] = kr[live ? i + r : i];
-        o[r] = live ? out + static_cast<int64_t>(row_entry[i + r]) * d
+        o[r] = live ? out + static_cast<int64_t>(row_entry[i + r]) * d + c0
                     : spare;
       }
       MicroBlock(k, n, entry, j_in, d, c0, mask, o);
