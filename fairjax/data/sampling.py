@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fairjax.checkpoint import save_npy_atomic
+from fairjax import rng as rng_lib
 from fairjax.rng import step_keys
 from fairjax.errors import DataError
 
@@ -60,10 +61,11 @@ def _uniform_items(key: jax.Array, shape, num_items: int,
                    skip: int) -> jax.Array:
   """int32 draws uniform over 0..num_items-1, or with `skip` >= 0 over the
   other num_items - 1 ids (a draw x of 0..num_items-2 becomes x + (x >=
-  skip)); skip = -1 is exactly `randint(key, shape, 0, num_items)`."""
+  skip)); skip = -1 is exactly `jax.random.randint(key, shape, 0,
+  num_items)` (its values, from `fairjax.rng.randint`)."""
   if skip < 0:
-    return jax.random.randint(key, shape, 0, num_items, dtype=jnp.int32)
-  x = jax.random.randint(key, shape, 0, num_items - 1, dtype=jnp.int32)
+    return rng_lib.randint(key, shape, 0, num_items)
+  x = rng_lib.randint(key, shape, 0, num_items - 1)
   return x + (x >= skip).astype(jnp.int32)
 
 
