@@ -65,6 +65,54 @@ def _bits32(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return a ^ b
 
 
+def fast_threefry(key: jax.Array) -> bool:
+  """Whether `randint` and `randint_at` compute `key`'s values themselves
+  (threefry2x32 keys with jax_threefry_partitionable on, JAX's default)."""
+  return (str(jax.random.key_impl(key)) == "threefry2x32"
+          and bool(jax.config.jax_threefry_partitionable))
+
+
+def _reduce(hi: jax.Array, lo: jax.Array, minval, maxval) -> jax.Array:
+  """jax.random.randint's reduction of two uint32 words per value to
+  [minval, maxval) (int32; bounds broadcast with the words): (hi mod
+  span) * (2^32 mod span) + (lo mod span), mod span, all in uint32
+  arithmetic, whose wrap-around for spans above 2^16 is part of the values;
+  span 1 where maxval <= minval."""
+  minval = jnp.asarray(minval, jnp.int32)
+  maxval = jnp.asarray(maxval, jnp.int32)
+  span = jnp.where(maxval <= minval, jnp.uint32(1),
+                   (maxval - minval).astype(jnp.uint32))
+  m = jnp.uint32(2 ** 16) % span
+  multiplier = (m * m) % span
+  offset = ((hi % span) * multiplier + lo % span) % span
+  return minval + offset.astype(jnp.int32)
+
+
+def randint_at(key: jax.Array, shape, index: jax.Array, minval,
+               maxval) -> jax.Array:
+  """The values `jax.random.randint(key, shape, minval, maxval, jnp.int32)`
+  has at the flat (row-major) positions `index` (int array), computed for
+  those positions alone; minval and maxval are ints or int32 arrays that
+  broadcast with `index` (each position's own bounds, as randint's
+  broadcast bounds give them). For `fast_threefry` keys only (ValueError
+  otherwise): threefry's counters make each position's value a function of
+  the key and the position."""
+  if not fast_threefry(key):
+    raise ValueError("randint_at needs a threefry2x32 key with "
+                     "jax_threefry_partitionable on")
+  size = int(np.prod(tuple(int(d) for d in shape)))
+  if size >= 2 ** 32:
+    raise ValueError(f"randint_at: {size} values need 64-bit counters")
+  x1 = jnp.asarray(index).astype(jnp.uint32)
+  x0 = jnp.zeros_like(x1)
+  words = []
+  for k in jax.random.split(key):
+    data = jax.random.key_data(k)
+    a, b = threefry2x32(data[0], data[1], x0, x1)
+    words.append(a ^ b)
+  return _reduce(words[0], words[1], minval, maxval)
+
+
 def randint(key: jax.Array, shape, minval: int, maxval: int) -> jax.Array:
   """int32 values of `jax.random.randint(key, shape, minval, maxval,
   jnp.int32)`, bit for bit, for Python-int bounds with 0 < maxval - minval
@@ -76,16 +124,7 @@ def randint(key: jax.Array, shape, minval: int, maxval: int) -> jax.Array:
   if not 0 < span < 2 ** 31 or not (-2 ** 31 <= minval and maxval < 2 ** 31):
     raise ValueError(f"randint: need 0 < maxval - minval < 2^31 within "
                      f"int32, got [{minval}, {maxval})")
-  if (str(jax.random.key_impl(key)) != "threefry2x32"
-      or not jax.config.jax_threefry_partitionable):
+  if not fast_threefry(key):
     return jax.random.randint(key, shape, minval, maxval, dtype=jnp.int32)
-  # jax's reduction: two 32-bit words per value, (hi mod span) * (2^32 mod
-  # span) + (lo mod span), mod span, all in uint32 arithmetic (whose
-  # wrap-around, for spans above 2^16, is part of its values).
   k_hi, k_lo = jax.random.split(key)
-  u_span = jnp.uint32(span)
-  m = 2 ** 16 % span
-  multiplier = jnp.uint32((m * m) % 2 ** 32 % span)
-  offset = ((_bits32(k_hi, shape) % u_span) * multiplier
-            + _bits32(k_lo, shape) % u_span) % u_span
-  return jnp.int32(minval) + offset.astype(jnp.int32)
+  return _reduce(_bits32(k_hi, shape), _bits32(k_lo, shape), minval, maxval)

@@ -247,3 +247,63 @@ def test_presampled_rounds_give_identical_negatives(rounds):
   with pytest.raises(ValueError, match="drawn has shape"):
     S.sample_negatives(keys[0], seen, users, 3, max_rounds=6,
                        drawn=S.draw_rounds(keys[0], 30, (64, 2), rounds))
+
+
+@pytest.mark.parametrize("skip,capacity", [(-1, 4096), (5, 7), (-1, 1)])
+def test_resolved_epoch_negatives_equal_per_step_sampling(skip, capacity):
+  """`resolve_negatives` (the whole epoch's sampling before the scan)
+  gives each step's `sample_negatives`, bit for bit: dense users whose
+  slots need many rounds, one free item (the exact fallback), no free item
+  (-1), and capacities small enough to take several chunks."""
+  rng = np.random.default_rng(11)
+  seen = rng.random((20, 30)) < 0.3
+  seen[2] = rng.random(30) < 0.85
+  seen[4, :] = True  # one free item: the rejection rounds mostly fail
+  seen[4, 17] = False
+  seen[6, :] = True  # none free
+  seen = jnp.asarray(seen)
+  steps, b, n, rounds = 6, 16, 3, 2
+  users = rng.integers(0, 20, (steps, b)).astype(np.int32)
+  users[:, :3] = [2, 4, 6]
+  users = jnp.asarray(users)
+  keys = jax.random.split(jax.random.key(5), steps)
+  draws = jax.vmap(lambda k: S.draw_rounds(k, 30, (b, n), rounds, skip))(keys)
+  got = jax.jit(lambda *a: S.resolve_negatives(
+      *a, skip=skip, max_rounds=6, capacity=capacity))(seen, users, keys,
+                                                       draws)
+  for s in range(steps):
+    want = S.sample_negatives(keys[s], seen, users[s], n, max_rounds=6,
+                              drawn=draws[s], skip=skip)
+    np.testing.assert_array_equal(np.asarray(got[s]), np.asarray(want))
+  got = np.asarray(got)
+  assert (got[:, 2] == -1).all()  # user 6 saw every item
+  if skip < 0:
+    assert (got[:, 1] == 17).all()  # user 4's one free item
+  else:
+    assert (got != skip).all()
+
+
+def test_presolved_epoch_feeds_the_same_negatives():
+  """presample_negatives(presolve=True) puts `resolve_negatives` of its
+  own keys and draws in the batches."""
+  rng = np.random.default_rng(2)
+  seen = jnp.asarray(rng.random((10, 40)) < 0.4)
+  batches = {"user": jnp.asarray(rng.integers(0, 10, (3, 8)).astype(
+      np.int32))}
+
+  class State:
+    step = jnp.int32(4)
+
+  kw = dict(num_items=40, num_negatives=2)
+  _, plain = S.presample_negatives(State, batches, jax.random.key(1), None,
+                                   **kw)
+  _, pre = S.presample_negatives(State, batches, jax.random.key(1),
+                                 {"seen": seen}, presolve=True, **kw)
+  assert "neg_draws" not in pre
+  np.testing.assert_array_equal(np.asarray(jax.random.key_data(pre["key"])),
+                                np.asarray(jax.random.key_data(plain["key"])))
+  for s in range(3):
+    want = S.sample_negatives(plain["key"][s], seen, batches["user"][s], 2,
+                              drawn=plain["neg_draws"][s])
+    np.testing.assert_array_equal(np.asarray(pre["negatives"][s]),
+                                  np.asarray(want))

@@ -93,7 +93,7 @@ DISTINCT_KEY_BASE = 1 << 20
 def presample_negatives(state, batches, rng, context, *, num_items: int,
                         num_negatives: int,
                         rounds: int = PRESAMPLED_ROUNDS, fixed: bool = False,
-                        skip: int = -1):
+                        skip: int = -1, presolve: bool = False):
   """An epoch `prepare` (`train.make_epoch`): per-step keys and first
   negative-sampling rounds, drawn once per epoch.
 
@@ -106,15 +106,125 @@ def presample_negatives(state, batches, rng, context, *, num_items: int,
   of several per step. With `fixed` the keys are `step_keys(rng, 0, S)`,
   independent of the state's step: epochs called with the same `rng` draw
   the same negatives (the official FADE code's fine-tuning reuses one draw
-  for all epochs of a period). Returns (state, batches), the state
-  unchanged.
+  for all epochs of a period). With `presolve` (and threefry keys,
+  `rng.fast_threefry`) the whole sampling is done here instead
+  (`resolve_negatives`, context['seen'] and batches['user']):
+  batches['negatives'] [S, B, n] holds those same negatives, bit for bit,
+  and the step reads them (`fade.make_candidates`) with no sampling of its
+  own. Returns (state, batches), the state unchanged.
   """
-  del context
   steps, b = batches["user"].shape
   keys = step_keys(rng, 0 if fixed else state.step, steps)
   draws = jax.vmap(lambda k: draw_rounds(k, num_items, (b, num_negatives),
                                          rounds, skip))(keys)
-  return state, dict(batches, key=keys, neg_draws=draws)
+  if not (presolve and rng_lib.fast_threefry(keys)):
+    return state, dict(batches, key=keys, neg_draws=draws)
+  neg = resolve_negatives(context["seen"], batches["user"], keys, draws,
+                          skip=skip)
+  return state, dict(batches, key=keys, negatives=neg)
+
+
+def first_rounds(seen: jax.Array, users: jax.Array, drawn: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+  """(cand, rejected) [B, n] after the rounds `drawn` [R, B, n] of
+  `sample_negatives`: round 0's draw, each later round replacing the slots
+  still rejected (its draw seen by the row's user, seen [U, I]); `rejected`
+  marks the slots whose last draw was seen."""
+  rows = users[:, None]
+  cand = drawn[0]
+  rej = seen[rows, cand]
+  for r in range(1, drawn.shape[0]):
+    cand = jnp.where(rej, drawn[r], cand)
+    rej = rej & seen[rows, drawn[r]]
+  return cand, rej
+
+
+def _uniform_items_at(key: jax.Array, shape, index: jax.Array,
+                      num_items: int, skip: int) -> jax.Array:
+  """`_uniform_items(key, shape, num_items, skip)` at the flat positions
+  `index` only (`rng.randint_at`)."""
+  if skip < 0:
+    return rng_lib.randint_at(key, shape, index, 0, num_items)
+  x = rng_lib.randint_at(key, shape, index, 0, num_items - 1)
+  return x + (x >= skip).astype(jnp.int32)
+
+
+RESOLVE_CAPACITY = 4096
+
+
+def resolve_negatives(seen: jax.Array, users: jax.Array, keys: jax.Array,
+                      drawn: jax.Array, *, skip: int = -1,
+                      max_rounds: int = 32,
+                      capacity: int = RESOLVE_CAPACITY) -> jax.Array:
+  """[S, B, n] = `sample_negatives(keys[s], seen, users[s], n, max_rounds,
+  drawn=drawn[s], skip=skip)` for every step s of an epoch at once, bit for
+  bit (distinct=False; threefry keys, `rng.fast_threefry`).
+
+  The presampled rounds `drawn` [S, R, B, n] are looked up for the whole
+  epoch (`first_rounds`). A slot's later rounds depend on that slot alone
+  (round r's draw at its place in fold_in(keys[s], r)'s [B, n] block), so
+  the slots still rejected, a few hundred of the epoch's millions, are
+  gathered `capacity` at a time and finished on their own: rounds R ..
+  max_rounds - 1 drawn at their positions only (`rng.randint_at`), then
+  the exact fallback of `_draw_free` for any slot still rejected (one
+  cumulative sum over the items per such slot). In a training step this is
+  a loop and a branch on the data, which XLA:CPU runs as programs of their
+  own that the step's other work waits on.
+  """
+  steps, num_rounds, b, n = drawn.shape
+  num_items = seen.shape[1]
+  if not 1 <= num_rounds <= max_rounds:
+    raise ValueError(f"drawn has {num_rounds} rounds; expected 1 <= R <= "
+                     f"max_rounds = {max_rounds}")
+  cand, rej = jax.vmap(functools.partial(first_rounds, seen))(users, drawn)
+  total = steps * b * n
+  flat_users = users.reshape(-1)
+
+  def exact(key, index, user):
+    free = ~seen[user]
+    if skip >= 0:
+      free = free & (jnp.arange(num_items) != skip)
+    csum = jnp.cumsum(free, dtype=jnp.int32)
+    cnt = csum[-1]
+    r = rng_lib.randint_at(jax.random.fold_in(key, max_rounds + 1), (b, n),
+                           index, 0, jnp.maximum(cnt, 1))
+    idx = jnp.searchsorted(csum, r, side="right").astype(jnp.int32)
+    return jnp.where(cnt > 0, idx, -1)
+
+  def chunk(carry):
+    cand_f, rej_f = carry
+    pos = jnp.nonzero(rej_f, size=capacity, fill_value=total)[0]
+    live = pos < total
+    p = jnp.minimum(pos, total - 1)
+    step, index = p // (b * n), (p % (b * n)).astype(jnp.int32)
+    user = flat_users[step * b + index // n]
+    key = keys[step]
+
+    def cond(c):
+      r, _, rj = c
+      return (r < max_rounds) & rj.any()
+
+    def body(c):
+      r, c_, rj = c
+      new = jax.vmap(lambda k, i: _uniform_items_at(
+          jax.random.fold_in(k, r), (b, n), i, num_items, skip))(key, index)
+      return r + 1, jnp.where(rj, new, c_), rj & seen[user, new]
+
+    _, c, rj = jax.lax.while_loop(cond, body,
+                                  (jnp.int32(num_rounds), cand_f[p], live))
+
+    def fallback(c):
+      e = jax.lax.map(lambda a: exact(*a), (key, index, user),
+                      batch_size=min(capacity, 256))
+      return jnp.where(rj, e, c)
+
+    c = jax.lax.cond(rj.any(), fallback, lambda c: c, c)
+    return (cand_f.at[pos].set(c, mode="drop"),
+            rej_f.at[pos].set(False, mode="drop"))
+
+  cand_f, _ = jax.lax.while_loop(lambda c: c[1].any(), chunk,
+                                 (cand.reshape(-1), rej.reshape(-1)))
+  return cand_f.reshape(steps, b, n)
 
 
 def _draw_free(key: jax.Array, free: jax.Array, m: int) -> jax.Array:

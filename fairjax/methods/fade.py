@@ -201,13 +201,20 @@ def make_candidates(num_negatives: int, skip: int = -1,
   """`(batch, rng, context) -> (users [B], items [B, 1 + n])`: each row's
   positive, then `num_negatives` negatives uniform among the items the user
   has not interacted with (context['seen']); `skip` and `distinct` as in
-  `sampling.sample_negatives` (`fade_protocol.negative_sampler`)."""
+  `sampling.sample_negatives` (`fade_protocol.negative_sampler`). Without
+  `distinct`, negatives already in the batch (batch['negatives'] from
+  `presample_negatives(presolve=True)`, the same draws) are read as they
+  are."""
 
   def candidates(batch, rng, context):
     users = batch["user"]
-    neg = sampling.sample_negatives(rng, context["seen"], users, num_negatives,
-                                    drawn=batch.get("neg_draws"), skip=skip,
-                                    distinct=distinct)
+    if "negatives" in batch and not distinct:  # presample_negatives(presolve)
+      neg = batch["negatives"]
+    else:
+      neg = sampling.sample_negatives(rng, context["seen"], users,
+                                      num_negatives,
+                                      drawn=batch.get("neg_draws"), skip=skip,
+                                      distinct=distinct)
     return users, jnp.concatenate([batch["item"][:, None], neg], axis=1)
 
   return candidates
@@ -410,7 +417,7 @@ class Trainer:
           prepare=functools.partial(
               sampling.presample_negatives, num_items=self.model.num_items,
               num_negatives=c.num_negatives, fixed=fixed_negatives,
-              skip=sampler["skip"]),
+              skip=sampler["skip"], presolve=not sampler["distinct"]),
           skip_empty=skip_empty)
     return self._epochs[key]
 
