@@ -55,3 +55,22 @@ def test_other_key_implementations_use_jax_random():
   np.testing.assert_array_equal(
       np.asarray(rng.randint(key, (4, 3), 0, 100)),
       np.asarray(jax.random.randint(key, (4, 3), 0, 100, dtype=jnp.int32)))
+
+
+def test_randint_at_equals_randint_at_those_positions():
+  key = jax.random.fold_in(jax.random.key(9), 3)
+  shape = (64, 5)
+  idx = jnp.asarray([0, 1, 7, 63, 64, 200, 319], jnp.int32)
+  want = np.asarray(jax.random.randint(key, shape, 0, 3628,
+                                       dtype=jnp.int32)).ravel()
+  got = rng.randint_at(key, shape, idx, 0, 3628)
+  np.testing.assert_array_equal(np.asarray(got), want[np.asarray(idx)])
+  # Per-row bounds, as randint broadcasts a [B, 1] maxval (0 gives span 1).
+  maxval = jnp.asarray(np.random.default_rng(0).integers(0, 90_000, (64, 1)),
+                       jnp.int32)
+  want = np.asarray(jax.random.randint(key, shape, 0, maxval,
+                                       dtype=jnp.int32)).ravel()
+  got = rng.randint_at(key, shape, idx, 0, maxval.ravel()[idx // 5])
+  np.testing.assert_array_equal(np.asarray(got), want[np.asarray(idx)])
+  with pytest.raises(ValueError, match="threefry2x32"):
+    rng.randint_at(jax.random.key(0, impl="rbg"), shape, idx, 0, 10)

@@ -119,6 +119,9 @@ def presample_negatives(state, batches, rng, context, *, num_items: int,
                                          rounds, skip))(keys)
   if not (presolve and rng_lib.fast_threefry(keys)):
     return state, dict(batches, key=keys, neg_draws=draws)
+  if not context or "seen" not in context:
+    raise ValueError("presample_negatives(presolve=True) needs the seen "
+                     "matrix as context['seen']")
   neg = resolve_negatives(context["seen"], batches["user"], keys, draws,
                           skip=skip)
   return state, dict(batches, key=keys, negatives=neg)
