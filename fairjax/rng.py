@@ -12,6 +12,9 @@ and the same reduction to the range. jax lowers the hash on the CPU as a
 rolled loop of five steps over whole arrays, each step reading and writing
 the arrays in memory; here the 20 rounds are written out and XLA fuses them
 into one pass (about 4x faster for an epoch's negative draws, 8 M values).
+`randint_at` gives the values of such a draw at chosen positions alone
+(threefry's counters make each a function of the key and its position):
+`sampling.resolve_negatives` finishes an epoch's few rejected slots with it.
 """
 
 from __future__ import annotations

@@ -152,6 +152,8 @@ def _uniform_items_at(key: jax.Array, shape, index: jax.Array,
   return x + (x >= skip).astype(jnp.int32)
 
 
+# Rejected slots finished per pass of `resolve_negatives` (more take more
+# passes; an ML-1M pretraining epoch leaves a few hundred after 4 rounds).
 RESOLVE_CAPACITY = 4096
 
 
