@@ -55,19 +55,6 @@ def threefry2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array,
   return x0, x1
 
 
-def _bits32(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """`jax.random.bits(key, shape)` (uint32) of a threefry key, counters
-  partitionable as jax numbers them: element i of the flattened shape hashes
-  the pair (0, i), and the two output words are xor-ed."""
-  size = int(np.prod(shape))
-  if size >= 2 ** 32:
-    raise ValueError(f"randint: {size} values need 64-bit counters")
-  data = jax.random.key_data(key)
-  x1 = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  a, b = threefry2x32(data[0], data[1], jnp.zeros(shape, jnp.uint32), x1)
-  return a ^ b
-
-
 def fast_threefry(key: jax.Array) -> bool:
   """Whether `randint` and `randint_at` compute `key`'s values themselves
   (threefry2x32 keys with jax_threefry_partitionable on, JAX's default)."""
@@ -129,5 +116,6 @@ def randint(key: jax.Array, shape, minval: int, maxval: int) -> jax.Array:
                      f"int32, got [{minval}, {maxval})")
   if not fast_threefry(key):
     return jax.random.randint(key, shape, minval, maxval, dtype=jnp.int32)
-  k_hi, k_lo = jax.random.split(key)
-  return _reduce(_bits32(k_hi, shape), _bits32(k_lo, shape), minval, maxval)
+  # Every position: jax numbers the flattened shape's values 0, 1, ...
+  index = jax.lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape)
+  return randint_at(key, shape, index, minval, maxval)

@@ -63,9 +63,17 @@ def _uniform_items(key: jax.Array, shape, num_items: int,
   other num_items - 1 ids (a draw x of 0..num_items-2 becomes x + (x >=
   skip)); skip = -1 is exactly `jax.random.randint(key, shape, 0,
   num_items)` (its values, from `fairjax.rng.randint`)."""
+  return _past_skip(lambda top: rng_lib.randint(key, shape, 0, top),
+                    num_items, skip)
+
+
+def _past_skip(draw: Callable[[int], jax.Array], num_items: int,
+               skip: int) -> jax.Array:
+  """`draw(num_items)`, or with `skip` >= 0 `draw(num_items - 1)` moved
+  past item `skip` (x -> x + (x >= skip))."""
   if skip < 0:
-    return rng_lib.randint(key, shape, 0, num_items)
-  x = rng_lib.randint(key, shape, 0, num_items - 1)
+    return draw(num_items)
+  x = draw(num_items - 1)
   return x + (x >= skip).astype(jnp.int32)
 
 
@@ -146,10 +154,8 @@ def _uniform_items_at(key: jax.Array, shape, index: jax.Array,
                       num_items: int, skip: int) -> jax.Array:
   """`_uniform_items(key, shape, num_items, skip)` at the flat positions
   `index` only (`rng.randint_at`)."""
-  if skip < 0:
-    return rng_lib.randint_at(key, shape, index, 0, num_items)
-  x = rng_lib.randint_at(key, shape, index, 0, num_items - 1)
-  return x + (x >= skip).astype(jnp.int32)
+  return _past_skip(lambda top: rng_lib.randint_at(key, shape, index, 0, top),
+                    num_items, skip)
 
 
 # Rejected slots finished per pass of `resolve_negatives` (more take more
@@ -186,10 +192,8 @@ def resolve_negatives(seen: jax.Array, users: jax.Array, keys: jax.Array,
   total = steps * b * n
   flat_users = users.reshape(-1)
 
-  def exact(key, index, user):
-    free = ~seen[user]
-    if skip >= 0:
-      free = free & (jnp.arange(num_items) != skip)
+  def exact(key, index, user):  # `_draw_free` at one slot
+    free = _free_items(seen, user[None], skip)[0]
     csum = jnp.cumsum(free, dtype=jnp.int32)
     cnt = csum[-1]
     r = rng_lib.randint_at(jax.random.fold_in(key, max_rounds + 1), (b, n),
@@ -384,11 +388,7 @@ def sample_negatives(rng: jax.Array, seen: jax.Array, users: jax.Array,
       raise ValueError(f"drawn has shape {drawn.shape}; expected [R, {b}, "
                        f"{n}] with 1 <= R <= max_rounds = {max_rounds}")
     # Round r replaces the slots still rejected, as the loop below does.
-    cand = drawn[0]
-    rej = seen[rows, cand]
-    for r in range(1, start):
-      cand = jnp.where(rej, drawn[r], cand)
-      rej = rej & seen[rows, drawn[r]]
+    cand, rej = first_rounds(seen, users, drawn)
 
   cand = _redraw_rejected(rng, cand, rej, lambda v: seen[rows, v],
                           lambda: _free_items(seen, users, skip), start,
