@@ -14,8 +14,9 @@ Every ITFR epoch computes the 144 cosines (in epoch 0 against zero buffers,
 masked to R = I), so every epoch does the same work.
 
 ITFR runs twice: on its default path (the cosines' inner products by the
-native kernel `ops.cell_dots` and the segment sums by `ops.segment_rows`
-where they load, the loss gradient in closed form) and on the reference
+native kernel `ops.cell_dots`, the segment sums by `ops.segment_rows` and
+the per-example losses and gradients by `ops.triplet_bpr` where they load)
+and on the reference
 path (`make_epoch_fn(reference=True)`: jnp inner products and segment sums,
 autodiff, for LightGCN XLA's Gram blocks on the slots: the rounding of
 earlier versions), from the same start. Keys:
@@ -26,7 +27,8 @@ parameters from the reference path's (`reference_max_abs_param_diff`,
 `reference_norm_rel_param_diff` = ||difference|| / ||params||);
 `itfr_over_bpr_by_epoch` lists each timed epoch's ratio (the two epochs
 run one after the other, so the spread shows the machine's drift);
-`cell_dots_native` says whether the kernel ran, `gram_coupling_native`
+`cell_dots_native` says whether the kernel ran, `triplet_bpr_native`
+whether the losses' kernel did, `gram_coupling_native`
 whether LightGCN's Gram products ran natively (`ops.gram_coupling`).
 
 Data: ML-1M under `data_dir` (or $FAIRJAX_DATA_DIR); without it, the
@@ -175,6 +177,8 @@ def run(get_config, seed: int = 0, data_dir: str | None = None,
          "reference_over_bpr": ref / bpr,
          "epochs_compared": 1 + repeats,
          "cell_dots_native": native.resolve("cell_dots", "auto") == "native",
+         "triplet_bpr_native": native.resolve("triplet_bpr",
+                                              "auto") == "native",
          "gram_coupling_native": (model == "lightgcn" and native.resolve(
              "gram_blocks", "auto") == "native"),
          **_param_diffs(state.params, ref_state.params)}

@@ -65,14 +65,13 @@ from fairjax.data import batching
 from fairjax.data import sampling
 from fairjax.data.cells import ItfrData
 from fairjax.errors import ConfigError
-from fairjax.models import mf as mf_model
 from fairjax.models.mf import normalize_rows
 from fairjax.models.lightgcn import (adjacency, propagate_split,
                                      propagation_gram)
 from fairjax.ops import group_sam
 from fairjax.ops.cell_dots import cell_dots
 from fairjax.ops.gram_coupling import gram_coupling
-from fairjax.ops.reductions import row_sums
+from fairjax.ops.triplet_bpr import triplet_bpr_vjp
 from fairjax.ops import group_weights as gw
 
 
@@ -277,71 +276,23 @@ def init_aux(spec: MethodSpec, data: ItfrData, params, model) -> dict:
 # The ITFR step: per-cell (sharpness-aware) gradients and weights.
 
 
-def mf_example_loss(x, batch_size: int, cosine: bool, tau: float,
-                    closed_form: bool = True):
+def mf_example_loss(x, batch_size: int, cosine: bool, tau: float):
   """Per-row BPR from gathered MF rows x = [e_u; e_i; e_j] ([3B, d]).
 
   l_b = softplus(s_uj - s_ui), s = <e_u, e_i> or with `cosine` the cosine
   / tau (rows scaled by rsqrt(max(||x||^2, 1e-12)), as
-  `models.mf.normalize_rows`). With `closed_form` its vector-Jacobian
-  product is written out (`jax.custom_vjp`): three row sums per evaluation
-  instead of the eight reductions autodiff leaves, the same gradient up to
-  float rounding (tests/test_itfr.py checks it against autodiff in
-  float64). `closed_form=False`: the plain formula, differentiated by JAX.
+  `models.mf.normalize_rows`): the plain formula, differentiated by JAX on
+  the reference path. The default path takes the losses and their gradient
+  from `ops.triplet_bpr.triplet_bpr_vjp`.
   """
-  if not closed_form:
-    b = batch_size
-    eu, ei, ej = x[:b], x[b:2 * b], x[2 * b:]
-    if cosine:
-      eu, ei, ej = normalize_rows(eu), normalize_rows(ei), normalize_rows(ej)
-    sp, sn = jnp.sum(eu * ei, -1), jnp.sum(eu * ej, -1)
-    if cosine:
-      sp, sn = sp / tau, sn / tau
-    return ops.bpr_loss(sp, sn)
-  return _mf_triplet_loss(batch_size, bool(cosine), float(tau))(x)
-
-
-@functools.cache
-def _mf_triplet_loss(b: int, cosine: bool, tau: float):
-  eps = mf_model._EPS  # normalize_rows' floor on ||x||^2
-
-  def forward(x):
-    if cosine:
-      sq = row_sums(x * x)
-      r = jax.lax.rsqrt(jnp.maximum(sq, eps))
-      xn = x * r[:, None]
-    else:
-      sq = r = None
-      xn = x
-    eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
-    s = row_sums(jnp.concatenate([eu * ei, eu * ej]))
-    z = s[b:] - s[:b]
-    if cosine:
-      z = z / tau
-    return jax.nn.softplus(z), (x, xn, sq, r, z)
-
-  @jax.custom_vjp
-  def loss(x):
-    return forward(x)[0]
-
-  def backward(res, g):
-    x, xn, sq, r, z = res
-    gz = g * jax.nn.sigmoid(z)  # d softplus(z) / dz
-    if cosine:
-      gz = gz / tau
-    eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
-    gz = gz[:, None]
-    gx = jnp.concatenate([gz * (ej - ei), -gz * eu, gz * eu])
-    if cosine:
-      # d(x r)/dx with r = rsqrt(max(sq, eps)): r g - r^3 <x, g> x where
-      # the max passes sq (half of it at a tie, as jnp.maximum's gradient).
-      live = jnp.where(sq > eps, 1.0, jnp.where(sq == eps, 0.5, 0.0))
-      proj = row_sums(x * gx)
-      gx = r[:, None] * gx - (live * r * r * r * proj)[:, None] * x
-    return (gx,)
-
-  loss.defvjp(forward, backward)
-  return loss
+  b = batch_size
+  eu, ei, ej = x[:b], x[b:2 * b], x[2 * b:]
+  if cosine:
+    eu, ei, ej = normalize_rows(eu), normalize_rows(ei), normalize_rows(ej)
+  sp, sn = jnp.sum(eu * ei, -1), jnp.sum(eu * ej, -1)
+  if cosine:
+    sp, sn = sp / tau, sn / tau
+  return ops.bpr_loss(sp, sn)
 
 
 class _Backend:
@@ -376,13 +327,14 @@ class _Rows(_Backend):
   read there for the cosines (`ops.cell_dots`), n_g grad_g is
   scatter-added into C^cur.
 
-  The two passes' segment sums run as `ops.segment_rows` (native where it
-  loads: the same sums to the bit, without XLA's zero buffers).
+  The two passes' losses and slot gradients come from
+  `ops.triplet_bpr.triplet_bpr_vjp` (native where it loads: one pass over
+  each example's rows), their segment sums from `ops.segment_rows` (native
+  where it loads: the same sums to the bit, without XLA's zero buffers).
   `reference=True` takes the jnp cosines, the jnp segment sums and the
-  autodiff loss gradient (`mf_example_loss(closed_form=False)`) instead of
-  the native kernels and the closed form: the same algorithm, rounded as
-  before those were written; `launch.bench --bench=itfr` compares the two
-  paths.
+  autodiff loss gradient (`mf_example_loss`) instead of
+  the native kernels: the same algorithm, rounded as before those were
+  written; `launch.bench --bench=itfr` compares the two paths.
   """
 
   def __init__(self, model, spec, config, data, reference: bool = False):
@@ -393,7 +345,8 @@ class _Rows(_Backend):
     self.rho = float(config.itfr.rho) if spec.sam else None
     # `ops.cell_dots` and `ops.segment_rows` implementations.
     self.dots_impl = self.segment_impl = "jax" if reference else "auto"
-    self.closed_form = not reference
+    # `ops.triplet_bpr.triplet_bpr_vjp` implementation; None: autodiff.
+    self.loss_impl = None if reference else "auto"
     # `group_sam.cell_sam_rows(couple_on=)` (used with a coupling only).
     self.couple_on = "slots" if reference else "segments"
     self.classes = _user_classes(data)
@@ -431,12 +384,15 @@ class _Rows(_Backend):
 
     x, pull = jax.vjp(lambda p: self.rows(p, users, items, neg, keys), params)
     slot_example = jnp.tile(jnp.arange(b), 3)
+    loss_vjp = None if self.loss_impl is None else functools.partial(
+        triplet_bpr_vjp, batch_size=b, cosine=self.cosine, tau=self.tau,
+        impl=self.loss_impl)
     out = group_sam.cell_sam_rows(
-        lambda r: mf_example_loss(r, b, self.cosine, self.tau,
-                                  self.closed_form), x, keys,
+        lambda r: mf_example_loss(r, b, self.cosine, self.tau), x, keys,
         slot_example, batch["cell"], batch["valid"], self.g, self.key_space,
         self.rho, coupling=self.coupling(context),
-        segment_impl=self.segment_impl, couple_on=self.couple_on)
+        segment_impl=self.segment_impl, couple_on=self.couple_on,
+        loss_vjp=loss_vjp)
     cell = jnp.where(batch["valid"], batch["cell"], self.g)
     return out, (cell[slot_example], pull)
 

@@ -4,7 +4,9 @@ Kernels (`SOURCES`): `sparse_adam.cc`, the dense Adam + coupled L2 update
 of a table whose gradient is a few rows (`fairjax.ops.sparse_adam`);
 `cell_dots.cc`, ITFR's inner products of per-cell gradient segments with
 the previous epoch's [K, G, D] buffer (`fairjax.ops.cell_dots`); and
-`segment_rows.cc`, row sums by segment (`fairjax.ops.segment_rows`); and
+`segment_rows.cc`, row sums by segment (`fairjax.ops.segment_rows`);
+`triplet_bpr.cc`, the per-example BPR of gathered (u, i, j) rows and its
+gradient in one pass (`fairjax.ops.triplet_bpr`); and
 `dual_proposals.cc`, the bfloat16 proposals of the exact dual top-K on AMX
 tiles (`fairjax.ops.bf16_proposals`); and `gram_coupling.cc` (targets
 gram_blocks and gram_apply), ITFR's per-cell products with LightGCN's Gram
@@ -13,8 +15,8 @@ source is compiled with the machine's C++ compiler (`CXX`, else c++ / g++ /
 clang++) against the XLA FFI headers that ship with jaxlib, into a cache
 directory (`FAIRJAX_CACHE_DIR`, default ~/.cache/fairjax) under a name that
 hashes the source and the headers beside it (`flush_denormals.h`,
-`run_tasks.h`: the denormal flush and the thread-pool task runner the
-kernels share), the jaxlib version, the flags and this CPU's feature flags, so a change of any
+`run_tasks.h`, `lanes.h`: the denormal flush, the thread-pool task runner
+and the 16-float vector the kernels share), the jaxlib version, the flags and this CPU's feature flags, so a change of any
 of them rebuilds. The kernels round as XLA's CPU code does, so they agree
 with the jnp paths near zero: built with -ffp-contract=fast, a product and
 the add after it become one multiply-add as in XLA's LLVM backend, and
@@ -49,6 +51,7 @@ import jaxlib
 SOURCES = {"sparse_adam": ("sparse_adam.cc", "FairjaxSparseAdam"),
            "cell_dots": ("cell_dots.cc", "FairjaxCellDots"),
            "segment_rows": ("segment_rows.cc", "FairjaxSegmentRows"),
+           "triplet_bpr": ("triplet_bpr.cc", "FairjaxTripletBpr"),
            "dual_proposals": ("dual_proposals.cc", "FairjaxDualProposals"),
            "gram_blocks": ("gram_coupling.cc", "FairjaxGramBlocks"),
            "gram_apply": ("gram_coupling.cc", "FairjaxGramApply")}

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "flush_denormals.h"
+#include "lanes.h"
 #include "run_tasks.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -34,18 +35,10 @@ namespace {
 
 constexpr int64_t kSegsPerTask = 128;
 constexpr int64_t kAhead = 2;  // segments ahead to prefetch
-constexpr int kLanes = 16;
-
-// A vector of kLanes floats (GCC / clang vector extensions; the compiler
-// maps it to the machine's registers: one with AVX-512, two with AVX2).
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline Lanes Load(const float* p) {
-  Lanes v;
-  std::memcpy(&v, p, sizeof(Lanes));
-  return v;
-}
-inline void Store(float* p, Lanes v) { std::memcpy(p, &v, sizeof(Lanes)); }
+using fairjax_native::kLanes;
+using fairjax_native::Lanes;
+using fairjax_native::Load;
+using fairjax_native::Store;
 
 struct Pass {
   const float* c;

@@ -233,7 +233,9 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
                   num_cells: int, key_space: int, rho: float | Array | None,
                   coupling: Coupling | None = None,
                   segment_impl: str = "jax",
-                  couple_on: str = "segments") -> RowCellSam:
+                  couple_on: str = "segments",
+                  loss_vjp: Callable[[Array, Array], tuple[Array, Array]]
+                  | None = None) -> RowCellSam:
   """Sharpness-aware loss and gradient of every cell on gathered rows.
 
   The parameters are embedding tables; the batch reads S slots, rows[s] =
@@ -278,6 +280,10 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
       in a cell is read from P P^T once); 'slots': the slot gradients, one
       entry per slot, the rounding of earlier versions. The same sums in
       another order (within float32 rounding).
+    loss_vjp: optional `(rows [S, d], w [B]) -> (losses [B], d(sum_b w_b
+      l_b) / drows [S, d])`, the losses and their weighted gradient at once
+      (e.g. `ops.triplet_bpr.triplet_bpr_vjp`'s native kernel); it must
+      agree with example_loss. None: `jax.vjp` of example_loss.
 
   Returns:
     `RowCellSam`.
@@ -308,8 +314,11 @@ def cell_sam_rows(example_loss: Callable[[Array], Array], rows: Array,
     couple = coupling(keys.astype(jnp.int32), slot_cell)
 
   def pass_at(x):
-    losses, vjp = jax.vjp(example_loss, x)
-    (slot_g,) = vjp(w.astype(losses.dtype))
+    if loss_vjp is None:
+      losses, vjp = jax.vjp(example_loss, x)
+      (slot_g,) = vjp(w.astype(losses.dtype))
+    else:
+      losses, slot_g = loss_vjp(x, w.astype(x.dtype))
     per_cell = jax.ops.segment_sum(w * losses, cell, g + 1)[:g]
     grad_seg = segment_rows(slot_g, seg, s, segment_impl)
     if couple is None:
