@@ -39,32 +39,24 @@ from fairjax.ops.reductions import row_sums
 Array = jax.Array
 
 
-def _forward(x, b: int, cosine: bool, tau: float):
-  """(losses [B], residuals) of the closed form."""
+def _written_out(x, w, b: int, cosine: bool, tau: float):
+  """The 'jax' path: losses [B] and d(sum_b w_b l_b) / dx [3B, d]."""
   eps = mf_model._EPS  # normalize_rows' floor on ||x||^2
   if cosine:
     sq = row_sums(x * x)
     r = jax.lax.rsqrt(jnp.maximum(sq, eps))
     xn = x * r[:, None]
   else:
-    sq = r = None
     xn = x
   eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
   s = row_sums(jnp.concatenate([eu * ei, eu * ej]))
   z = s[b:] - s[:b]
   if cosine:
     z = z / tau
-  return jax.nn.softplus(z), (x, xn, sq, r, z)
-
-
-def _backward(res, g, b: int, cosine: bool, tau: float):
-  """d(sum_b g_b l_b) / dx [3B, d] from `_forward`'s residuals."""
-  eps = mf_model._EPS
-  x, xn, sq, r, z = res
-  gz = g * jax.nn.sigmoid(z)  # d softplus(z) / dz
+  losses = jax.nn.softplus(z)
+  gz = w.astype(losses.dtype) * jax.nn.sigmoid(z)  # d softplus(z) / dz
   if cosine:
     gz = gz / tau
-  eu, ei, ej = xn[:b], xn[b:2 * b], xn[2 * b:]
   gz = gz[:, None]
   gx = jnp.concatenate([gz * (ej - ei), -gz * eu, gz * eu])
   if cosine:
@@ -73,13 +65,7 @@ def _backward(res, g, b: int, cosine: bool, tau: float):
     live = jnp.where(sq > eps, 1.0, jnp.where(sq == eps, 0.5, 0.0))
     proj = row_sums(x * gx)
     gx = r[:, None] * gx - (live * r * r * r * proj)[:, None] * x
-  return gx
-
-
-def _check(x, batch_size: int) -> None:
-  if x.ndim != 2 or x.shape[0] != 3 * batch_size:
-    raise ValueError(f"triplet_bpr: x must be [3B, d] = [{3 * batch_size}, "
-                     f"d] for batch_size {batch_size}, got {x.shape}")
+  return losses, gx
 
 
 def triplet_bpr_vjp(x: Array, w: Array, batch_size: int, cosine: bool,
@@ -88,8 +74,10 @@ def triplet_bpr_vjp(x: Array, w: Array, batch_size: int, cosine: bool,
 
   impl: 'auto', 'native' or 'jax' (module docstring).
   """
-  _check(x, batch_size)
   b = int(batch_size)
+  if x.ndim != 2 or x.shape[0] != 3 * b:
+    raise ValueError(f"triplet_bpr: x must be [3B, d] = [{3 * b}, d] for "
+                     f"batch_size {b}, got {x.shape}")
   if w.shape != (b,):
     raise ValueError(f"triplet_bpr: w must be [{b}], got {w.shape}")
   if (x.dtype == jnp.float32
@@ -104,6 +92,4 @@ def triplet_bpr_vjp(x: Array, w: Array, batch_size: int, cosine: bool,
   if impl == "native":  # float64: the kernel is float32 only
     raise native.NativeUnavailable(
         f"triplet_bpr's native kernel takes float32, got {x.dtype}")
-  losses, res = _forward(x, b, bool(cosine), float(tau))
-  return losses, _backward(res, w.astype(losses.dtype), b, bool(cosine),
-                           float(tau))
+  return _written_out(x, w, b, bool(cosine), float(tau))
