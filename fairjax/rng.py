@@ -93,14 +93,24 @@ def randint_at(key: jax.Array, shape, index: jax.Array, minval,
   size = int(np.prod(tuple(int(d) for d in shape)))
   if size >= 2 ** 32:
     raise ValueError(f"randint_at: {size} values need 64-bit counters")
-  x1 = jnp.asarray(index).astype(jnp.uint32)
-  x0 = jnp.zeros_like(x1)
+  hi, lo = _words(key, jnp.asarray(index).astype(jnp.uint32))
+  return _reduce(hi, lo, minval, maxval)
+
+
+@jax.jit
+def _words(key: jax.Array, counters: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The two uint32 words per counter that randint reduces: threefry of
+  (0, counter) under each half of split(key), the two outputs xor-ed.
+  Jitted, so that the 20 written-out rounds are traced once per shape, not
+  at every draw of a job's trace (XLA inlines the call: the same fused
+  program, the same values)."""
+  x0 = jnp.zeros_like(counters)
   words = []
   for k in jax.random.split(key):
     data = jax.random.key_data(k)
-    a, b = threefry2x32(data[0], data[1], x0, x1)
+    a, b = threefry2x32(data[0], data[1], x0, counters)
     words.append(a ^ b)
-  return _reduce(words[0], words[1], minval, maxval)
+  return words[0], words[1]
 
 
 def randint(key: jax.Array, shape, minval: int, maxval: int) -> jax.Array:

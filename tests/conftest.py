@@ -44,7 +44,9 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import fcntl  # noqa: E402
 import pathlib  # noqa: E402
+import pickle  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -71,3 +73,41 @@ def data_dir(request) -> pathlib.Path:
       pytest.fail("FAIRJAX_REQUIRE_DATA=1 but " + reason)
     pytest.skip(reason)
   return d
+
+
+
+def pytest_collection_modifyitems(config, items):
+  """Runs the slow end-to-end tests first, in their files' order: under
+  pytest-xdist the last tests each worker takes are then short ones, so
+  the workers finish together."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session")
+def run_once(tmp_path_factory):
+  """`run_once(name, make)`: `make(folder)` once per test session, across
+  pytest-xdist workers too.
+
+  A module-scoped fixture runs once in every worker that takes one of its
+  tests; through this, the first worker makes the result in a folder all
+  workers share, and the others wait for it (an exclusive lock) and read
+  it back. `make` returns a picklable value.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # xdist gives each worker basetemp/popen-gwN
+
+  def run(name: str, make):
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      done = folder / "result.pickle"
+      if done.exists():
+        return pickle.loads(done.read_bytes())
+      folder.mkdir(exist_ok=True)
+      value = make(folder)
+      done.write_bytes(pickle.dumps(value))
+      return value
+
+  return run

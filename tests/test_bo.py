@@ -126,11 +126,12 @@ def _pad(front, rows=16):
 
 
 def test_ehvi_matches_monte_carlo():
-  # 2^17 (> 10^5) scrambled-Sobol normal draws: a quasi-Monte Carlo
-  # estimate whose error is far below the 1% tolerance.
+  # 2^15 scrambled-Sobol normal draws: a quasi-Monte Carlo estimate within
+  # 5e-4 (relative) of the closed form here, far below the 1% tolerance
+  # (2^17 draws: 6e-5).
   rng = np.random.default_rng(2)
   ref = np.array([0.0, 0.0])
-  z = norm.ppf(qmc.Sobol(2, scramble=True, seed=3).random_base2(17))
+  z = norm.ppf(qmc.Sobol(2, scramble=True, seed=3).random_base2(15))
   checked = 0
   for m in (3, 6):
     front = _messy_front(rng, m, ref)
@@ -278,6 +279,7 @@ def test_bo_traces_once_and_replays():
       bo.propose("sobol", x[:5], y[:5], 5, DIM, seed=3, budget=N_PAD))
 
 
+@pytest.mark.slow
 def test_bo_beats_random_on_toy_problem():
   ref = np.array([-1.2, -1.2])
   runs = {name: [bo.optimize(name, _toy, DIM, N_PAD, seed, num_init=8)

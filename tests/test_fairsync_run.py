@@ -36,11 +36,12 @@ def _launch(workdir, variant="smoke", *extra):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("fairsync_smoke")
-  proc = _launch(workdir)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  return workdir, proc
+def smoke_run(run_once):
+  def make(folder):
+    proc = _launch(folder)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return folder, proc
+  return run_once("fairsync_smoke", make)
 
 
 @pytest.mark.slow

@@ -161,6 +161,7 @@ def _mf_bpr_recall(d, steps=300, dim=32, batch=2048, seed=0, k=20):
   return recall[has & (g == 0)].mean(), recall[has & (g == 1)].mean()
 
 
+@pytest.mark.slow
 def test_plain_mf_serves_majority_better():
   kw = dict(num_users=600, num_items=500, num_interactions=24_000)
   maj, mino = _mf_bpr_recall(synthetic.generate(0, **kw))

@@ -25,10 +25,10 @@ def _config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("system_smoke")
-  summary = runner.train_and_evaluate(job, _config(), workdir)
-  return workdir, summary
+def smoke(run_once):
+  def make(folder):
+    return folder, runner.train_and_evaluate(job, _config(), folder)
+  return run_once("system_smoke", make)
 
 
 @pytest.mark.slow

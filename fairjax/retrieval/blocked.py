@@ -289,6 +289,7 @@ def warm_blocks_for(k: int, num_blocks: int) -> int:
   return min(-(-7 * k // 10), num_blocks // 8)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def first_set(mask: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:
   """The first r True columns of each row, and each row's True count.
 
@@ -301,7 +302,9 @@ def first_set(mask: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:
     count int32 [B]). The row is packed into ceil(n / 32) uint32 words (one
     reduction over the mask); then r rounds of "lowest set bit of the first
     nonzero word, then clear it" run on [B] arrays only, one elementwise
-    chain that XLA fuses, instead of r reductions over [B, n].
+    chain that XLA fuses, instead of r reductions over [B, n]. Jitted, so
+    that the r x ceil(n / 32) written-out steps are traced once per shape
+    (XLA inlines the call into the scan: the same compiled program).
   """
   b, n = mask.shape
   nw = -(-n // 32)
