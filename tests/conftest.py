@@ -75,7 +75,6 @@ def data_dir(request) -> pathlib.Path:
   return d
 
 
-
 def pytest_collection_modifyitems(config, items):
   """Runs the slow end-to-end tests first, in their files' order: under
   pytest-xdist the last tests each worker takes are then short ones, so
